@@ -1,0 +1,404 @@
+"""Data sources that stream ``(x, y)`` batches without loading a dataset whole.
+
+A :class:`DataSource` keeps its labels in memory (one integer per image, needed
+to choose samples) and reads images on demand, by index, as float32 batches.
+Sources exist for NumPy arrays and memory-mapped ``.npy``/``.npz`` files,
+Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package, image folders in
+Tiny-ImageNet's layout, and a seeded synthetic Tiny-ImageNet-shaped source.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetNotFoundError, InputError, ModelFileError
+
+__all__ = [
+    "DataSource",
+    "ArraySource",
+    "as_source",
+    "from_npy",
+    "from_npz",
+    "fashion_mnist",
+    "FASHION_MNIST_CLASSES",
+    "TinyImageNetFolder",
+    "SyntheticTinyImageNet",
+]
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+class DataSource:
+    """Random-access images with in-memory integer labels.
+
+    Subclasses implement :meth:`_read` (images at sorted indices, any dtype)
+    and set ``labels``, ``sample_shape`` and ``scale`` (the factor that turns
+    stored values into the model's float32 inputs).
+    """
+
+    labels: np.ndarray
+    sample_shape: tuple
+    scale: float = 1.0
+
+    def __len__(self):
+        return len(self.labels)
+
+    @property
+    def num_samples(self):
+        """Number of images in the source."""
+        return len(self.labels)
+
+    def read(self, indices):
+        """Return the images at ``indices`` as one float32 array.
+
+        Parameters
+        ----------
+        indices : array_like of int
+            Positions in the source, in any order.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, shape ``(len(indices),) + sample_shape``.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise InputError(
+                f"index out of range: the source has {len(self)} images, "
+                f"indices span {indices.min()}..{indices.max()}")
+        x = np.asarray(self._read(indices), dtype=np.float32)
+        if self.scale != 1.0:
+            x *= np.float32(self.scale)
+        if not np.isfinite(x).all():
+            bad = indices[~np.isfinite(x.reshape(len(x), -1)).all(axis=1)]
+            raise InputError(
+                f"images {bad[:5].tolist()}{'...' if len(bad) > 5 else ''} contain "
+                "NaN or inf values; clean or drop them before decomposing")
+        return x
+
+    def batches(self, batch_size, indices=None):
+        """Yield ``(positions, x, y)`` batches over ``indices`` (default: all).
+
+        ``positions`` are the indices of the batch's images in the source; at
+        most ``batch_size`` images are in memory at a time.
+        """
+        if batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size}")
+        if indices is None:
+            indices = np.arange(len(self), dtype=np.int64)
+        indices = np.asarray(indices, dtype=np.int64)
+        for start in range(0, len(indices), batch_size):
+            positions = indices[start:start + batch_size]
+            yield positions, self.read(positions), self.labels[positions]
+
+    def _read(self, indices):
+        raise NotImplementedError
+
+
+def _check_labels(y, num_images):
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        raise InputError(
+            f"labels have shape {y.shape}: pass integer class labels of shape "
+            "(N,), e.g. y.argmax(axis=1) for one-hot labels")
+    y = y.reshape(-1)
+    if len(y) != num_images:
+        raise InputError(f"{num_images} images but {len(y)} labels: they must match one to one")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all() or (y != np.round(y)).any():
+            raise InputError("labels must be whole class numbers; found NaN, inf or fractions")
+    elif y.dtype.kind not in "iub":
+        raise InputError(f"labels must be integers, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if len(y) and y.min() < 0:
+        raise InputError(f"labels must be class numbers >= 0, found {y.min()}")
+    return y
+
+
+class ArraySource(DataSource):
+    """A source over an in-memory or memory-mapped array of images.
+
+    Parameters
+    ----------
+    x : array_like
+        Images, shape ``(N, H, W, C)`` (or ``(N, H, W)`` for one channel).
+        A ``numpy.memmap`` is read batch by batch, never loaded whole.
+    y : array_like of int
+        Class labels, shape ``(N,)``.
+    scale : float, optional
+        Factor applied to every value as it is read (``1/255`` for uint8).
+        By default uint8 images are scaled by 1/255 and floats are kept.
+    """
+
+    def __init__(self, x, y, scale=None):
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            x = np.asarray(x)
+        if x.ndim == 3:
+            x = x.reshape(x.shape + (1,))
+        if x.ndim != 4:
+            raise InputError(
+                f"images must have shape (N, height, width, channels), got {tuple(x.shape)}")
+        if x.dtype.kind not in "uif" or x.dtype.itemsize > 8:
+            raise InputError(f"images must be numeric, got dtype {x.dtype}")
+        self.x = x
+        self.labels = _check_labels(y, x.shape[0])
+        self.sample_shape = tuple(int(d) for d in x.shape[1:])
+        self.scale = (1 / 255 if x.dtype == np.uint8 else 1.0) if scale is None else float(scale)
+
+    def _read(self, indices):
+        if len(indices) > 1 and (np.diff(indices) == 1).all():
+            return self.x[indices[0]:indices[-1] + 1]
+        return self.x[indices]
+
+
+def as_source(x, y=None):
+    """Return a :class:`DataSource` for ``x`` (a source, or an array with labels ``y``)."""
+    if isinstance(x, DataSource):
+        if y is not None:
+            raise InputError("pass labels only with an array of images; a DataSource has its own")
+        return x
+    if y is None:
+        raise InputError("labels y are required with an array of images")
+    return ArraySource(x, y)
+
+
+def from_npy(x_path, y_path, scale=None):
+    """Memory-map images and labels saved with ``numpy.save``.
+
+    Parameters
+    ----------
+    x_path, y_path : str or Path
+        ``.npy`` files of images ``(N, H, W, C)`` and labels ``(N,)``.
+    scale : float, optional
+        See :class:`ArraySource`.
+    """
+    x = _load_npy(x_path, mmap_mode="r")
+    y = _load_npy(y_path, mmap_mode=None)
+    return ArraySource(x, y, scale=scale)
+
+
+def _load_npy(path, mmap_mode):
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"no such file: {path}")
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ModelFileError(f"{path} is not a readable .npy file ({exc}); re-save it with numpy.save") from exc
+
+
+def from_npz(path, x_key="x", y_key="y", scale=None):
+    """Images and labels from an ``.npz`` archive, images memory-mapped.
+
+    The images must be stored uncompressed (``numpy.savez``, not
+    ``savez_compressed``) so they can be memory-mapped.
+
+    Parameters
+    ----------
+    path : str or Path
+        The archive.
+    x_key, y_key : str
+        Names of the image and label arrays in the archive.
+    scale : float, optional
+        See :class:`ArraySource`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"no such file: {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {n[:-4] if n.endswith(".npy") else n: n for n in archive.namelist()}
+            for key in (x_key, y_key):
+                if key not in names:
+                    raise InputError(
+                        f"{path} has no array named {key!r}; it has {sorted(names)}. "
+                        "Pass x_key=/y_key= to name the images and labels")
+            info = archive.getinfo(names[x_key])
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise InputError(
+                    f"{path}: array {x_key!r} is compressed and cannot be memory-mapped; "
+                    "save it with numpy.savez (not savez_compressed) or as .npy files")
+            with archive.open(names[y_key]) as f:
+                y = np.lib.format.read_array(f, allow_pickle=False)
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            header = f.read(30)
+            if header[:4] != b"PK\x03\x04":
+                raise ModelFileError(f"{path}: corrupt zip header for {x_key!r}")
+            name_len, extra_len = struct.unpack("<HH", header[26:30])
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+            offset = f.tell()
+    except zipfile.BadZipFile as exc:
+        raise ModelFileError(f"{path} is not a valid .npz archive ({exc})") from exc
+    if fortran or dtype.hasobject:
+        raise InputError(f"{path}: array {x_key!r} must be C-ordered numbers")
+    x = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return ArraySource(x, y, scale=scale)
+
+
+def _read_idx(path, expected_magic):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    magic = struct.unpack(">I", data[:4])[0]
+    if magic != expected_magic:
+        raise ModelFileError(f"{path} is not an IDX file of the expected kind (magic {magic:#x})")
+    ndim = magic & 0xFF
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(dims)):
+        raise ModelFileError(f"{path} is truncated: expected {int(np.prod(dims))} values, got {array.size}")
+    return array.reshape(dims)
+
+
+def fashion_mnist(split="train", path=None):
+    """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package.
+
+    Parameters
+    ----------
+    split : {"train", "test"}
+        60,000 training or 10,000 test images.
+    path : str or Path, optional
+        Folder holding the IDX ``.gz`` files (default: the Debian location).
+
+    Returns
+    -------
+    ArraySource
+        28x28x1 images scaled to [0, 1], labels 0-9 (:data:`FASHION_MNIST_CLASSES`).
+    """
+    if split not in ("train", "test"):
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
+    folder = Path(path or os.environ.get("FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+    kind = "train" if split == "train" else "t10k"
+    images_path = folder / f"{kind}-images-idx3-ubyte.gz"
+    labels_path = folder / f"{kind}-labels-idx1-ubyte.gz"
+    for p in (images_path, labels_path):
+        if not p.is_file():
+            raise DatasetNotFoundError(
+                f"Fashion-MNIST file {p} is missing. Install it with "
+                "'apt-get install dataset-fashion-mnist' (as root), or pass path= "
+                "to a folder holding the IDX .gz files")
+    images = _read_idx(images_path, 0x803)[..., None]
+    labels = _read_idx(labels_path, 0x801)
+    return ArraySource(images, labels)
+
+
+class TinyImageNetFolder(DataSource):
+    """Images in Tiny-ImageNet-200's folder layout, decoded with Pillow.
+
+    Layout: ``wnids.txt`` (one class id a line, in class order),
+    ``train/<wnid>/images/*.JPEG`` and ``val/images/*.JPEG`` with
+    ``val/val_annotations.txt`` (file name, wnid, ... tab-separated).
+
+    Parameters
+    ----------
+    root : str or Path
+        The dataset folder (holding ``wnids.txt``).
+    split : {"train", "val"}
+    image_size : int
+        Images are resized to ``image_size`` x ``image_size`` if they differ.
+    """
+
+    def __init__(self, root, split="train", image_size=64):
+        root = Path(root)
+        wnids_path = root / "wnids.txt"
+        if not wnids_path.is_file():
+            raise DatasetNotFoundError(
+                f"{wnids_path} is missing: point root= at a Tiny-ImageNet folder "
+                "(holding wnids.txt, train/ and val/)")
+        self.wnids = [w.strip() for w in wnids_path.read_text().split() if w.strip()]
+        class_of = {w: i for i, w in enumerate(self.wnids)}
+        files, labels = [], []
+        if split == "train":
+            for wnid in self.wnids:
+                folder = root / "train" / wnid / "images"
+                if not folder.is_dir():
+                    raise DatasetNotFoundError(f"{folder} is missing for class {wnid}")
+                for p in sorted(folder.glob("*.JPEG")):
+                    files.append(p)
+                    labels.append(class_of[wnid])
+        elif split == "val":
+            annotations = root / "val" / "val_annotations.txt"
+            if not annotations.is_file():
+                raise DatasetNotFoundError(f"{annotations} is missing")
+            for line_no, line in enumerate(annotations.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                fields = line.split("\t")
+                if len(fields) < 2 or fields[1] not in class_of:
+                    raise ModelFileError(
+                        f"{annotations}:{line_no}: expected 'file<TAB>wnid...', with a wnid "
+                        f"from wnids.txt; got {line!r}")
+                files.append(root / "val" / "images" / fields[0])
+                labels.append(class_of[fields[1]])
+        else:
+            raise InputError(f"split must be 'train' or 'val', got {split!r}")
+        self.files = files
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.image_size = int(image_size)
+        self.sample_shape = (self.image_size, self.image_size, 3)
+        self.scale = 1 / 255
+
+    def _read(self, indices):
+        from PIL import Image, UnidentifiedImageError
+
+        out = np.empty((len(indices),) + self.sample_shape, dtype=np.uint8)
+        for row, i in enumerate(indices):
+            path = self.files[i]
+            try:
+                with Image.open(path) as image:
+                    image = image.convert("RGB")
+                    if image.size != (self.image_size, self.image_size):
+                        image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+                    out[row] = np.asarray(image)
+            except FileNotFoundError as exc:
+                raise DatasetNotFoundError(f"image {path} is missing") from exc
+            except (UnidentifiedImageError, OSError) as exc:
+                raise ModelFileError(f"image {path} is corrupt or not an image ({exc})") from exc
+        return out
+
+
+class SyntheticTinyImageNet(DataSource):
+    """Seeded, Tiny-ImageNet-shaped images generated on the fly (for scale runs).
+
+    Each image is a class-dependent colour pattern plus noise, a function of
+    ``(seed, index)`` only, so any batch can be regenerated identically.
+
+    Parameters
+    ----------
+    num_samples : int
+    num_classes : int
+    image_size : int
+    seed : int
+    """
+
+    def __init__(self, num_samples, num_classes=200, image_size=64, seed=0):
+        self.seed = int(seed)
+        self.num_classes = int(num_classes)
+        self.labels = np.random.default_rng(self.seed).integers(
+            0, self.num_classes, size=int(num_samples)).astype(np.int64)
+        self.sample_shape = (int(image_size), int(image_size), 3)
+        patterns = np.random.default_rng([self.seed, 1]).random(
+            (self.num_classes, 4, 4, 3), dtype=np.float32)
+        reps = -(-int(image_size) // 4)
+        self._patterns = np.kron(patterns, np.ones((1, reps, reps, 1), np.float32))[
+            :, :image_size, :image_size]
+
+    def _read(self, indices):
+        out = np.empty((len(indices),) + self.sample_shape, dtype=np.float32)
+        for row, i in enumerate(indices):
+            noise = np.random.default_rng([self.seed, 2, int(i)]).random(
+                self.sample_shape, dtype=np.float32)
+            out[row] = 0.6 * self._patterns[self.labels[i]] + 0.4 * noise
+        return out

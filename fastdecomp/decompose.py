@@ -1,0 +1,198 @@
+"""``decompose``: one streamed pass for all classes, then CI, TI, MC and backtracking."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .backtrack import BACKTRACKS, BLN_RULES, bln_removed_features, channel_head, propagate_dead
+from .data import DataSource, as_source
+from .errors import InputError
+from .modules import ModuleSet
+from .network import MASK_PLACEMENTS, from_keras
+from .sampling import class_ranks, max_tangling_counts, tangling_counts
+from .statistics import ActivityStatistics
+
+__all__ = ["decompose"]
+
+BACKENDS = ("cpu",)
+
+
+def decompose(model, x, y=None, *, classes=None, mask_at="conv", backtrack="bln", delta=0.5,
+              bln_rule="algorithm", ti_ratio=1.0, concerned="correct", batch_size=256, seed=0,
+              backend="cpu", progress=True):
+    """Decompose a trained classifier into one module per class.
+
+    Implements ALGORITHM.md sections 1-4 (Pan & Rajan, ICSE 2022) in one
+    streamed pass over the data for all classes.
+
+    Parameters
+    ----------
+    model : keras.Model, str, Path or Network
+        A trained classifier ending in a softmax Dense layer, or its file.
+    x : numpy.ndarray or DataSource
+        Training images (or a source, then ``y`` is omitted).
+    y : numpy.ndarray, optional
+        Integer class labels.
+    classes : sequence of int, optional
+        Classes to build modules for (default: all).
+    mask_at : {"conv", "relu"}
+        Where nodes are observed and removed.
+    backtrack : {None, "bln", "bi"}
+        CI+TI+MC, CI+TI+MC-BLN, or CI+TI+MC-BLN+MC-BI.
+    delta : float
+        MC-BLN threshold (the paper's 0.5).
+    bln_rule : {"algorithm", "prose"}
+        Which reading of the paper's MC-BLN rule to use.
+    ti_ratio : float
+        Size of each unconcerned sample relative to the concerned set.
+    concerned : {"correct", "all"}
+        Concerned inputs: the class's images the model classifies correctly, or all.
+    batch_size : int
+    seed : int
+        Seed of the tangling samples.
+    backend : {"cpu"}
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    ModuleSet
+    """
+    started = time.perf_counter()
+    network = from_keras(model)
+    source = x if isinstance(x, DataSource) and y is None else as_source(x, y)
+    classes = _check_options(network, source, classes, mask_at, backtrack, delta, bln_rule,
+                             ti_ratio, concerned, batch_size, backend)
+    num_classes = network.num_classes
+    labels = source.labels
+    class_sizes = np.bincount(labels, minlength=num_classes)
+    ranks = class_ranks(labels, num_classes, seed)
+    rank_limit = max_tangling_counts(class_sizes, ti_ratio, seed, classes)
+    points = network.mask_points(mask_at)
+    stats = ActivityStatistics({p.name: p.shape for p in points}, num_classes, rank_limit)
+    is_module = np.zeros(num_classes, dtype=bool)
+    is_module[classes] = True
+    correct = np.zeros(len(source), dtype=bool)
+
+    bar = _progress(progress, len(source), "activity statistics")
+    for positions, xb, yb in source.batches(batch_size):
+        bits = {}
+
+        def observe(layer, values):
+            bits[layer.name] = np.packbits(values.reshape(len(values), -1) > 0, axis=1)
+
+        probs = network.forward(xb, observe=observe, mask_at=mask_at)
+        correct[positions] = probs.argmax(axis=1) == yb
+        member = is_module[yb] & (correct[positions] if concerned == "correct" else True)
+        roles = stats.batch_roles(yb, ranks[positions], member)
+        stats.count(roles[0])
+        for name, packed in bits.items():
+            stats.update(name, packed, *roles)
+        bar.update(len(positions))
+    bar.close()
+    stats_seconds = time.perf_counter() - started
+
+    empty = [k for k in classes if stats.concerned_count[k] == 0]
+    if empty:
+        raise InputError(
+            f"classes {empty} have no {'correctly classified ' if concerned == 'correct' else ''}"
+            "inputs in the data, so no module can be built for them; pass more data, "
+            "leave them out with classes=, or use concerned='all'")
+
+    dense = network.by_name[network.output_dense]
+    heads = [channel_head(dense.weights["kernel"], dense.weights["bias"], k) for k in classes]
+    keep = {p.name: np.empty((len(classes),) + tuple(p.shape), dtype=bool) for p in points}
+    tangling = np.zeros((len(classes), num_classes), dtype=np.int64)
+    for i, k in enumerate(classes):
+        tangling[i] = tangling_counts(k, stats.concerned_count[k], class_sizes, ti_ratio, seed)
+        for name, mask in stats.keep(k, tangling[i]).items():
+            keep[name][i] = mask
+    removed_features = np.zeros((len(classes), dense.weights["kernel"].shape[0]), dtype=bool)
+    if backtrack is not None:
+        for i, (w, _) in enumerate(heads):
+            removed_features[i] = bln_removed_features(w, delta, bln_rule)
+        dead = propagate_dead(network, removed_features, through_conv=backtrack == "bi")
+        for name in keep:
+            if name in dead:
+                keep[name] &= ~dead[name]
+
+    concerned_idx = [np.flatnonzero((labels == k) & (correct if concerned == "correct" else True))
+                     for k in classes]
+    unconcerned_idx = []
+    for i, k in enumerate(classes):
+        picked = [np.flatnonzero((labels == c) & (ranks < tangling[i, c])) for c in np.flatnonzero(tangling[i])]
+        unconcerned_idx.append(np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64))
+
+    info = {
+        "num_images": len(source), "statistics_seconds": stats_seconds,
+        "seconds": time.perf_counter() - started,
+        "train_top1": float(correct.mean()) if len(source) else 0.0,
+    }
+    options = {"mask_at": mask_at, "backtrack": backtrack, "delta": float(delta), "bln_rule": bln_rule,
+               "ti_ratio": float(ti_ratio), "concerned": concerned, "seed": int(seed)}
+    return ModuleSet(network, list(classes), options, keep, ~removed_features,
+                     concerned_idx, unconcerned_idx, info)
+
+
+def _check_options(network, source, classes, mask_at, backtrack, delta, bln_rule, ti_ratio,
+                   concerned, batch_size, backend):
+    if mask_at not in MASK_PLACEMENTS:
+        raise InputError(f"mask_at must be one of {MASK_PLACEMENTS}, got {mask_at!r}")
+    if backtrack not in BACKTRACKS:
+        raise InputError(f"backtrack must be one of {BACKTRACKS}, got {backtrack!r}")
+    if bln_rule not in BLN_RULES:
+        raise InputError(f"bln_rule must be one of {BLN_RULES}, got {bln_rule!r}")
+    if concerned not in ("correct", "all"):
+        raise InputError(f"concerned must be 'correct' or 'all', got {concerned!r}")
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {BACKENDS} (the GPU backend is not built yet), got {backend!r}")
+    if not np.isfinite(delta) or delta < 0:
+        raise InputError(f"delta must be a finite number >= 0, got {delta!r}")
+    if not np.isfinite(ti_ratio) or ti_ratio <= 0:
+        raise InputError(f"ti_ratio must be a positive number, got {ti_ratio!r}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if tuple(source.sample_shape) != network.input_shape:
+        raise InputError(
+            f"the data's images have shape {tuple(source.sample_shape)} but the model takes "
+            f"{network.input_shape}; resize or reshape the images")
+    if len(source) == 0:
+        raise InputError("the data has no images")
+    labels = source.labels
+    if labels.max() >= network.num_classes:
+        raise InputError(
+            f"labels go up to {labels.max()} but the model has {network.num_classes} classes "
+            f"(0..{network.num_classes - 1}); are these the model's labels?")
+    if classes is None:
+        classes = list(range(network.num_classes))
+    classes = [int(c) for c in classes]
+    unknown = [c for c in classes if not 0 <= c < network.num_classes]
+    if unknown:
+        raise InputError(f"classes {unknown} are not classes of the model (0..{network.num_classes - 1})")
+    if len(set(classes)) != len(classes) or not classes:
+        raise InputError(f"classes must be a non-empty list without repeats, got {classes}")
+    absent = [c for c in classes if not (labels == c).any()]
+    if absent:
+        raise InputError(f"classes {absent} have no inputs in the data; pass data of every "
+                         "class you decompose, or leave them out with classes=")
+    if network.num_classes < 2:
+        raise InputError("the model must have at least two classes")
+    return classes
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(enabled, total, desc):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img")

@@ -1,0 +1,30 @@
+"""Exceptions raised by fastdecomp.
+
+Every error names what was wrong and how to fix it. They subclass the
+built-in exception a caller would expect (``ValueError``, ``FileNotFoundError``)
+so that generic handlers keep working.
+"""
+
+
+class FastDecompError(Exception):
+    """Base class of every fastdecomp error."""
+
+
+class UnsupportedLayerError(FastDecompError, ValueError):
+    """A model contains a layer or activation fastdecomp cannot decompose."""
+
+
+class InputError(FastDecompError, ValueError):
+    """Input data or labels have the wrong shape, dtype or values."""
+
+
+class ModelFileError(FastDecompError, ValueError):
+    """A model or module file is missing, corrupt or of the wrong kind."""
+
+
+class DatasetNotFoundError(FastDecompError, FileNotFoundError):
+    """A dataset's files are not on this machine."""
+
+
+class BackendError(FastDecompError, RuntimeError):
+    """A requested compute backend is not available."""

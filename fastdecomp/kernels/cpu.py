@@ -1,0 +1,236 @@
+"""Numba CPU kernels: forward layers, activity statistics, sliding-window maps
+and backward dead-node propagation.
+
+Every forward kernel sums each output's terms in one fixed order that does not
+depend on the batch size or on which images share a batch, so the values at a
+mask point (and the masks derived from them) are bit-identical however the
+data is batched. Feature maps are NHWC float32.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+
+def jit(parallel=False):
+    """The project's Numba decorator: cached, GIL-free, NumPy error model."""
+    return njit(parallel=parallel, cache=True, nogil=True, error_model="numpy")
+
+
+# --------------------------------------------------------------------------
+# forward
+# --------------------------------------------------------------------------
+
+@jit(parallel=True)
+def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out):
+    """Direct 2-D convolution ``out = conv(x, kernel) + bias`` (NHWC, HWIO).
+
+    Padding positions contribute nothing. Each output sums its terms in
+    (kernel row, kernel column, input channel) order, then adds the bias.
+    """
+    n, h, w, ci = x.shape
+    kh, kw, _, co = kernel.shape
+    oh, ow = out.shape[1], out.shape[2]
+    for task in prange(n * oh):
+        b = task // oh
+        i = task % oh
+        acc = np.zeros((ow, co), dtype=np.float32)
+        for dy in range(kh):
+            y = i * stride_h + dy - pad_top
+            if y < 0 or y >= h:
+                continue
+            for dx in range(kw):
+                for c in range(ci):
+                    for j in range(ow):
+                        xx = j * stride_w + dx - pad_left
+                        if xx < 0 or xx >= w:
+                            continue
+                        v = x[b, y, xx, c]
+                        for o in range(co):
+                            acc[j, o] += v * kernel[dy, dx, c, o]
+        for j in range(ow):
+            for o in range(co):
+                out[b, i, j, o] = acc[j, o] + bias[o]
+
+
+@jit(parallel=True)
+def dense_forward(x, kernel, bias, out):
+    """``out = x @ kernel + bias``, each output summed in input order."""
+    n, f = x.shape
+    u = kernel.shape[1]
+    for b in prange(n):
+        acc = np.zeros(u, dtype=np.float32)
+        for i in range(f):
+            v = x[b, i]
+            for o in range(u):
+                acc[o] += v * kernel[i, o]
+        for o in range(u):
+            out[b, o] = acc[o] + bias[o]
+
+
+@jit(parallel=True)
+def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out):
+    """Max or average pooling; padding positions are excluded (as in Keras)."""
+    n, h, w, c = x.shape
+    oh, ow = out.shape[1], out.shape[2]
+    for task in prange(n * oh):
+        b = task // oh
+        i = task % oh
+        for j in range(ow):
+            for ch in range(c):
+                acc = np.float32(-np.inf) if is_max else np.float32(0.0)
+                count = 0
+                for dy in range(pool_h):
+                    y = i * stride_h + dy - pad_top
+                    if y < 0 or y >= h:
+                        continue
+                    for dx in range(pool_w):
+                        xx = j * stride_w + dx - pad_left
+                        if xx < 0 or xx >= w:
+                            continue
+                        v = x[b, y, xx, ch]
+                        if is_max:
+                            if v > acc:
+                                acc = v
+                        else:
+                            acc += v
+                        count += 1
+                out[b, i, j, ch] = acc if is_max else acc / np.float32(count)
+
+
+@jit(parallel=True)
+def global_average_pool_forward(x, out):
+    """Mean over height and width, summed in row-major order."""
+    n, h, w, c = x.shape
+    for b in prange(n):
+        acc = np.zeros(c, dtype=np.float32)
+        for y in range(h):
+            for xx in range(w):
+                for ch in range(c):
+                    acc[ch] += x[b, y, xx, ch]
+        for ch in range(c):
+            out[b, ch] = acc[ch] / np.float32(h * w)
+
+
+# --------------------------------------------------------------------------
+# activity statistics
+# --------------------------------------------------------------------------
+
+@jit(parallel=True)
+def accumulate_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank):
+    """OR a batch's activity bits into per-class statistics.
+
+    Parameters
+    ----------
+    bits : uint8 [B, nbytes]
+        Bit-packed ``value > 0`` of each image at one mask point (big-endian
+        bit order, as ``numpy.packbits``).
+    concerned_class : int64 [B]
+        Class whose concerned set the image belongs to, or -1.
+    tangle_class, tangle_rank : int64 [B]
+        The image's class and its rank in that class's seeded order, or -1 when
+        the image is beyond every module's unconcerned sample.
+    active : uint8 [C, nbytes]
+        Per-class OR of concerned activity, updated in place.
+    first_rank : uint16 or uint32 [C, nbytes * 8]
+        Per-class minimum rank at which each node was active, updated in place.
+    """
+    n, nbytes = bits.shape
+    chunk = 256
+    for block in prange((nbytes + chunk - 1) // chunk):
+        lo = block * chunk
+        hi = min(lo + chunk, nbytes)
+        for b in range(n):
+            k = concerned_class[b]
+            if k >= 0:
+                for byte in range(lo, hi):
+                    active[k, byte] |= bits[b, byte]
+            c = tangle_class[b]
+            if c >= 0:
+                r = tangle_rank[b]
+                for byte in range(lo, hi):
+                    v = bits[b, byte]
+                    if v:
+                        for bit in range(8):
+                            if v & (128 >> bit):
+                                node = byte * 8 + bit
+                                if r < first_rank[c, node]:
+                                    first_rank[c, node] = r
+
+
+# --------------------------------------------------------------------------
+# backward dead-node propagation, for many modules at once ([M, ...] arrays)
+# --------------------------------------------------------------------------
+
+@jit(parallel=True)
+def conv2d_dead_inputs(dead_out, in_h, in_w, in_c, kernel_h, kernel_w,
+                       stride_h, stride_w, pad_top, pad_left):
+    """Input nodes of a convolution whose every reader is dead.
+
+    An input (h, w, ci) is dead when every output (h', w', co), over all co,
+    whose window covers (h, w) is dead; padding positions are not inputs.
+    """
+    m, oh, ow, co = dead_out.shape
+    dead_in = np.empty((m, in_h, in_w, in_c), dtype=np.bool_)
+    for task in prange(m * in_h):
+        mod = task // in_h
+        h = task % in_h
+        for w in range(in_w):
+            dead = True
+            for dy in range(kernel_h):
+                num_y = h + pad_top - dy
+                if num_y < 0 or num_y % stride_h:
+                    continue
+                i = num_y // stride_h
+                if i >= oh:
+                    continue
+                for dx in range(kernel_w):
+                    num_x = w + pad_left - dx
+                    if num_x < 0 or num_x % stride_w:
+                        continue
+                    j = num_x // stride_w
+                    if j >= ow:
+                        continue
+                    for o in range(co):
+                        if not dead_out[mod, i, j, o]:
+                            dead = False
+                            break
+                    if not dead:
+                        break
+                if not dead:
+                    break
+            for c in range(in_c):
+                dead_in[mod, h, w, c] = dead
+    return dead_in
+
+
+@jit(parallel=True)
+def pool2d_dead_inputs(dead_out, in_h, in_w, pool_h, pool_w, stride_h, stride_w,
+                       pad_top, pad_left):
+    """Input nodes of a pooling layer whose every pooled output is dead (per channel)."""
+    m, oh, ow, c = dead_out.shape
+    dead_in = np.empty((m, in_h, in_w, c), dtype=np.bool_)
+    for task in prange(m * in_h):
+        mod = task // in_h
+        h = task % in_h
+        for w in range(in_w):
+            for ch in range(c):
+                dead = True
+                for dy in range(pool_h):
+                    num_y = h + pad_top - dy
+                    if num_y < 0 or num_y % stride_h:
+                        continue
+                    i = num_y // stride_h
+                    if i >= oh:
+                        continue
+                    for dx in range(pool_w):
+                        num_x = w + pad_left - dx
+                        if num_x < 0 or num_x % stride_w:
+                            continue
+                        j = num_x // stride_w
+                        if j < ow and not dead_out[mod, i, j, ch]:
+                            dead = False
+                            break
+                    if not dead:
+                        break
+                dead_in[mod, h, w, ch] = dead
+    return dead_in

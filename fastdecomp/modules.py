@@ -1,0 +1,391 @@
+"""``ModuleSet``: the modules of one decomposition, their composition and storage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .backtrack import channel_head
+from .data import DataSource, as_source
+from .errors import InputError, ModelFileError
+from .export import dead_channels, prune, to_keras
+from .layers import Layer
+from .network import Network
+
+__all__ = ["ModuleSet", "load_modules", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+JACCARD_KINDS = ("nodes", "weights")
+
+
+class ModuleSet:
+    """The modules of a decomposition, one per class, sharing one network.
+
+    Built by :func:`fastdecomp.decompose` or :func:`load_modules`.
+
+    Attributes
+    ----------
+    network : Network
+    classes : list of int
+        The class of each module, in module order.
+    options : dict
+        The decomposition's options.
+    info : dict
+        Timings and counts of the decomposition.
+    """
+
+    def __init__(self, network, classes, options, keep, feature_keep, concerned_idx,
+                 unconcerned_idx, info):
+        self.network = network
+        self.classes = list(classes)
+        self.options = dict(options)
+        self.info = dict(info)
+        self._keep = keep  # layer name -> bool [M] + shape
+        self._feature_keep = np.asarray(feature_keep, dtype=bool)  # [M, F]
+        self._concerned = [np.asarray(a, dtype=np.int64) for a in concerned_idx]
+        self._unconcerned = [np.asarray(a, dtype=np.int64) for a in unconcerned_idx]
+        self._keras_cache = {}
+
+    def __repr__(self):
+        return (f"ModuleSet({len(self.classes)} modules of {self.network.name!r}, "
+                f"mask_at={self.options['mask_at']!r}, backtrack={self.options['backtrack']!r})")
+
+    def __len__(self):
+        return len(self.classes)
+
+    def _index(self, k):
+        try:
+            return self.classes.index(int(k))
+        except ValueError:
+            raise InputError(f"no module for class {k}; this set has modules for {self.classes}") from None
+
+    def layer_masks(self, k):
+        """Mask of module ``k`` keyed by fastdecomp layer name (see :meth:`masks`)."""
+        i = self._index(k)
+        return {name: keep[i] for name, keep in self._keep.items()}
+
+    def masks(self, k):
+        """Boolean keep masks of module ``k`` (True = kept).
+
+        Returns
+        -------
+        dict
+            Keras layer name of each mask point (the Conv2D/Dense layer for
+            ``mask_at="conv"``; the ReLU layer, or the layer with the inline
+            ReLU, for ``"relu"``) -> bool array of its output shape.
+        """
+        return {self.network.keras_name_of(name): m for name, m in self.layer_masks(k).items()}
+
+    def sample_indices(self, k):
+        """Indices into the decomposed data of module ``k``'s concerned and unconcerned inputs.
+
+        Returns
+        -------
+        (numpy.ndarray, numpy.ndarray)
+        """
+        i = self._index(k)
+        return self._concerned[i].copy(), self._unconcerned[i].copy()
+
+    def head(self, k):
+        """Channeled output layer of module ``k``: kernel ``[F, 2]``, bias ``[2]``.
+
+        Features MC-BLN removed have their outgoing edges zeroed.
+        """
+        i = self._index(k)
+        dense = self.network.by_name[self.network.output_dense]
+        kernel, bias = channel_head(dense.weights["kernel"], dense.weights["bias"], k)
+        kernel[~self._feature_keep[i]] = 0.0
+        return kernel, bias
+
+    def pruned(self, k, drop_channels=True):
+        """Module ``k`` in pruned form (:class:`fastdecomp.export.PrunedModule`)."""
+        return prune(self.network, self.layer_masks(k), self.head(k),
+                     name=f"{self.network.name}_module{k}", drop_channels=drop_channels)
+
+    def module_predict(self, k, x, batch_size=256):
+        """Probabilities ``[N, 2]`` (concerned, unconcerned) of module ``k`` by fastdecomp's engine."""
+        masks, head = self.layer_masks(k), self.head(k)
+        source = self._source(x)
+        out = np.empty((len(source), 2), dtype=np.float32)
+        for positions, xb, _ in source.batches(batch_size):
+            out[positions] = self.network.forward(xb, masks=masks, head=head)
+        return out
+
+    def to_keras(self, k):
+        """Module ``k`` as a Keras model with output ``(None, 2)`` = [P(concerned), P(unconcerned)].
+
+        Removed nodes output 0; convolution channels removed at every position
+        are zeroed, and dropped where only convolutions read them.
+        """
+        return to_keras(self.pruned(k))
+
+    def predict(self, x, batch_size=256, engine="keras"):
+        """Composed scores by voting: ``[N, len(classes)]`` of P_m(concerned | x).
+
+        Parameters
+        ----------
+        x : numpy.ndarray or DataSource
+        batch_size : int
+        engine : {"keras", "fastdecomp"}
+            Run the exported Keras modules (batched), or fastdecomp's engine.
+
+        Returns
+        -------
+        numpy.ndarray
+            Column j is module ``classes[j]``; the predicted class is
+            ``classes[argmax]``.
+        """
+        source = self._source(x)
+        scores = np.empty((len(source), len(self.classes)), dtype=np.float32)
+        if engine == "fastdecomp":
+            for j, k in enumerate(self.classes):
+                scores[:, j] = self.module_predict(k, source, batch_size)[:, 0]
+            return scores
+        if engine != "keras":
+            raise InputError(f"engine must be 'keras' or 'fastdecomp', got {engine!r}")
+        models = [self._keras_model(k) for k in self.classes]
+        for positions, xb, _ in source.batches(max(batch_size, 1024)):
+            for j, model in enumerate(models):
+                scores[positions, j] = np.asarray(model(xb, training=False))[:, 0]
+        return scores
+
+    def _keras_model(self, k):
+        if k not in self._keras_cache:
+            self._keras_cache[k] = self.to_keras(k)
+        return self._keras_cache[k]
+
+    def evaluate(self, x, y=None, batch_size=256, engine="keras"):
+        """Top-1/top-5 accuracy of the composed modules and of the model.
+
+        Only inputs whose label is one of the set's classes are scored.
+
+        Returns
+        -------
+        dict
+            ``top1``, ``top5`` (composed), ``model_top1``, ``model_top5``, ``num_images``.
+        """
+        source = self._source(x, y)
+        rows = np.flatnonzero(np.isin(source.labels, self.classes))
+        if len(rows) == 0:
+            raise InputError(f"no input has a label among the modules' classes {self.classes}")
+        subset = _Subset(source, rows)
+        labels = subset.labels
+        scores = self.predict(subset, batch_size, engine)
+        model_probs = self.network.predict(subset, batch_size)
+        classes = np.asarray(self.classes)
+        return {
+            "top1": _topk(scores, labels, classes, 1),
+            "top5": _topk(scores, labels, classes, 5),
+            "model_top1": _topk(model_probs, labels, np.arange(self.network.num_classes), 1),
+            "model_top5": _topk(model_probs, labels, np.arange(self.network.num_classes), 5),
+            "num_images": int(len(rows)),
+        }
+
+    def jaccard(self, k, kind="nodes"):
+        """Jaccard index between module ``k`` and the model (lower: more different).
+
+        Parameters
+        ----------
+        kind : {"nodes", "weights"}
+            ``nodes``: kept nodes / all nodes over the mask points.
+            ``weights``: the authors' scripts' definition, labelled as such: the
+            intersection over union of the *sets of values* of the flattened
+            weights the module keeps (removed weights zeroed, output layer
+            channeled) and the model's. The paper's JI figures use it.
+        """
+        if kind == "nodes":
+            masks = self.layer_masks(k)
+            return float(sum(m.sum() for m in masks.values()) / sum(m.size for m in masks.values()))
+        if kind != "weights":
+            raise InputError(f"kind must be one of {JACCARD_KINDS}, got {kind!r}")
+        module = self.pruned(k, drop_channels=False)
+        model_values, module_values = [], []
+        for original, kept in zip(self.network.layers, module.layers):
+            for key, w in original.weights.items():
+                model_values.append(w.ravel())
+                if original.name != self.network.output_dense:
+                    module_values.append(kept.weights[key].ravel())
+        module_values += [module.head[0].ravel(), module.head[1].ravel()]
+        a = np.unique(np.concatenate(model_values))
+        b = np.unique(np.concatenate(module_values))
+        return float(len(np.intersect1d(a, b, assume_unique=True)) / len(np.union1d(a, b)))
+
+    def sizes(self, k):
+        """Size of module ``k`` against the model.
+
+        Returns
+        -------
+        dict
+            ``kept_nodes``, ``nodes``, ``kept_channels``, ``channels`` (conv
+            channels not removed at every position), ``parameters`` (after
+            physical pruning), ``model_parameters``.
+        """
+        masks = self.layer_masks(k)
+        channels = kept_channels = 0
+        for layer in self.network.layers:
+            if layer.kind == "conv2d":
+                channels += layer.shape[-1]
+                kept_channels += int((~dead_channels(self.network, layer, masks)).sum())
+        model_parameters = sum(w.size for l in self.network.layers for w in l.weights.values())
+        return {
+            "kept_nodes": int(sum(m.sum() for m in masks.values())),
+            "nodes": int(sum(m.size for m in masks.values())),
+            "kept_channels": kept_channels, "channels": channels,
+            "parameters": self.pruned(k).parameter_count(),
+            "model_parameters": int(model_parameters),
+        }
+
+    def _source(self, x, y=None):
+        if isinstance(x, DataSource):
+            return x
+        x = np.asarray(x)
+        if x.ndim == 3 and self.network.input_shape[-1] == 1:
+            x = x[..., None]
+        if y is None:
+            y = np.zeros(len(x), dtype=np.int64)
+        source = as_source(x, y)
+        if tuple(source.sample_shape) != self.network.input_shape:
+            raise InputError(f"images of shape {source.sample_shape} do not fit the model's "
+                             f"input {self.network.input_shape}")
+        return source
+
+    # ------------------------------------------------------------------ storage
+
+    def save(self, path, overwrite=False):
+        """Save to a directory: the network's weights, bit-packed masks and a manifest.
+
+        The directory is written beside its final place and renamed into it
+        when complete, so a failed save leaves nothing behind.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            arrays = {}
+            graph = []
+            for i, layer in enumerate(self.network.layers):
+                graph.append({"name": layer.name, "kind": layer.kind, "inputs": layer.inputs,
+                              "shape": list(layer.shape), "keras_name": layer.keras_name,
+                              "config": _jsonable(layer.config), "weights": sorted(layer.weights)})
+                for key, w in layer.weights.items():
+                    arrays[f"w{i}_{key}"] = w
+            masks_meta = []
+            for j, (name, keep) in enumerate(self._keep.items()):
+                arrays[f"mask{j}"] = np.packbits(keep.reshape(len(self.classes), -1), axis=1)
+                masks_meta.append({"layer": name, "shape": list(keep.shape[1:])})
+            arrays["feature_keep"] = np.packbits(self._feature_keep, axis=1)
+            for i in range(len(self.classes)):
+                arrays[f"concerned{i}"] = self._concerned[i]
+                arrays[f"unconcerned{i}"] = self._unconcerned[i]
+            np.savez(tmp / "arrays.npz", **arrays)
+            manifest = {
+                "format": "fastdecomp-modules", "version": FORMAT_VERSION,
+                "network_name": self.network.name, "graph": graph, "masks": masks_meta,
+                "classes": self.classes, "num_features": int(self._feature_keep.shape[1]),
+                "options": self.options, "info": _jsonable(self.info),
+                "sha256": {"arrays.npz": _sha256(tmp / "arrays.npz")},
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+
+def load_modules(path):
+    """Load a :class:`ModuleSet` saved with :meth:`ModuleSet.save`.
+
+    Raises
+    ------
+    ModelFileError
+        If the directory is missing, truncated, tampered with or of another version.
+    """
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise ModelFileError(f"{path} is not a saved module set (no manifest.json)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{manifest_path} is corrupt ({exc}); save the modules again") from exc
+    if manifest.get("format") != "fastdecomp-modules":
+        raise ModelFileError(f"{path} is not a fastdecomp module set")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path} has format version {manifest.get('version')}; this fastdecomp "
+                             f"reads version {FORMAT_VERSION}. Decompose again with this version")
+    arrays_path = path / "arrays.npz"
+    if not arrays_path.is_file():
+        raise ModelFileError(f"{arrays_path} is missing")
+    if _sha256(arrays_path) != manifest["sha256"]["arrays.npz"]:
+        raise ModelFileError(f"{arrays_path} does not match its checksum: the file is truncated "
+                             "or was changed after saving")
+    try:
+        with np.load(arrays_path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+        layers = []
+        for i, g in enumerate(manifest["graph"]):
+            config = {k: tuple(v) if isinstance(v, list) else v for k, v in g["config"].items()}
+            weights = {key: arrays[f"w{i}_{key}"] for key in g["weights"]}
+            layers.append(Layer(g["name"], g["kind"], list(g["inputs"]), tuple(g["shape"]),
+                                config, weights, g["keras_name"]))
+        network = Network(layers, name=manifest["network_name"])
+        m = len(manifest["classes"])
+        keep = {}
+        for j, meta in enumerate(manifest["masks"]):
+            shape = tuple(meta["shape"])
+            bits = np.unpackbits(arrays[f"mask{j}"], axis=1, count=int(np.prod(shape)))
+            keep[meta["layer"]] = bits.astype(bool).reshape((m,) + shape)
+        feature_keep = np.unpackbits(arrays["feature_keep"], axis=1,
+                                     count=manifest["num_features"]).astype(bool)
+        concerned = [arrays[f"concerned{i}"] for i in range(m)]
+        unconcerned = [arrays[f"unconcerned{i}"] for i in range(m)]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path} is inconsistent ({type(exc).__name__}: {exc}); save the modules again") from exc
+    return ModuleSet(network, manifest["classes"], manifest["options"], keep, feature_keep,
+                     concerned, unconcerned, manifest["info"])
+
+
+class _Subset(DataSource):
+    def __init__(self, source, rows):
+        self.source, self.rows = source, np.asarray(rows)
+        self.labels = source.labels[self.rows]
+        self.sample_shape = source.sample_shape
+
+    def read(self, indices):
+        return self.source.read(self.rows[np.asarray(indices)])
+
+
+def _topk(scores, labels, classes, k):
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+        np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+    return float((classes[top] == labels[:, None]).any(axis=1).mean())
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

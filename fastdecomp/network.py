@@ -1,0 +1,317 @@
+"""A framework-free layer graph imported from Keras, run by fastdecomp's kernels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .data import DataSource, as_source
+from .errors import InputError, ModelFileError, UnsupportedLayerError
+from .layers import KERAS_CLASSES, KINDS, BatchNormKind, Layer, refuser
+
+__all__ = ["Network", "from_keras", "MASK_PLACEMENTS"]
+
+MASK_PLACEMENTS = ("conv", "relu")
+
+
+class Network:
+    """A trained classifier as a plain layer graph in topological order.
+
+    Build one with :func:`from_keras`. The last layers are always the output
+    Dense layer (``output_dense``) and a softmax.
+
+    Attributes
+    ----------
+    layers : list of Layer
+        In topological order; ``layers[0]`` is the input.
+    input_shape : tuple of int
+    num_classes : int
+    output_dense : str
+        Name of the output Dense layer.
+    """
+
+    def __init__(self, layers, name="network"):
+        self.layers = list(layers)
+        self.name = name
+        self.by_name = {layer.name: layer for layer in self.layers}
+        self.readers = {layer.name: [] for layer in self.layers}
+        for layer in self.layers:
+            for src in layer.inputs:
+                self.readers[src].append(layer.name)
+        self.input_shape = tuple(self.layers[0].shape)
+        last = self.layers[-1]
+        if last.kind != "softmax" or self.by_name[last.inputs[0]].kind != "dense":
+            raise UnsupportedLayerError(
+                f"model {name!r} must end in a Dense layer with a softmax activation "
+                f"(its last layer is {last.keras_name!r}, a {last.kind}); fastdecomp channels "
+                "that Dense layer into concerned/unconcerned outputs")
+        self.output_dense = last.inputs[0]
+        self.num_classes = last.shape[0]
+
+    def __repr__(self):
+        return (f"Network({self.name!r}, {len(self.layers)} layers, input {self.input_shape}, "
+                f"{self.num_classes} classes)")
+
+    def mask_points(self, mask_at="conv"):
+        """Layers whose outputs are mask points (ALGORITHM.md, "Node").
+
+        Parameters
+        ----------
+        mask_at : {"conv", "relu"}
+            ``conv``: every Conv2D and hidden Dense output (before activation);
+            ``relu``: every ReLU output.
+
+        Returns
+        -------
+        list of Layer
+        """
+        if mask_at == "conv":
+            return [l for l in self.layers if l.kind == "conv2d"
+                    or (l.kind == "dense" and l.name != self.output_dense)]
+        if mask_at == "relu":
+            return [l for l in self.layers if l.kind == "relu"]
+        raise InputError(f"mask_at must be one of {MASK_PLACEMENTS}, got {mask_at!r}")
+
+    def check_input(self, x):
+        """Raise a clear error unless ``x`` is a float batch this network takes."""
+        if x.ndim == len(self.input_shape) and tuple(x.shape) == self.input_shape:
+            raise InputError(f"got one image of shape {x.shape}; pass a batch, e.g. x[None]")
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise InputError(
+                f"images of shape {tuple(x.shape[1:])} do not fit the model's input "
+                f"{self.input_shape}; resize or reshape them (batch axis first, channels last)")
+
+    def forward(self, x, masks=None, observe=None, mask_at="conv", head=None):
+        """Run one batch through the network.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            float32 batch, shape ``(N,) + input_shape``.
+        masks : dict, optional
+            Layer name -> boolean array of the layer's output shape; the layer's
+            output is multiplied by it (removed nodes output 0).
+        observe : callable, optional
+            Called as ``observe(layer, values)`` at every mask point of
+            ``mask_at``, after masking.
+        mask_at : {"conv", "relu"}
+        head : tuple of numpy.ndarray, optional
+            ``(kernel [F, K], bias [K])`` replacing the output Dense layer's
+            weights (a channeled output).
+
+        Returns
+        -------
+        numpy.ndarray
+            Softmax probabilities, shape ``(N, K)``.
+        """
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        self.check_input(x)
+        observed = {l.name for l in self.mask_points(mask_at)} if observe else ()
+        remaining = {name: len(r) for name, r in self.readers.items()}
+        values = {self.layers[0].name: x}
+        for layer in self.layers[1:]:
+            inputs = [values[src] for src in layer.inputs]
+            if head is not None and layer.name == self.output_dense:
+                kernel, bias = head
+                out = np.empty((x.shape[0], kernel.shape[1]), dtype=np.float32)
+                from .kernels import cpu
+
+                cpu.dense_forward(inputs[0], np.ascontiguousarray(kernel, dtype=np.float32),
+                                  np.ascontiguousarray(bias, dtype=np.float32), out)
+            else:
+                out = layer.handler.forward(layer, inputs)
+            if masks is not None and layer.name in masks:
+                out = out * masks[layer.name]
+            if layer.name in observed:
+                observe(layer, out)
+            values[layer.name] = out
+            for src in layer.inputs:
+                remaining[src] -= 1
+                if remaining[src] == 0:
+                    del values[src]
+        return values[self.layers[-1].name]
+
+    def predict(self, x, batch_size=256):
+        """Softmax outputs of the model, streamed over batches.
+
+        Parameters
+        ----------
+        x : numpy.ndarray or DataSource
+            Images ``(N,) + input_shape`` (float32, or uint8 scaled by 1/255), or
+            a data source.
+        batch_size : int
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, shape ``(N, num_classes)``.
+        """
+        source = x if isinstance(x, DataSource) else as_source(
+            _as_images(x, self.input_shape), np.zeros(len(x), dtype=np.int64))
+        out = np.empty((len(source), self.num_classes), dtype=np.float32)
+        for positions, xb, _ in source.batches(batch_size):
+            out[positions] = self.forward(xb)
+        return out
+
+    def mask_shapes(self, mask_at="conv"):
+        """Mask-point name -> output shape, in topological order."""
+        return {l.name: tuple(l.shape) for l in self.mask_points(mask_at)}
+
+    def keras_name_of(self, name):
+        """The Keras layer a graph layer came from."""
+        return self.by_name[name].keras_name
+
+
+def _as_images(x, input_shape):
+    x = np.asarray(x)
+    if x.dtype.kind not in "uif":
+        raise InputError(f"images must be numeric, got dtype {x.dtype}")
+    if x.ndim == len(input_shape):
+        if tuple(x.shape) == tuple(input_shape):
+            raise InputError(f"got one image of shape {x.shape}; pass a batch, e.g. x[None]")
+        if len(input_shape) == 3 and input_shape[2] == 1:
+            x = x[..., None]
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise InputError(
+            f"images of shape {tuple(x.shape[1:])} do not fit the model's input {tuple(input_shape)}")
+    return x
+
+
+def load_keras_model(path):
+    """Load a ``.keras`` or ``.h5`` file with a clear error when it is missing or corrupt."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model file {path} does not exist")
+    if path.suffix not in (".keras", ".h5", ".hdf5"):
+        raise ModelFileError(f"{path}: expected a .keras or .h5 model file")
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many kinds for a bad file
+        raise ModelFileError(
+            f"could not read the Keras model {path}: {type(exc).__name__}: {exc}. "
+            "Is the file complete? Re-save it with model.save()") from exc
+
+
+def from_keras(model_or_path):
+    """Import a trained Keras classifier as a :class:`Network`.
+
+    Parameters
+    ----------
+    model_or_path : keras.Model, str or Path
+        A Sequential or functional model, or a ``.keras``/``.h5`` file.
+
+    Returns
+    -------
+    Network
+        BatchNormalization folded into the convolution before it; Dropout and
+        linear activations removed; inline ReLU/softmax activations split off as
+        layers named ``<layer>/relu`` and ``<layer>/softmax``.
+
+    Raises
+    ------
+    UnsupportedLayerError
+        For a layer or activation outside ALGORITHM.md's list, naming it.
+    ModelFileError
+        For a missing or unreadable model file.
+    """
+    if isinstance(model_or_path, Network):
+        return model_or_path
+    if isinstance(model_or_path, (str, Path)):
+        model = load_keras_model(model_or_path)
+    else:
+        model = model_or_path
+    if not hasattr(model, "outputs") or not hasattr(model, "layers"):
+        raise InputError(f"expected a Keras model or a model file path, got {type(model).__name__}")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UnsupportedLayerError(
+            f"model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+            "fastdecomp takes a classifier with one image input and one softmax output")
+
+    order = _topological_keras_nodes(model)
+    layers, alias, bn_pending = [], {}, {}
+    n_readers = {}
+    for op, node in order:
+        for t in node.input_tensors:
+            src = t._keras_history.operation.name
+            n_readers[src] = n_readers.get(src, 0) + 1
+
+    for op, node in order:
+        cls = type(op).__name__
+        refuse = refuser(op)
+        if cls in ("Functional", "Sequential", "Model") or hasattr(op, "layers"):
+            refuse("a nested model; build the classifier as one flat model")
+        srcs = [alias[t._keras_history.operation.name] for t in node.input_tensors]
+        in_shapes = [tuple(layers_by(layers, s).shape) for s in srcs]
+        if cls == "InputLayer":
+            shape = tuple(int(d) for d in op.batch_shape[1:]) if hasattr(op, "batch_shape") \
+                else tuple(int(d) for d in op.output.shape[1:])
+            if any(d is None for d in shape) or len(shape) != 3:
+                refuse(f"input shape {shape}; fastdecomp needs a fixed (height, width, channels)")
+            layers.append(Layer(op.name, "input", [], shape, keras_name=op.name))
+            alias[op.name] = op.name
+            continue
+        if cls not in KERAS_CLASSES:
+            refuse("no handler for this layer type")
+        kind = KERAS_CLASSES[cls]
+        handler = KINDS[kind]
+        config, weights, activation = handler.from_keras(op, op.get_config(), in_shapes, refuse)
+        if kind == "batchnorm":
+            prev = layers_by(layers, srcs[0])
+            if prev.kind != "conv2d" or prev.name != layers[-1].name or n_readers.get(prev.keras_name, 0) != 1:
+                refuse("BatchNormalization must directly follow the Conv2D it normalises "
+                       "(with nothing else reading that convolution's output) to be folded")
+            BatchNormKind.fold_into(prev, weights)
+            alias[op.name] = prev.name
+            continue
+        if kind == "identity":
+            out_name = srcs[0]
+        else:
+            shape = handler.output_shape(config, weights, in_shapes)
+            layers.append(Layer(op.name, kind, srcs, shape, config, weights, keras_name=op.name))
+            out_name = op.name
+        if activation is not None:
+            act = layers_by(layers, out_name)
+            if activation == "relu":
+                layers.append(Layer(f"{op.name}/relu", "relu", [out_name], act.shape, keras_name=op.name))
+            else:
+                layers.append(Layer(f"{op.name}/softmax", "softmax", [out_name], act.shape, keras_name=op.name))
+            out_name = layers[-1].name
+        alias[op.name] = out_name
+    return Network(layers, name=model.name)
+
+
+def layers_by(layers, name):
+    for layer in reversed(layers):
+        if layer.name == name:
+            return layer
+    raise KeyError(name)
+
+
+def _topological_keras_nodes(model):
+    """(operation, node) pairs from the model's input to its output, each once."""
+    order, seen = [], set()
+    stack = [(model.outputs[0]._keras_history.operation, model.outputs[0]._keras_history.node_index, False)]
+    while stack:
+        op, node_index, expanded = stack.pop()
+        key = (id(op), node_index)
+        if expanded:
+            if key not in seen:
+                seen.add(key)
+                order.append((op, op._inbound_nodes[node_index]))
+            continue
+        if key in seen:
+            continue
+        stack.append((op, node_index, True))
+        for t in reversed(op._inbound_nodes[node_index].input_tensors):
+            hist = t._keras_history
+            if (id(hist.operation), hist.node_index) not in seen:
+                stack.append((hist.operation, hist.node_index, False))
+    names = [op.name for op, _ in order]
+    if len(set(names)) != len(names):
+        raise UnsupportedLayerError(
+            "a layer is called more than once in the model (shared layers); fastdecomp "
+            "needs each layer to appear once in the graph")
+    return order

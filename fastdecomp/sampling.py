@@ -1,0 +1,87 @@
+"""The tangling-identification sample: which unconcerned inputs each module sees.
+
+ALGORITHM.md section 2: U_k is balanced over the other classes, about
+``ti_ratio * |X_k|`` inputs, at least ``floor(|X_k| / (C - 1))`` per class and
+at least one. fastdecomp draws it as follows, deterministically from ``seed``:
+
+1. every class c gets one seeded random order of its inputs (its *ranks*);
+2. module k takes ``m[k, c]`` inputs from class c: ``T = max(round(ti_ratio *
+   |X_k|), 1)`` split evenly, ``max(T // (C - 1), 1)`` each, the remainder
+   given one by one to the other classes in a seeded order of module k, and
+   never more than class c has;
+3. U_k is the first ``m[k, c]`` inputs of every other class's order.
+
+Because every module reads a prefix of the same per-class order, one streamed
+pass can record, per class and node, the smallest rank at which the node was
+active, and every module's TI statistics follow from it exactly.
+"""
+
+import numpy as np
+
+__all__ = ["class_ranks", "tangling_counts", "max_tangling_counts"]
+
+
+def class_ranks(labels, num_classes, seed):
+    """Rank of every input within its class's seeded random order.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``[N]``; ``ranks[i]`` is the position of input i in the order of
+        class ``labels[i]``.
+    """
+    labels = np.asarray(labels)
+    ranks = np.empty(len(labels), dtype=np.int64)
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        order = np.random.default_rng([seed, 7, c]).permutation(len(members))
+        ranks[members[order]] = np.arange(len(members))
+    return ranks
+
+
+def tangling_counts(k, concerned_size, class_sizes, ti_ratio, seed):
+    """How many inputs of each class module ``k``'s unconcerned sample takes.
+
+    Parameters
+    ----------
+    k : int
+        The module's class.
+    concerned_size : int
+        ``|X_k|``.
+    class_sizes : array_like of int
+        Inputs available per class, ``[C]``.
+    ti_ratio : float
+        Target ``|U_k| / |X_k|``.
+    seed : int
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``[C]``, zero at ``k``.
+    """
+    class_sizes = np.asarray(class_sizes, dtype=np.int64)
+    num_classes = len(class_sizes)
+    others = np.array([c for c in range(num_classes) if c != k], dtype=np.int64)
+    counts = np.zeros(num_classes, dtype=np.int64)
+    if len(others) == 0:
+        return counts
+    target = max(int(round(ti_ratio * concerned_size)), 1)
+    base = max(target // len(others), 1)
+    counts[others] = base
+    remainder = target - base * len(others)
+    if remainder > 0:
+        order = np.random.default_rng([seed, 11, k]).permutation(others)
+        counts[order[:remainder]] += 1
+    return np.minimum(counts, class_sizes)
+
+
+def max_tangling_counts(class_sizes, ti_ratio, seed, modules):
+    """Upper bound, per class, of what any module in ``modules`` takes from it.
+
+    ``tangling_counts`` is non-decreasing in ``concerned_size``, so the bound
+    uses ``|X_k| <= class_sizes[k]``; it is known before the pass.
+    """
+    bound = np.zeros(len(class_sizes), dtype=np.int64)
+    for k in modules:
+        bound = np.maximum(bound, tangling_counts(k, class_sizes[k], class_sizes, ti_ratio, seed))
+    return bound

@@ -1,0 +1,92 @@
+"""Per-class activity statistics gathered in one streamed pass (CI and TI)."""
+
+import numpy as np
+
+from .kernels import cpu
+
+__all__ = ["ActivityStatistics"]
+
+
+class ActivityStatistics:
+    """Bit-packed per-class activity at every mask point, OR-reduced batch by batch.
+
+    For each mask point it keeps
+
+    - ``active[c]``: OR over the concerned inputs of class c of ``value > 0``
+      (concern identification), bit-packed;
+    - ``first_rank[c, node]``: the smallest rank (see :mod:`fastdecomp.sampling`)
+      of an input of class c, among the first ``rank_limit[c]``, for which the
+      node was active (tangling identification); ``rank_limit.max()`` where none.
+
+    The result does not depend on the batch size or on the order in which
+    batches arrive.
+
+    Parameters
+    ----------
+    shapes : dict
+        Mask-point name -> output shape without the batch axis.
+    num_classes : int
+    rank_limit : array_like of int
+        ``[C]``: ranks at or beyond it are never in any module's sample.
+    """
+
+    def __init__(self, shapes, num_classes, rank_limit):
+        self.shapes = dict(shapes)
+        self.num_classes = num_classes
+        self.rank_limit = np.asarray(rank_limit, dtype=np.int64)
+        never = int(self.rank_limit.max(initial=0))
+        rank_dtype = np.uint16 if never < np.iinfo(np.uint16).max else np.uint32
+        self.never = never
+        self.active, self.first_rank = {}, {}
+        for name, shape in self.shapes.items():
+            nodes = int(np.prod(shape))
+            self.active[name] = np.zeros((num_classes, (nodes + 7) // 8), dtype=np.uint8)
+            self.first_rank[name] = np.full((num_classes, nodes + (-nodes) % 8), never, dtype=rank_dtype)
+        self.concerned_count = np.zeros(num_classes, dtype=np.int64)
+
+    def batch_roles(self, labels, ranks, concerned):
+        """(concerned_class, tangle_class, tangle_rank) arrays for a batch."""
+        labels = np.asarray(labels, dtype=np.int64)
+        concerned_class = np.where(concerned, labels, -1)
+        in_sample = ranks < self.rank_limit[labels]
+        tangle_class = np.where(in_sample, labels, -1)
+        tangle_rank = np.where(in_sample, ranks, -1)
+        return concerned_class, tangle_class, tangle_rank
+
+    def update(self, name, bits, concerned_class, tangle_class, tangle_rank):
+        """Fold one batch's bit-packed activity at mask point ``name`` into the statistics."""
+        cpu.accumulate_activity(bits, concerned_class, tangle_class, tangle_rank,
+                                self.active[name], self.first_rank[name])
+
+    def count(self, concerned_class):
+        """Count a batch's concerned inputs per class (once per batch)."""
+        valid = concerned_class[concerned_class >= 0]
+        self.concerned_count += np.bincount(valid, minlength=self.num_classes)
+
+    def keep(self, k, counts):
+        """Kept nodes of module ``k`` after CI and TI, per mask point.
+
+        Parameters
+        ----------
+        k : int
+        counts : array_like of int
+            ``[C]``, how many inputs of each class U_k takes
+            (:func:`fastdecomp.sampling.tangling_counts`).
+
+        Returns
+        -------
+        dict
+            Mask-point name -> boolean array of the point's shape.
+        """
+        counts = np.asarray(counts)
+        if (counts > self.rank_limit).any():
+            raise ValueError("a tangling sample exceeds the ranks gathered in the pass")
+        out = {}
+        for name, shape in self.shapes.items():
+            nodes = int(np.prod(shape))
+            keep = np.unpackbits(self.active[name][k], count=nodes).astype(bool)
+            first = self.first_rank[name]
+            for c in np.flatnonzero(counts):
+                keep |= first[c, :nodes] < counts[c]
+            out[name] = keep.reshape(shape)
+        return out

@@ -1,0 +1,120 @@
+"""The paper's model family, and trained models shipped with fastdecomp.
+
+:func:`resnet_v1` builds ResNet v1 for CIFAR-sized inputs (He et al. 2016,
+section 4.2): a 3x3 convolution with 16 filters, then three stages of ``n``
+residual blocks with 16, 32 and 64 filters, 1x1 projection shortcuts where a
+stage downsamples, global average pooling and a softmax Dense layer. Depth
+``6n + 2`` gives ResNet-20/32/56 for n = 3/5/9, with 21/33/57 convolutions.
+
+:func:`load` returns a trained model committed under ``fastdecomp/models``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import InputError, ModelFileError
+
+__all__ = ["resnet_v1", "load", "available", "MODELS_DIR"]
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+
+def resnet_v1(depth, input_shape, num_classes, batchnorm=False, seed=None):
+    """Build an untrained ResNet v1 (CIFAR variant) in Keras.
+
+    Parameters
+    ----------
+    depth : int
+        ``6n + 2``: 20, 32, 56, ...
+    input_shape : tuple of int
+        ``(height, width, channels)``, e.g. ``(28, 28, 1)`` or ``(64, 64, 3)``.
+    num_classes : int
+    batchnorm : bool
+        Put BatchNormalization after every convolution (the paper trains
+        without it).
+    seed : int, optional
+        Seed of the weight initialisers.
+
+    Returns
+    -------
+    keras.Model
+        A functional model with named layers: ``stage{s}_block{b}_conv{1,2}``,
+        ``..._relu{1,2}``, ``..._add``, ``..._shortcut``.
+    """
+    import keras
+    from keras import layers
+
+    if depth < 8 or (depth - 2) % 6:
+        raise InputError(f"depth must be 6n + 2 (20, 32, 56, ...), got {depth}")
+    blocks = (depth - 2) // 6
+    init_seed = [0 if seed is None else int(seed)]
+
+    def initializer():
+        init_seed[0] += 1
+        return keras.initializers.HeNormal(seed=None if seed is None else init_seed[0])
+
+    def conv(x, filters, kernel, strides, name):
+        x = layers.Conv2D(filters, kernel, strides=strides, padding="same",
+                          kernel_initializer=initializer(), name=name)(x)
+        if batchnorm:
+            x = layers.BatchNormalization(name=name + "_bn")(x)
+        return x
+
+    inputs = keras.Input(shape=tuple(input_shape), name="input")
+    x = conv(inputs, 16, 3, 1, "conv0")
+    x = layers.ReLU(name="relu0")(x)
+    filters = 16
+    for stage in range(3):
+        for block in range(blocks):
+            prefix = f"stage{stage + 1}_block{block + 1}"
+            strides = 2 if stage > 0 and block == 0 else 1
+            y = conv(x, filters, 3, strides, prefix + "_conv1")
+            y = layers.ReLU(name=prefix + "_relu1")(y)
+            y = conv(y, filters, 3, 1, prefix + "_conv2")
+            shortcut = x
+            if strides != 1:
+                shortcut = conv(x, filters, 1, strides, prefix + "_shortcut")
+            x = layers.Add(name=prefix + "_add")([y, shortcut])
+            x = layers.ReLU(name=prefix + "_relu2")(x)
+        filters *= 2
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = layers.Dense(num_classes, activation="softmax",
+                           kernel_initializer=initializer(), name="output")(x)
+    return keras.Model(inputs, outputs, name=f"resnet{depth}_v1")
+
+
+def available():
+    """Names of the trained models shipped with fastdecomp, with their metadata.
+
+    Returns
+    -------
+    dict
+        ``name -> metadata`` (dataset, depth, test accuracy, epochs, ...).
+    """
+    out = {}
+    for meta in sorted(MODELS_DIR.glob("*.json")):
+        out[meta.stem] = json.loads(meta.read_text())
+    return out
+
+
+def load(name):
+    """Load a trained model shipped with fastdecomp.
+
+    Parameters
+    ----------
+    name : str
+        ``"resnet20-fmnist"`` or ``"resnet56-fmnist"`` (see :func:`available`).
+
+    Returns
+    -------
+    keras.Model
+    """
+    path = MODELS_DIR / f"{name}.keras"
+    if not path.is_file():
+        known = ", ".join(sorted(available())) or "none (train them with bench/train_zoo.py)"
+        raise ModelFileError(f"no zoo model named {name!r}; available: {known}")
+    import keras
+
+    return keras.models.load_model(path, compile=False)
