@@ -46,7 +46,8 @@ def decompose(model, x, y=None, *, classes=None, mask_at="conv", backtrack="bln"
     bln_rule : {"algorithm", "prose"}
         Which reading of the paper's MC-BLN rule to use.
     ti_ratio : float
-        Size of each unconcerned sample relative to the concerned set.
+        Size of each unconcerned sample relative to the concerned set; 0 turns
+        tangling identification off (CI + MC only).
     concerned : {"correct", "all"}
         Concerned inputs: the class's images the model classifies correctly, or all.
     batch_size : int
@@ -150,8 +151,8 @@ def _check_options(network, source, classes, mask_at, backtrack, delta, bln_rule
         raise InputError(f"backend must be one of {BACKENDS} (the GPU backend is not built yet), got {backend!r}")
     if not np.isfinite(delta) or delta < 0:
         raise InputError(f"delta must be a finite number >= 0, got {delta!r}")
-    if not np.isfinite(ti_ratio) or ti_ratio <= 0:
-        raise InputError(f"ti_ratio must be a positive number, got {ti_ratio!r}")
+    if not np.isfinite(ti_ratio) or ti_ratio < 0:
+        raise InputError(f"ti_ratio must be a number >= 0 (0 turns TI off), got {ti_ratio!r}")
     if int(batch_size) != batch_size or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     if tuple(source.sample_shape) != network.input_shape:

@@ -82,7 +82,7 @@ class Network:
                 f"images of shape {tuple(x.shape[1:])} do not fit the model's input "
                 f"{self.input_shape}; resize or reshape them (batch axis first, channels last)")
 
-    def forward(self, x, masks=None, observe=None, mask_at="conv", head=None):
+    def forward(self, x, masks=None, observe=None, mask_at="conv", head=None, logits=False):
         """Run one batch through the network.
 
         Parameters
@@ -99,11 +99,13 @@ class Network:
         head : tuple of numpy.ndarray, optional
             ``(kernel [F, K], bias [K])`` replacing the output Dense layer's
             weights (a channeled output).
+        logits : bool
+            Return the output layer's values before the softmax.
 
         Returns
         -------
         numpy.ndarray
-            Softmax probabilities, shape ``(N, K)``.
+            Softmax probabilities (or logits), shape ``(N, K)``.
         """
         x = np.ascontiguousarray(x, dtype=np.float32)
         self.check_input(x)
@@ -111,6 +113,8 @@ class Network:
         remaining = {name: len(r) for name, r in self.readers.items()}
         values = {self.layers[0].name: x}
         for layer in self.layers[1:]:
+            if logits and layer is self.layers[-1]:
+                break
             inputs = [values[src] for src in layer.inputs]
             if head is not None and layer.name == self.output_dense:
                 kernel, bias = head
@@ -130,7 +134,7 @@ class Network:
                 remaining[src] -= 1
                 if remaining[src] == 0:
                     del values[src]
-        return values[self.layers[-1].name]
+        return values[self.output_dense if logits else self.layers[-1].name]
 
     def predict(self, x, batch_size=256):
         """Softmax outputs of the model, streamed over batches.

@@ -51,7 +51,7 @@ def tangling_counts(k, concerned_size, class_sizes, ti_ratio, seed):
     class_sizes : array_like of int
         Inputs available per class, ``[C]``.
     ti_ratio : float
-        Target ``|U_k| / |X_k|``.
+        Target ``|U_k| / |X_k|``; 0 turns tangling identification off.
     seed : int
 
     Returns
@@ -63,7 +63,7 @@ def tangling_counts(k, concerned_size, class_sizes, ti_ratio, seed):
     num_classes = len(class_sizes)
     others = np.array([c for c in range(num_classes) if c != k], dtype=np.int64)
     counts = np.zeros(num_classes, dtype=np.int64)
-    if len(others) == 0:
+    if len(others) == 0 or ti_ratio == 0:
         return counts
     target = max(int(round(ti_ratio * concerned_size)), 1)
     base = max(target // len(others), 1)

@@ -1,0 +1,84 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--gpu", action="store_true", help="run tests that need a CUDA device")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--gpu"):
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; run with --gpu where one exists")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def balance_output_bias(model, x):
+    """Set the output bias so that a random model predicts every class about equally."""
+    import keras
+
+    dense = model.get_layer("output") if any(l.name == "output" for l in model.layers) else model.layers[-1]
+    features = keras.Model(model.inputs, dense.input).predict(x, verbose=0)
+    kernel, bias = dense.get_weights()
+    logits = features @ kernel
+    dense.set_weights([kernel, -np.median(logits, axis=0)])
+
+
+def labelled_like_model(model, x, flip_every=6, seed=0):
+    """Labels equal to the model's predictions, with every ``flip_every``-th one changed."""
+    y = model.predict(x, verbose=0).argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    num_classes = model.output_shape[-1]
+    flip = np.arange(0, len(y), flip_every)
+    y[flip] = (y[flip] + rng.integers(1, num_classes, len(flip))) % num_classes
+    return y
+
+
+def small_resnet(seed=3):
+    from fastdecomp import zoo
+
+    return zoo.resnet_v1(8, (8, 8, 1), 4, seed=seed)
+
+
+def small_sequential(seed=4):
+    import keras
+    from keras import layers
+
+    init = keras.initializers.HeNormal(seed=seed)
+    return keras.Sequential([
+        keras.Input((12, 12, 2)),
+        layers.Conv2D(4, 3, padding="valid", activation="relu", kernel_initializer=init, name="c1"),
+        layers.MaxPooling2D(2, name="mp"),
+        layers.Conv2D(6, 3, strides=2, padding="same", kernel_initializer=init, name="c2"),
+        layers.ReLU(name="r2"),
+        layers.ZeroPadding2D(1, name="zp"),
+        layers.AveragePooling2D(2, strides=1, name="ap"),
+        layers.Flatten(name="flat"),
+        layers.Dense(8, activation="relu", kernel_initializer=init, name="hidden"),
+        layers.Dropout(0.3, name="drop"),
+        layers.Dense(3, activation="softmax", kernel_initializer=init, name="output"),
+    ], name="small_sequential")
+
+
+@pytest.fixture(scope="session")
+def resnet_case():
+    """A ResNet-8 on 8x8x1 with 4 classes, balanced random weights, and 48 labelled images."""
+    model = small_resnet()
+    x = np.random.default_rng(1).random((48, 8, 8, 1), dtype=np.float32)
+    balance_output_bias(model, x)
+    return model, x, labelled_like_model(model, x)
+
+
+@pytest.fixture(scope="session")
+def sequential_case():
+    """A Sequential CNN with valid/same padding, stride 2, pooling, zero padding and hidden Dense."""
+    model = small_sequential()
+    x = np.random.default_rng(2).random((40, 12, 12, 2), dtype=np.float32)
+    balance_output_bias(model, x)
+    return model, x, labelled_like_model(model, x, flip_every=5)

@@ -1,0 +1,149 @@
+"""A slow, literal implementation of ALGORITHM.md sections 1-4: the oracle.
+
+One input at a time, one module at a time, one node at a time, straight from
+the definitions. It shares only the forward pass with fastdecomp (so that both
+see the same float values); statistics, sampling, channeling and backtracking
+are written here again, independently and plainly.
+"""
+
+import itertools
+
+import numpy as np
+
+
+def mask_point_values(network, image, mask_at):
+    """Values at every mask point for one image, and the model's probabilities."""
+    values = {}
+    probs = network.forward(image[None], observe=lambda layer, v: values.__setitem__(layer.name, v[0]),
+                            mask_at=mask_at)
+    return values, probs[0]
+
+
+def tangling_sample(k, concerned_size, labels, num_classes, ti_ratio, seed):
+    """U_k as ALGORITHM.md section 2 and fastdecomp.sampling's docstring define it."""
+    others = [c for c in range(num_classes) if c != k]
+    if ti_ratio == 0:
+        return []
+    target = max(int(round(ti_ratio * concerned_size)), 1)
+    base = max(target // len(others), 1)
+    take = {c: base for c in others}
+    remainder = target - base * len(others)
+    if remainder > 0:
+        for c in np.random.default_rng([seed, 11, k]).permutation(others)[:remainder]:
+            take[int(c)] += 1
+    sample = []
+    for c in others:
+        members = [i for i in range(len(labels)) if labels[i] == c]
+        shuffled = [members[j] for j in np.random.default_rng([seed, 7, c]).permutation(len(members))]
+        sample += shuffled[:min(take[c], len(members))]
+    return sorted(sample)
+
+
+def reads(network, layer, out_node):
+    """The paper's forward map: (input index, input node) pairs one output node reads."""
+    in_shapes = [network.by_name[s].shape for s in layer.inputs]
+    kind = layer.kind
+    if kind in ("relu", "softmax"):
+        return [(0, out_node)]
+    if kind == "add":
+        return [(i, out_node) for i in range(len(layer.inputs))]
+    if kind == "flatten":
+        return [(0, tuple(int(v) for v in np.unravel_index(out_node[0], in_shapes[0])))]
+    if kind == "dense":
+        return [(0, (f,)) for f in range(in_shapes[0][0])]
+    if kind == "gap":
+        h, w, _ = in_shapes[0]
+        return [(0, (a, b, out_node[0])) for a in range(h) for b in range(w)]
+    if kind == "zeropad":
+        pt, _, pl, _ = layer.config["pads"]
+        h, w, _ = in_shapes[0]
+        i, j, c = out_node
+        return [(0, (i - pt, j - pl, c))] if 0 <= i - pt < h and 0 <= j - pl < w else []
+    if kind in ("conv2d", "maxpool", "avgpool"):
+        h, w, cin = in_shapes[0]
+        kh, kw = layer.weights["kernel"].shape[:2] if kind == "conv2d" else layer.config["pool"]
+        sh, sw = layer.config["strides"]
+        pt, _, pl, _ = layer.config["pads"]
+        i, j, o = out_node
+        out = []
+        for dy in range(kh):
+            for dx in range(kw):
+                y, x = i * sh + dy - pt, j * sw + dx - pl
+                if 0 <= y < h and 0 <= x < w:
+                    channels = range(cin) if kind == "conv2d" else [o]
+                    out += [(0, (y, x, c)) for c in channels]
+        return out
+    raise AssertionError(f"no forward map for {kind}")
+
+
+def backtrack_dead(network, removed_features, through_conv):
+    """Dead nodes per layer (sets of node tuples), walking back node by node."""
+    dense = network.by_name[network.output_dense]
+    source = dense.inputs[0]
+    dead_for_reader = {source: {network.output_dense: {(f,) for f in np.flatnonzero(removed_features)}}}
+    dead = {}
+    for layer in reversed(network.layers):
+        if layer.name in (network.output_dense, network.layers[-1].name):
+            continue
+        readers = network.readers[layer.name]
+        per_reader = dead_for_reader.get(layer.name, {})
+        nodes = set(itertools.product(*[range(d) for d in layer.shape]))
+        if any(r not in per_reader for r in readers) or not readers:
+            dead[layer.name] = set()
+        else:
+            dead[layer.name] = set.intersection(*[per_reader[r] for r in set(readers)])
+        if not dead[layer.name] or layer.kind == "input":
+            continue
+        if layer.kind == "conv2d" and not through_conv:
+            for src in layer.inputs:
+                dead_for_reader.setdefault(src, {})[layer.name] = set()
+            continue
+        # forward pass of the map: every input node -> the output nodes reading it
+        readers_of = {}
+        for out_node in nodes:
+            for index, in_node in reads(network, layer, out_node):
+                readers_of.setdefault((index, in_node), []).append(out_node)
+        for index, src in enumerate(layer.inputs):
+            src_nodes = itertools.product(*[range(d) for d in network.by_name[src].shape])
+            dead_in = {n for n in src_nodes
+                       if all(o in dead[layer.name] for o in readers_of.get((index, n), []))}
+            dead_for_reader.setdefault(src, {})[layer.name] = dead_in
+    return dead
+
+
+def reference_decompose(network, x, y, k, *, mask_at="conv", backtrack="bln", delta=0.5,
+                        bln_rule="algorithm", ti_ratio=1.0, concerned="correct", seed=0,
+                        tangling=True):
+    """Masks (by layer name), channeled head and samples of module ``k``, literally."""
+    num_classes = network.num_classes
+    predictions = [int(np.argmax(mask_point_values(network, x[i], mask_at)[1])) for i in range(len(x))]
+    concerned_set = [i for i in range(len(x))
+                     if y[i] == k and (concerned == "all" or predictions[i] == k)]
+    points = network.mask_points(mask_at)
+    keep = {p.name: np.zeros(p.shape, dtype=bool) for p in points}
+    for i in concerned_set:  # 1. concern identification
+        values, _ = mask_point_values(network, x[i], mask_at)
+        for name in keep:
+            for node in itertools.product(*[range(d) for d in keep[name].shape]):
+                if values[name][node] > 0:
+                    keep[name][node] = True
+    unconcerned = tangling_sample(k, len(concerned_set), y, num_classes, ti_ratio, seed) if tangling else []
+    for i in unconcerned:  # 2. tangling identification
+        values, _ = mask_point_values(network, x[i], mask_at)
+        for name in keep:
+            keep[name] |= values[name] > 0
+    dense = network.by_name[network.output_dense]  # 3. channeling
+    w, b = dense.weights["kernel"], dense.weights["bias"]
+    others = [c for c in range(num_classes) if c != k]
+    w_c, w_uc = w[:, k], w[:, others].mean(axis=1)
+    head = (np.stack([w_c, w_uc], axis=1).astype(np.float32),
+            np.array([b[k], b[others].mean()], dtype=np.float32))
+    if backtrack is not None:  # 4. backtracking
+        removed = np.array([(w_uc[j] <= -delta and w_c[j] >= delta) if bln_rule == "algorithm"
+                            else (w_uc[j] >= delta and w_c[j] <= -delta) for j in range(len(w_c))])
+        head[0][removed] = 0.0
+        dead = backtrack_dead(network, removed, through_conv=backtrack == "bi")
+        for name in keep:
+            for node in dead.get(name, ()):
+                keep[name][node] = False
+    return keep, head, (np.array(concerned_set, dtype=np.int64), np.array(unconcerned, dtype=np.int64))

@@ -1,0 +1,152 @@
+"""ALGORITHM.md's exactness invariants, against the literal reference in reference.py."""
+
+import numpy as np
+import pytest
+
+import fastdecomp as fd
+from fastdecomp.data import ArraySource
+
+from reference import mask_point_values, reference_decompose
+
+VARIANTS = [None, "bln", "bi"]
+PLACEMENTS = ["conv", "relu"]
+DELTA = 0.05  # random test weights are small; the paper's 0.5 would remove nothing
+
+
+@pytest.fixture(scope="module", params=["resnet", "sequential"])
+def case(request, resnet_case, sequential_case):
+    model, x, y = resnet_case if request.param == "resnet" else sequential_case
+    return fd.from_keras(model), x, y
+
+
+@pytest.fixture(scope="module")
+def reference_masks(case):
+    """Reference masks of every module for every variant and placement, computed once."""
+    network, x, y = case
+    cache = {}
+
+    def get(k, backtrack, mask_at, bln_rule="algorithm"):
+        key = (k, backtrack, mask_at, bln_rule)
+        if key not in cache:
+            cache[key] = reference_decompose(network, x, y, k, mask_at=mask_at, backtrack=backtrack,
+                                             delta=DELTA, bln_rule=bln_rule, seed=5)
+        return cache[key]
+    return get
+
+
+def assert_same_masks(fast, k, expected_keep, expected_head, expected_samples):
+    got = fast.layer_masks(k)
+    assert set(got) == set(expected_keep)
+    for name, mask in expected_keep.items():
+        np.testing.assert_array_equal(got[name], mask, err_msg=f"module {k}, mask point {name}")
+    kernel, bias = fast.head(k)
+    np.testing.assert_array_equal(kernel, expected_head[0])
+    np.testing.assert_array_equal(bias, expected_head[1])
+    concerned, unconcerned = fast.sample_indices(k)
+    np.testing.assert_array_equal(concerned, expected_samples[0])
+    np.testing.assert_array_equal(unconcerned, expected_samples[1])
+
+
+@pytest.mark.parametrize("mask_at", PLACEMENTS)
+@pytest.mark.parametrize("backtrack", VARIANTS)
+def test_streamed_masks_equal_reference_for_any_batch_size(case, reference_masks, backtrack, mask_at):
+    network, x, y = case
+    for batch_size in (1, 7, len(x)):
+        fast = fd.decompose(network, x, y, mask_at=mask_at, backtrack=backtrack, delta=DELTA,
+                            batch_size=batch_size, seed=5, progress=False)
+        for k in fast.classes:
+            assert_same_masks(fast, k, *reference_masks(k, backtrack, mask_at))
+
+
+def test_prose_rule_equals_reference(case, reference_masks):
+    network, x, y = case
+    fast = fd.decompose(network, x, y, backtrack="bi", bln_rule="prose", delta=DELTA, seed=5,
+                        batch_size=16, progress=False)
+    for k in fast.classes:
+        assert_same_masks(fast, k, *reference_masks(k, "bi", "conv", "prose"))
+
+
+def test_backtracking_removes_something(case):
+    """Guard: the variants must differ on these models, or the tests above prove little."""
+    network, x, y = case
+    kept = {}
+    for backtrack in VARIANTS:
+        fast = fd.decompose(network, x, y, backtrack=backtrack, delta=DELTA, seed=5, progress=False)
+        kept[backtrack] = sum(fast.sizes(k)["kept_nodes"] for k in fast.classes)
+    assert kept[None] > kept["bln"] >= kept["bi"]
+
+
+class ShuffledBatches(ArraySource):
+    """A source that delivers its batches in a seeded random order."""
+
+    def batches(self, batch_size, indices=None):
+        batches = list(super().batches(batch_size, indices))
+        for i in np.random.default_rng(9).permutation(len(batches)):
+            yield batches[i]
+
+
+def test_masks_do_not_depend_on_batch_order(case):
+    network, x, y = case
+    plain = fd.decompose(network, x, y, backtrack="bi", delta=DELTA, batch_size=5, seed=5, progress=False)
+    shuffled = fd.decompose(network, ShuffledBatches(x, y), backtrack="bi", delta=DELTA, batch_size=5,
+                            seed=5, progress=False)
+    for k in plain.classes:
+        for name, mask in plain.layer_masks(k).items():
+            np.testing.assert_array_equal(shuffled.layer_masks(k)[name], mask)
+
+
+def test_concern_identification_alone_ignores_input_order(case):
+    network, x, y = case
+    order = np.random.default_rng(3).permutation(len(x))
+    a = fd.decompose(network, x, y, backtrack=None, ti_ratio=0, batch_size=8, progress=False)
+    b = fd.decompose(network, x[order], y[order], backtrack=None, ti_ratio=0, batch_size=8, progress=False)
+    for k in a.classes:
+        for name, mask in a.layer_masks(k).items():
+            np.testing.assert_array_equal(b.layer_masks(k)[name], mask)
+
+
+def test_ci_module_reproduces_model_outputs_on_concerned_inputs(case):
+    """Invariant 2: with relu mask points, CI alone changes no output on X_k."""
+    network, x, y = case
+    fast = fd.decompose(network, x, y, mask_at="relu", backtrack=None, ti_ratio=0, progress=False)
+    for k in fast.classes:
+        concerned, _ = fast.sample_indices(k)
+        assert len(concerned) > 0
+        module = network.forward(x[concerned], masks=fast.layer_masks(k), logits=True)
+        model = network.forward(x[concerned], logits=True)
+        np.testing.assert_array_equal(module, model)
+        # and the masks are not trivially all-kept
+    assert any(not m.all() for k in fast.classes for m in fast.layer_masks(k).values())
+
+
+@pytest.mark.parametrize("mask_at", PLACEMENTS)
+def test_bi_removals_change_no_module_output(case, mask_at):
+    """Invariant 3: nodes MC-BI finds dead change no output of the CI+TI+MC-BLN module."""
+    network, x, y = case
+    bln = fd.decompose(network, x, y, mask_at=mask_at, backtrack="bln", delta=DELTA, progress=False)
+    bi = fd.decompose(network, x, y, mask_at=mask_at, backtrack="bi", delta=DELTA, progress=False)
+    more_removed = 0
+    for k in bln.classes:
+        more_removed += bln.sizes(k)["kept_nodes"] - bi.sizes(k)["kept_nodes"]
+        np.testing.assert_array_equal(bi.module_predict(k, x), bln.module_predict(k, x))
+    assert more_removed >= 0
+
+
+@pytest.mark.parametrize("mask_at", PLACEMENTS)
+def test_keras_export_matches_engine(case, mask_at):
+    """Invariant 4: the exported, physically pruned Keras module equals the engine's module."""
+    network, x, y = case
+    fast = fd.decompose(network, x, y, mask_at=mask_at, backtrack="bi", delta=DELTA, progress=False)
+    for k in fast.classes:
+        keras_model = fast.to_keras(k)
+        assert keras_model.output_shape == (None, 2)
+        np.testing.assert_allclose(keras_model.predict(x, verbose=0), fast.module_predict(k, x),
+                                   atol=2e-6, rtol=1e-5)
+
+
+def test_reference_observes_every_mask_point(case):
+    network, x, _ = case
+    for mask_at in PLACEMENTS:
+        values, probs = mask_point_values(network, x[0], mask_at)
+        assert set(values) == {p.name for p in network.mask_points(mask_at)}
+        assert probs.shape == (network.num_classes,)
