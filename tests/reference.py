@@ -11,8 +11,18 @@ import itertools
 import numpy as np
 
 
+_VALUES = {}
+
+
 def mask_point_values(network, image, mask_at):
-    """Values at every mask point for one image, and the model's probabilities."""
+    """Values at every mask point for one image, and the model's probabilities (memoised)."""
+    key = (id(network), mask_at, image.tobytes())
+    if key not in _VALUES:
+        _VALUES[key] = _forward_one(network, image, mask_at)
+    return _VALUES[key]
+
+
+def _forward_one(network, image, mask_at):
     values = {}
     probs = network.forward(image[None], observe=lambda layer, v: values.__setitem__(layer.name, v[0]),
                             mask_at=mask_at)

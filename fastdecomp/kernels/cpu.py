@@ -21,35 +21,60 @@ def jit(parallel=False):
 # --------------------------------------------------------------------------
 
 @jit(parallel=True)
-def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out):
-    """Direct 2-D convolution ``out = conv(x, kernel) + bias`` (NHWC, HWIO).
+def im2col(x, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, out_h, out_w, col):
+    """Unfold sliding windows: row ``(b, i, j)`` of ``col`` holds window (i, j) of image b.
 
-    Padding positions contribute nothing. Each output sums its terms in
-    (kernel row, kernel column, input channel) order, then adds the bias.
+    Columns are ordered (kernel row, kernel column, input channel), like a
+    Keras HWIO kernel reshaped to ``[kh * kw * ci, co]``; padding reads 0.
     """
     n, h, w, ci = x.shape
-    kh, kw, _, co = kernel.shape
+    for task in prange(n * out_h):
+        b = task // out_h
+        i = task % out_h
+        for j in range(out_w):
+            row = (b * out_h + i) * out_w + j
+            for dy in range(kernel_h):
+                y = i * stride_h + dy - pad_top
+                for dx in range(kernel_w):
+                    xx = j * stride_w + dx - pad_left
+                    base = (dy * kernel_w + dx) * ci
+                    if y >= 0 and y < h and xx >= 0 and xx < w:
+                        for c in range(ci):
+                            col[row, base + c] = x[b, y, xx, c]
+                    else:
+                        for c in range(ci):
+                            col[row, base + c] = 0.0
+
+
+GEMM_ROWS = 4096
+
+
+def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out):
+    """2-D convolution ``out = conv(x, kernel) + bias`` (NHWC input, HWIO kernel).
+
+    Windows are unfolded (:func:`im2col`) for a fixed number of images at a
+    time and multiplied with one BLAS ``sgemm`` call of always the same shape
+    (the last group padded with zeros). BLAS computes each row of a product
+    of fixed shape identically wherever the row sits, so an image's values do
+    not depend on the batch it came in; ``tests/test_invariants.py`` holds
+    this.
+    """
+    n = x.shape[0]
+    kh, kw, ci, co = kernel.shape
     oh, ow = out.shape[1], out.shape[2]
-    for task in prange(n * oh):
-        b = task // oh
-        i = task % oh
-        acc = np.zeros((ow, co), dtype=np.float32)
-        for dy in range(kh):
-            y = i * stride_h + dy - pad_top
-            if y < 0 or y >= h:
-                continue
-            for dx in range(kw):
-                for c in range(ci):
-                    for j in range(ow):
-                        xx = j * stride_w + dx - pad_left
-                        if xx < 0 or xx >= w:
-                            continue
-                        v = x[b, y, xx, c]
-                        for o in range(co):
-                            acc[j, o] += v * kernel[dy, dx, c, o]
-        for j in range(ow):
-            for o in range(co):
-                out[b, i, j, o] = acc[j, o] + bias[o]
+    rows = oh * ow
+    group = 1 << max(0, int(np.log2(max(GEMM_ROWS // rows, 1))))
+    col = np.empty((group * rows, kh * kw * ci), dtype=np.float32)
+    product = np.empty((group * rows, co), dtype=np.float32)
+    weights = np.ascontiguousarray(kernel.reshape(kh * kw * ci, co))
+    for start in range(0, n, group):
+        count = min(group, n - start)
+        im2col(x[start:start + count], kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, col)
+        if count < group:
+            col[count * rows:] = 0.0
+        np.dot(col, weights, out=product)
+        product += bias
+        out[start:start + count] = product[:count * rows].reshape(count, oh, ow, co)
 
 
 @jit(parallel=True)
