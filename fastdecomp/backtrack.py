@@ -4,7 +4,8 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["channel_head", "bln_removed_features", "propagate_dead", "BACKTRACKS", "BLN_RULES"]
+__all__ = ["channel_head", "bln_removed_features", "propagate_dead", "apply_backtracking",
+           "BACKTRACKS", "BLN_RULES"]
 
 BACKTRACKS = (None, "bln", "bi")
 BLN_RULES = ("algorithm", "prose")
@@ -80,3 +81,40 @@ def propagate_dead(network, dead_features, through_conv):
                                 layer.handler.dead_inputs(layer, dead_out, input_shapes, through_conv)):
             contributions.setdefault(src, []).append(dead_in)
     return dead
+
+
+def apply_backtracking(network, classes, base_keep, backtrack, delta, bln_rule):
+    """Masks after MC-BLN / MC-BI for every module, from the CI+TI masks.
+
+    Parameters
+    ----------
+    network : Network
+    classes : list of int
+        The class of each module.
+    base_keep : dict
+        Layer name -> bool ``[M] + shape``, the CI+TI masks.
+    backtrack : {None, "bln", "bi"}
+    delta : float
+    bln_rule : {"algorithm", "prose"}
+
+    Returns
+    -------
+    (dict, numpy.ndarray)
+        The masks (new arrays), and bool ``[M, F]``: the features of the
+        output layer's input each module keeps.
+    """
+    if backtrack not in BACKTRACKS:
+        raise InputError(f"backtrack must be one of {BACKTRACKS}, got {backtrack!r}")
+    dense = network.by_name[network.output_dense]
+    kernel, bias = dense.weights["kernel"], dense.weights["bias"]
+    removed = np.zeros((len(classes), kernel.shape[0]), dtype=bool)
+    keep = {name: mask.copy() for name, mask in base_keep.items()}
+    if backtrack is None:
+        return keep, ~removed
+    for i, k in enumerate(classes):
+        removed[i] = bln_removed_features(channel_head(kernel, bias, k)[0], delta, bln_rule)
+    dead = propagate_dead(network, removed, through_conv=backtrack == "bi")
+    for name in keep:
+        if name in dead:
+            keep[name] &= ~dead[name]
+    return keep, ~removed

@@ -29,6 +29,9 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "TinyImageNetFolder",
     "SyntheticTinyImageNet",
+    "Subset",
+    "stratified_subset",
+    "open_data",
 ]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -238,7 +241,9 @@ def from_npz(path, x_key="x", y_key="y", scale=None):
             name_len, extra_len = struct.unpack("<HH", header[26:30])
             f.seek(info.header_offset + 30 + name_len + extra_len)
             version = np.lib.format.read_magic(f)
-            shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
             offset = f.tell()
     except zipfile.BadZipFile as exc:
         raise ModelFileError(f"{path} is not a valid .npz archive ({exc})") from exc
@@ -402,3 +407,68 @@ class SyntheticTinyImageNet(DataSource):
                 self.sample_shape, dtype=np.float32)
             out[row] = 0.6 * self._patterns[self.labels[i]] + 0.4 * noise
         return out
+
+
+class Subset(DataSource):
+    """The images of another source at ``rows``, renumbered from 0."""
+
+    def __init__(self, source, rows):
+        self.source, self.rows = source, np.asarray(rows, dtype=np.int64)
+        self.labels = source.labels[self.rows]
+        self.sample_shape = source.sample_shape
+
+    def read(self, indices):
+        return self.source.read(self.rows[np.asarray(indices, dtype=np.int64)])
+
+
+def stratified_subset(source, size, seed=0):
+    """A seeded random subset of about ``size`` images with the source's class proportions.
+
+    Returns the source itself when ``size`` is None or not smaller than it.
+    """
+    if size is None or size >= len(source):
+        return source
+    if size < 1:
+        raise InputError(f"subset size must be positive, got {size}")
+    rng = np.random.default_rng([seed, 3])
+    rows = []
+    classes, counts = np.unique(source.labels, return_counts=True)
+    for c, count in zip(classes, counts):
+        members = np.flatnonzero(source.labels == c)
+        take = max(1, int(round(size * count / len(source))))
+        rows.append(rng.choice(members, size=min(take, count), replace=False))
+    return Subset(source, np.sort(np.concatenate(rows)))
+
+
+def open_data(spec, limit=None, seed=0):
+    """A data source from a short description (as the command line takes it).
+
+    Parameters
+    ----------
+    spec : str
+        ``fashion-mnist:train`` / ``fashion-mnist:test``; ``synthetic:N`` (a
+        Tiny-ImageNet-shaped synthetic source of N images);
+        ``tiny-imagenet:FOLDER[:train|val]``; ``FILE.npz`` (arrays ``x`` and
+        ``y``); or ``X.npy,Y.npy``.
+    limit : int, optional
+        Keep a seeded, stratified subset of this many images.
+    seed : int
+    """
+    kind, _, rest = spec.partition(":")
+    if kind == "fashion-mnist":
+        source = fashion_mnist(rest or "train")
+    elif kind == "synthetic":
+        source = SyntheticTinyImageNet(int(rest or 1000), seed=seed)
+    elif kind == "tiny-imagenet":
+        folder, _, split = rest.rpartition(":") if rest.endswith((":train", ":val")) else (rest, "", "train")
+        source = TinyImageNetFolder(folder, split or "train")
+    elif spec.endswith(".npz"):
+        source = from_npz(spec)
+    elif "," in spec and all(p.endswith(".npy") for p in spec.split(",")):
+        x_path, y_path = spec.split(",")
+        source = from_npy(x_path, y_path)
+    else:
+        raise InputError(
+            f"cannot read data {spec!r}: use fashion-mnist:train|test, synthetic:N, "
+            "tiny-imagenet:FOLDER[:train|val], FILE.npz (arrays x, y) or X.npy,Y.npy")
+    return stratified_subset(source, limit, seed)

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from .backtrack import BACKTRACKS, BLN_RULES, bln_removed_features, channel_head, propagate_dead
+from .backtrack import BACKTRACKS, BLN_RULES
 from .data import DataSource, as_source
 from .errors import InputError
 from .modules import ModuleSet
@@ -102,22 +102,12 @@ def decompose(model, x, y=None, *, classes=None, mask_at="conv", backtrack="bln"
             "inputs in the data, so no module can be built for them; pass more data, "
             "leave them out with classes=, or use concerned='all'")
 
-    dense = network.by_name[network.output_dense]
-    heads = [channel_head(dense.weights["kernel"], dense.weights["bias"], k) for k in classes]
-    keep = {p.name: np.empty((len(classes),) + tuple(p.shape), dtype=bool) for p in points}
+    base_keep = {p.name: np.empty((len(classes),) + tuple(p.shape), dtype=bool) for p in points}
     tangling = np.zeros((len(classes), num_classes), dtype=np.int64)
     for i, k in enumerate(classes):
         tangling[i] = tangling_counts(k, stats.concerned_count[k], class_sizes, ti_ratio, seed)
         for name, mask in stats.keep(k, tangling[i]).items():
-            keep[name][i] = mask
-    removed_features = np.zeros((len(classes), dense.weights["kernel"].shape[0]), dtype=bool)
-    if backtrack is not None:
-        for i, (w, _) in enumerate(heads):
-            removed_features[i] = bln_removed_features(w, delta, bln_rule)
-        dead = propagate_dead(network, removed_features, through_conv=backtrack == "bi")
-        for name in keep:
-            if name in dead:
-                keep[name] &= ~dead[name]
+            base_keep[name][i] = mask
 
     concerned_idx = [np.flatnonzero((labels == k) & (correct if concerned == "correct" else True))
                      for k in classes]
@@ -133,8 +123,9 @@ def decompose(model, x, y=None, *, classes=None, mask_at="conv", backtrack="bln"
     }
     options = {"mask_at": mask_at, "backtrack": backtrack, "delta": float(delta), "bln_rule": bln_rule,
                "ti_ratio": float(ti_ratio), "concerned": concerned, "seed": int(seed)}
-    return ModuleSet(network, list(classes), options, keep, ~removed_features,
-                     concerned_idx, unconcerned_idx, info)
+    modules = ModuleSet(network, list(classes), options, base_keep, concerned_idx, unconcerned_idx, info)
+    modules.info["seconds"] = time.perf_counter() - started
+    return modules
 
 
 def _check_options(network, source, classes, mask_at, backtrack, delta, bln_rule, ti_ratio,

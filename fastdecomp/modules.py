@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backtrack import channel_head
-from .data import DataSource, as_source
+from .backtrack import apply_backtracking, channel_head
+from .data import DataSource, Subset, as_source
 from .errors import InputError, ModelFileError
 from .export import dead_channels, prune, to_keras
 from .layers import Layer
@@ -40,14 +40,14 @@ class ModuleSet:
         Timings and counts of the decomposition.
     """
 
-    def __init__(self, network, classes, options, keep, feature_keep, concerned_idx,
-                 unconcerned_idx, info):
+    def __init__(self, network, classes, options, base_keep, concerned_idx, unconcerned_idx, info):
         self.network = network
         self.classes = list(classes)
         self.options = dict(options)
         self.info = dict(info)
-        self._keep = keep  # layer name -> bool [M] + shape
-        self._feature_keep = np.asarray(feature_keep, dtype=bool)  # [M, F]
+        self._base_keep = base_keep  # layer name -> bool [M] + shape, after CI and TI
+        self._keep, self._feature_keep = apply_backtracking(
+            network, self.classes, base_keep, options["backtrack"], options["delta"], options["bln_rule"])
         self._concerned = [np.asarray(a, dtype=np.int64) for a in concerned_idx]
         self._unconcerned = [np.asarray(a, dtype=np.int64) for a in unconcerned_idx]
         self._keras_cache = {}
@@ -58,6 +58,27 @@ class ModuleSet:
 
     def __len__(self):
         return len(self.classes)
+
+    def variant(self, backtrack="bln", delta=None, bln_rule=None):
+        """The same decomposition with another backtracking, without a new pass over the data.
+
+        Parameters
+        ----------
+        backtrack : {None, "bln", "bi"}
+        delta, bln_rule : optional
+            Default: this set's own.
+
+        Returns
+        -------
+        ModuleSet
+        """
+        options = dict(self.options, backtrack=backtrack)
+        if delta is not None:
+            options["delta"] = float(delta)
+        if bln_rule is not None:
+            options["bln_rule"] = bln_rule
+        return ModuleSet(self.network, self.classes, options, self._base_keep, self._concerned,
+                         self._unconcerned, self.info)
 
     def _index(self, k):
         try:
@@ -174,7 +195,7 @@ class ModuleSet:
         rows = np.flatnonzero(np.isin(source.labels, self.classes))
         if len(rows) == 0:
             raise InputError(f"no input has a label among the modules' classes {self.classes}")
-        subset = _Subset(source, rows)
+        subset = Subset(source, rows)
         labels = subset.labels
         scores = self.predict(subset, batch_size, engine)
         model_probs = self.network.predict(subset, batch_size)
@@ -278,10 +299,9 @@ class ModuleSet:
                 for key, w in layer.weights.items():
                     arrays[f"w{i}_{key}"] = w
             masks_meta = []
-            for j, (name, keep) in enumerate(self._keep.items()):
+            for j, (name, keep) in enumerate(self._base_keep.items()):
                 arrays[f"mask{j}"] = np.packbits(keep.reshape(len(self.classes), -1), axis=1)
                 masks_meta.append({"layer": name, "shape": list(keep.shape[1:])})
-            arrays["feature_keep"] = np.packbits(self._feature_keep, axis=1)
             for i in range(len(self.classes)):
                 arrays[f"concerned{i}"] = self._concerned[i]
                 arrays[f"unconcerned{i}"] = self._unconcerned[i]
@@ -289,7 +309,7 @@ class ModuleSet:
             manifest = {
                 "format": "fastdecomp-modules", "version": FORMAT_VERSION,
                 "network_name": self.network.name, "graph": graph, "masks": masks_meta,
-                "classes": self.classes, "num_features": int(self._feature_keep.shape[1]),
+                "classes": self.classes,
                 "options": self.options, "info": _jsonable(self.info),
                 "sha256": {"arrays.npz": _sha256(tmp / "arrays.npz")},
             }
@@ -346,24 +366,12 @@ def load_modules(path):
             shape = tuple(meta["shape"])
             bits = np.unpackbits(arrays[f"mask{j}"], axis=1, count=int(np.prod(shape)))
             keep[meta["layer"]] = bits.astype(bool).reshape((m,) + shape)
-        feature_keep = np.unpackbits(arrays["feature_keep"], axis=1,
-                                     count=manifest["num_features"]).astype(bool)
         concerned = [arrays[f"concerned{i}"] for i in range(m)]
         unconcerned = [arrays[f"unconcerned{i}"] for i in range(m)]
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelFileError(f"{path} is inconsistent ({type(exc).__name__}: {exc}); save the modules again") from exc
-    return ModuleSet(network, manifest["classes"], manifest["options"], keep, feature_keep,
+    return ModuleSet(network, manifest["classes"], manifest["options"], keep,
                      concerned, unconcerned, manifest["info"])
-
-
-class _Subset(DataSource):
-    def __init__(self, source, rows):
-        self.source, self.rows = source, np.asarray(rows)
-        self.labels = source.labels[self.rows]
-        self.sample_shape = source.sample_shape
-
-    def read(self, indices):
-        return self.source.read(self.rows[np.asarray(indices)])
 
 
 def _topk(scores, labels, classes, k):

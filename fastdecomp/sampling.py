@@ -5,10 +5,10 @@ ALGORITHM.md section 2: U_k is balanced over the other classes, about
 at least one. fastdecomp draws it as follows, deterministically from ``seed``:
 
 1. every class c gets one seeded random order of its inputs (its *ranks*);
-2. module k takes ``m[k, c]`` inputs from class c: ``T = max(round(ti_ratio *
-   |X_k|), 1)`` split evenly, ``max(T // (C - 1), 1)`` each, the remainder
-   given one by one to the other classes in a seeded order of module k, and
-   never more than class c has;
+2. module k takes ``m[k, c]`` inputs from class c, dealt round-robin over the
+   other classes (in a seeded order of module k, skipping classes that have
+   run out) until it holds ``max(round(ti_ratio * |X_k|), 1)``, and at least
+   one from every class (:func:`tangling_counts`);
 3. U_k is the first ``m[k, c]`` inputs of every other class's order.
 
 Because every module reads a prefix of the same per-class order, one streamed
@@ -42,6 +42,11 @@ def class_ranks(labels, num_classes, seed):
 def tangling_counts(k, concerned_size, class_sizes, ti_ratio, seed):
     """How many inputs of each class module ``k``'s unconcerned sample takes.
 
+    Round-robin over the other classes in a seeded order of module k, one
+    input per class per round, skipping classes that have run out, until the
+    sample holds ``max(round(ti_ratio * concerned_size), 1)`` inputs; every
+    class that has inputs gets at least one.
+
     Parameters
     ----------
     k : int
@@ -60,19 +65,32 @@ def tangling_counts(k, concerned_size, class_sizes, ti_ratio, seed):
         int64 ``[C]``, zero at ``k``.
     """
     class_sizes = np.asarray(class_sizes, dtype=np.int64)
-    num_classes = len(class_sizes)
-    others = np.array([c for c in range(num_classes) if c != k], dtype=np.int64)
-    counts = np.zeros(num_classes, dtype=np.int64)
+    counts = np.zeros(len(class_sizes), dtype=np.int64)
+    others = np.array([c for c in range(len(class_sizes)) if c != k and class_sizes[c] > 0], dtype=np.int64)
     if len(others) == 0 or ti_ratio == 0:
         return counts
+    order = np.random.default_rng([seed, 11, k]).permutation(others)
     target = max(int(round(ti_ratio * concerned_size)), 1)
-    base = max(target // len(others), 1)
-    counts[others] = base
-    remainder = target - base * len(others)
-    if remainder > 0:
-        order = np.random.default_rng([seed, 11, k]).permutation(others)
-        counts[order[:remainder]] += 1
-    return np.minimum(counts, class_sizes)
+    available = int(class_sizes[others].sum())
+    target = min(max(target, len(others)), available)
+    full_rounds = 0
+    while True:  # whole rounds first: every class below the level gets the level
+        level = full_rounds + 1
+        cost = int(np.minimum(class_sizes[others], level).sum())
+        if cost > target:
+            break
+        full_rounds = level
+        if cost == available:
+            break
+    counts[others] = np.minimum(class_sizes[others], full_rounds)
+    left = target - int(counts.sum())
+    for c in order:  # then one more, in the seeded order, to classes that still have inputs
+        if left == 0:
+            break
+        if counts[c] < class_sizes[c]:
+            counts[c] += 1
+            left -= 1
+    return counts
 
 
 def max_tangling_counts(class_sizes, ti_ratio, seed, modules):

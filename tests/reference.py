@@ -30,22 +30,27 @@ def _forward_one(network, image, mask_at):
 
 
 def tangling_sample(k, concerned_size, labels, num_classes, ti_ratio, seed):
-    """U_k as ALGORITHM.md section 2 and fastdecomp.sampling's docstring define it."""
-    others = [c for c in range(num_classes) if c != k]
+    """U_k as fastdecomp.sampling's docstring defines it, dealt one input at a time."""
     if ti_ratio == 0:
         return []
-    target = max(int(round(ti_ratio * concerned_size)), 1)
-    base = max(target // len(others), 1)
-    take = {c: base for c in others}
-    remainder = target - base * len(others)
-    if remainder > 0:
-        for c in np.random.default_rng([seed, 11, k]).permutation(others)[:remainder]:
-            take[int(c)] += 1
-    sample = []
-    for c in others:
+    pools = {}
+    for c in range(num_classes):
         members = [i for i in range(len(labels)) if labels[i] == c]
-        shuffled = [members[j] for j in np.random.default_rng([seed, 7, c]).permutation(len(members))]
-        sample += shuffled[:min(take[c], len(members))]
+        if c != k and members:
+            pools[c] = [members[j] for j in np.random.default_rng([seed, 7, c]).permutation(len(members))]
+    order = [int(c) for c in np.random.default_rng([seed, 11, k]).permutation(sorted(pools))]
+    target = max(int(round(ti_ratio * concerned_size)), 1)
+    taken = {c: 0 for c in pools}
+    sample = []
+    while True:
+        dealt = False
+        for c in order:  # one round: one input from each class that has one left
+            if taken[c] < len(pools[c]) and (len(sample) < target or taken[c] == 0):
+                sample.append(pools[c][taken[c]])
+                taken[c] += 1
+                dealt = True
+        if not dealt or len(sample) >= target:
+            break
     return sorted(sample)
 
 

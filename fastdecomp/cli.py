@@ -1,0 +1,177 @@
+"""The ``fastdecomp`` command: decompose, evaluate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from . import data
+from .errors import FastDecompError
+
+MODEL_HELP = "a .keras/.h5 file, or zoo:NAME for a shipped model (zoo:resnet20-fmnist, zoo:resnet56-fmnist)"
+DATA_HELP = ("fashion-mnist:train | fashion-mnist:test | synthetic:N | tiny-imagenet:FOLDER[:train|val] | "
+             "FILE.npz (arrays x, y) | X.npy,Y.npy")
+
+
+def _backtrack(value):
+    return None if value in ("none", "None", "") else value
+
+
+def _load_model(spec):
+    from . import zoo
+
+    if spec.startswith("zoo:"):
+        return zoo.load(spec[4:])
+    from .network import load_keras_model
+
+    return load_keras_model(spec)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="fastdecomp",
+        description="Decompose a trained CNN classifier into one module per class "
+                    "(Pan & Rajan, ICSE 2022), then compose, evaluate and reuse the modules.",
+        epilog="Example: fastdecomp decompose zoo:resnet20-fmnist fashion-mnist:train -o modules/ "
+               "--limit 6000 && fastdecomp evaluate modules/ fashion-mnist:test --limit 2000")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("decompose", help="decompose a model into modules saved in a directory",
+                       description="Run concern identification, tangling identification, channeling "
+                                   "and backtracking for every class in one pass over DATA; save the "
+                                   "modules to OUT.")
+    d.add_argument("model", help=MODEL_HELP)
+    d.add_argument("data", help="training images: " + DATA_HELP)
+    d.add_argument("-o", "--out", required=True, help="directory to write the modules to")
+    d.add_argument("--limit", type=int, help="use a stratified random subset of this many images")
+    d.add_argument("--classes", help="comma-separated classes to build modules for (default: all)")
+    d.add_argument("--mask-at", choices=["conv", "relu"], default="conv",
+                   help="where nodes are observed and removed (default: conv, the paper's)")
+    d.add_argument("--backtrack", choices=["none", "bln", "bi"], default="bln",
+                   help="none: CI+TI+MC; bln: + MC-BLN (default); bi: + MC-BLN + MC-BI")
+    d.add_argument("--delta", type=float, default=0.5, help="MC-BLN threshold (default 0.5, the paper's)")
+    d.add_argument("--bln-rule", choices=["algorithm", "prose"], default="algorithm",
+                   help="reading of the paper's MC-BLN rule (default: its Algorithm 2)")
+    d.add_argument("--ti-ratio", type=float, default=1.0,
+                   help="unconcerned sample size relative to the concerned set (0: no TI)")
+    d.add_argument("--concerned", choices=["correct", "all"], default="correct",
+                   help="concerned inputs: correctly classified ones (default) or all of the class")
+    d.add_argument("--batch-size", type=int, default=256)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="score composed modules against their model",
+                       description="Compose the modules in MODULES by voting and print top-1/top-5 "
+                                   "accuracy next to the model's, with each module's size and Jaccard index.")
+    e.add_argument("modules", help="a directory written by 'fastdecomp decompose'")
+    e.add_argument("data", help="test images: " + DATA_HELP)
+    e.add_argument("--limit", type=int, help="use a stratified random subset of this many images")
+    e.add_argument("--engine", choices=["keras", "fastdecomp"], default="keras",
+                   help="run the modules as exported Keras models (default) or with fastdecomp's engine")
+    e.add_argument("--batch-size", type=int, default=256)
+
+    m = sub.add_parser("demo", help="decompose the zoo ResNet-20 on Fashion-MNIST and print a table",
+                       description="Decompose a zoo model on Fashion-MNIST with every variant and mask "
+                                   "placement; print model vs composed top-1/top-5, Jaccard index and time.")
+    m.add_argument("--model", default="resnet20-fmnist", help="zoo model name")
+    m.add_argument("--train-images", type=int, default=6000, help="training images to decompose with")
+    m.add_argument("--test-images", type=int, default=2000, help="test images to evaluate on")
+    m.add_argument("--mask-at", default="conv,relu", help="comma-separated placements")
+    m.add_argument("--batch-size", type=int, default=256)
+    m.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def cmd_decompose(args):
+    from .decompose import decompose
+
+    model = _load_model(args.model)
+    source = data.open_data(args.data, args.limit)
+    classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+    if os.path.exists(args.out) and not args.overwrite:
+        raise FastDecompError(f"{args.out} exists; pass --overwrite or choose another directory")
+    modules = decompose(model, source, classes=classes, mask_at=args.mask_at,
+                        backtrack=_backtrack(args.backtrack), delta=args.delta, bln_rule=args.bln_rule,
+                        ti_ratio=args.ti_ratio, concerned=args.concerned, batch_size=args.batch_size,
+                        seed=args.seed, progress=not args.no_progress)
+    modules.save(args.out, overwrite=args.overwrite)
+    print(f"{len(modules)} modules written to {args.out} "
+          f"({modules.info['num_images']} images, {modules.info['seconds']:.1f} s)")
+    return 0
+
+
+def cmd_evaluate(args):
+    from .modules import load_modules
+
+    modules = load_modules(args.modules)
+    source = data.open_data(args.data, args.limit)
+    scores = modules.evaluate(source, batch_size=args.batch_size, engine=args.engine)
+    print(f"{'module':>6} {'kept nodes':>10} {'JI nodes':>9} {'JI weights*':>11} {'params':>9}")
+    for k in modules.classes:
+        size = modules.sizes(k)
+        print(f"{k:>6} {size['kept_nodes'] / size['nodes']:>10.1%} {modules.jaccard(k):>9.3f} "
+              f"{modules.jaccard(k, 'weights'):>11.3f} {size['parameters']:>9,}")
+    print("* the authors' definition: value sets of the kept weights")
+    print(f"\nmodel    top-1 {scores['model_top1']:.2%}  top-5 {scores['model_top5']:.2%}")
+    print(f"composed top-1 {scores['top1']:.2%}  top-5 {scores['top5']:.2%}  "
+          f"({scores['num_images']} images)")
+    return 0
+
+
+def cmd_demo(args):
+    from . import zoo
+    from .decompose import decompose
+    from .network import from_keras
+
+    meta = zoo.available().get(args.model, {})
+    print(f"fastdecomp demo: {args.model} (test top-1 {meta.get('test_top1', float('nan')):.2%} as trained), "
+          f"Fashion-MNIST, {args.train_images} training / {args.test_images} test images")
+    network = from_keras(zoo.load(args.model))
+    train = data.open_data("fashion-mnist:train", args.train_images)
+    test = data.open_data("fashion-mnist:test", args.test_images)
+
+    started = time.perf_counter()
+    network.predict(test, args.batch_size)
+    print(f"model through fastdecomp's engine: {len(test) / (time.perf_counter() - started):.0f} images/s")
+
+    rows = []
+    for mask_at in args.mask_at.split(","):
+        started = time.perf_counter()
+        base = decompose(network, train, mask_at=mask_at, backtrack=None, batch_size=args.batch_size,
+                         progress=not args.no_progress)
+        seconds = time.perf_counter() - started
+        for backtrack in (None, "bln", "bi"):
+            modules = base.variant(backtrack)
+            scores = modules.evaluate(test, batch_size=args.batch_size)
+            ji = sum(modules.jaccard(k, "weights") for k in modules.classes) / len(modules)
+            kept = sum(modules.jaccard(k) for k in modules.classes) / len(modules)
+            rows.append((mask_at, {None: "CI+TI+MC", "bln": "+MC-BLN", "bi": "+MC-BLN+MC-BI"}[backtrack],
+                         scores, kept, ji, seconds))
+    print(f"\n{'mask at':8} {'variant':14} {'model top1/top5':>16} {'composed':>16} {'loss top1':>9} "
+          f"{'kept':>6} {'JI*':>5} {'decompose s':>11}")
+    for mask_at, name, s, kept, ji, seconds in rows:
+        print(f"{mask_at:8} {name:14} {s['model_top1']:>7.2%}/{s['model_top5']:<8.2%} "
+              f"{s['top1']:>7.2%}/{s['top5']:<8.2%} {100 * (s['model_top1'] - s['top1']):>8.2f}p "
+              f"{kept:>6.1%} {ji:>5.2f} {seconds:>11.1f}")
+    print("* Jaccard index by the authors' definition (value sets of kept weights); "
+          "kept = share of nodes kept")
+    return 0
+
+
+def main(argv=None):
+    """Entry point of the ``fastdecomp`` console script."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    handler = {"decompose": cmd_decompose, "evaluate": cmd_evaluate, "demo": cmd_demo}[args.command]
+    try:
+        return handler(args)
+    except (FastDecompError, FileExistsError) as exc:
+        print(f"fastdecomp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

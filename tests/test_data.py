@@ -1,0 +1,156 @@
+"""Data sources: arrays, memory-mapped files, Fashion-MNIST, Tiny-ImageNet folders, synthetic."""
+
+import numpy as np
+import pytest
+
+from fastdecomp import data
+from fastdecomp.errors import DatasetNotFoundError, InputError, ModelFileError
+
+
+def test_array_source_batches_and_scaling():
+    x = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4)
+    y = np.arange(10) % 3
+    source = data.ArraySource(x, y)
+    assert source.sample_shape == (4, 4, 1)
+    batches = list(source.batches(4))
+    assert [len(p) for p, _, _ in batches] == [4, 4, 2]
+    np.testing.assert_allclose(batches[1][1], x[4:8, ..., None] / 255, rtol=1e-6)
+    np.testing.assert_array_equal(batches[2][2], y[8:])
+
+
+def test_npy_files_are_memory_mapped(tmp_path):
+    x = np.random.default_rng(0).random((20, 6, 6, 3), dtype=np.float32)
+    y = np.arange(20) % 4
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    source = data.from_npy(tmp_path / "x.npy", tmp_path / "y.npy")
+    assert isinstance(source.x, np.memmap)
+    np.testing.assert_array_equal(source.read([3, 1]), x[[3, 1]])
+
+
+def test_npz_images_are_memory_mapped(tmp_path):
+    x = np.random.default_rng(1).random((12, 5, 5, 1), dtype=np.float32)
+    y = np.arange(12) % 2
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    source = data.from_npz(tmp_path / "d.npz")
+    assert isinstance(source.x, np.memmap)
+    np.testing.assert_array_equal(source.read(np.arange(12)), x)
+    np.testing.assert_array_equal(source.labels, y)
+
+
+def test_npz_errors(tmp_path):
+    x = np.zeros((3, 2, 2, 1), np.float32)
+    np.savez_compressed(tmp_path / "c.npz", x=x, y=np.zeros(3))
+    with pytest.raises(InputError, match="compressed"):
+        data.from_npz(tmp_path / "c.npz")
+    np.savez(tmp_path / "k.npz", images=x, y=np.zeros(3))
+    with pytest.raises(InputError, match="x_key"):
+        data.from_npz(tmp_path / "k.npz")
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    with pytest.raises(ModelFileError, match="not a valid"):
+        data.from_npz(tmp_path / "bad.npz")
+    with pytest.raises(ModelFileError, match="no such file"):
+        data.from_npz(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.zeros(4), "4 labels"),
+    (np.array([0, 1, -1, 0, 1]), ">= 0"),
+    (np.array([0, 1, 0.5, 0, 1]), "whole class"),
+    (np.eye(5, 3), "one-hot"),
+    (np.array(["a"] * 5), "integers"),
+])
+def test_bad_labels(labels, message):
+    with pytest.raises(InputError, match=message):
+        data.ArraySource(np.zeros((5, 2, 2, 1), np.float32), labels)
+
+
+def test_nan_images_are_refused():
+    x = np.zeros((4, 2, 2, 1), np.float32)
+    x[3, 1, 1, 0] = np.inf
+    source = data.ArraySource(x, np.zeros(4))
+    with pytest.raises(InputError, match=r"images \[3\].*NaN or inf"):
+        list(source.batches(2))
+
+
+def test_fashion_mnist():
+    try:
+        test = data.fashion_mnist("test")
+    except DatasetNotFoundError:
+        pytest.fail("Fashion-MNIST must be installed (apt-get install dataset-fashion-mnist)")
+    assert len(test) == 10_000 and test.sample_shape == (28, 28, 1)
+    np.testing.assert_array_equal(np.bincount(test.labels), [1000] * 10)
+    x = test.read([0, 1])
+    assert x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1 and x.max() > 0.5
+
+
+def test_fashion_mnist_missing_says_how_to_install(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        data.fashion_mnist("train", path=tmp_path)
+
+
+def make_tiny_imagenet(root, wnids=("n01443537", "n01629819", "n01641577"), per_class=3, val=4):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    for wnid in wnids:
+        folder = root / "train" / wnid / "images"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+                folder / f"{wnid}_{i}.JPEG", format="JPEG")
+    (root / "val" / "images").mkdir(parents=True)
+    lines = []
+    for i in range(val):
+        Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(
+            root / "val" / "images" / f"val_{i}.JPEG", format="JPEG")
+        lines.append(f"val_{i}.JPEG\t{wnids[i % len(wnids)]}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_tiny_imagenet_folder(tmp_path):
+    make_tiny_imagenet(tmp_path)
+    train = data.TinyImageNetFolder(tmp_path, "train")
+    assert len(train) == 9 and train.sample_shape == (64, 64, 3)
+    np.testing.assert_array_equal(train.labels, np.repeat([0, 1, 2], 3))
+    x = train.read([0, 8])
+    assert x.shape == (2, 64, 64, 3) and x.dtype == np.float32 and x.max() <= 1
+    val = data.TinyImageNetFolder(tmp_path, "val")
+    np.testing.assert_array_equal(val.labels, [0, 1, 2, 0])
+    assert val.read([1]).shape == (1, 64, 64, 3)  # greyscale converted to RGB
+    assert len(data.open_data(f"tiny-imagenet:{tmp_path}:val")) == 4
+
+
+def test_tiny_imagenet_errors(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="wnids.txt"):
+        data.TinyImageNetFolder(tmp_path)
+    make_tiny_imagenet(tmp_path)
+    (tmp_path / "train" / "n01443537" / "images" / "n01443537_1.JPEG").write_bytes(b"\xff\xd8broken")
+    source = data.TinyImageNetFolder(tmp_path)
+    with pytest.raises(ModelFileError, match="n01443537_1.JPEG.*corrupt"):
+        source.read([1])
+    (tmp_path / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn99999999\n")
+    with pytest.raises(ModelFileError, match="wnid"):
+        data.TinyImageNetFolder(tmp_path, "val")
+
+
+def test_synthetic_tiny_imagenet_is_seeded():
+    a = data.SyntheticTinyImageNet(50, seed=3)
+    b = data.SyntheticTinyImageNet(50, seed=3)
+    assert a.sample_shape == (64, 64, 3) and a.labels.max() < 200
+    np.testing.assert_array_equal(a.read([4, 7]), b.read([4, 7]))
+    np.testing.assert_array_equal(a.read([7]), a.read([4, 7])[1:])
+    assert not np.array_equal(data.SyntheticTinyImageNet(50, seed=4).read([4]), a.read([4]))
+
+
+def test_stratified_subset_keeps_proportions():
+    source = data.ArraySource(np.zeros((100, 2, 2, 1), np.float32), np.repeat([0, 1], [80, 20]))
+    sub = data.stratified_subset(source, 10)
+    np.testing.assert_array_equal(np.bincount(sub.labels), [8, 2])
+    assert data.stratified_subset(source, None) is source
+
+
+def test_open_data_errors():
+    with pytest.raises(InputError, match="cannot read data"):
+        data.open_data("imagenet")

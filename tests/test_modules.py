@@ -1,0 +1,179 @@
+"""ModuleSet: composition, metrics, pruning, storage, and decompose's input checks."""
+
+import json
+
+import numpy as np
+import pytest
+
+import fastdecomp as fd
+from fastdecomp.errors import InputError, ModelFileError
+
+
+@pytest.fixture(scope="module")
+def modules(resnet_case):
+    model, x, y = resnet_case
+    return fd.decompose(model, x, y, backtrack="bi", delta=0.05, batch_size=16, progress=False)
+
+
+def test_masks_are_keyed_by_keras_names(modules, sequential_case):
+    assert set(modules.masks(0)) == {l.name for l in modules.network.mask_points("conv")}
+    model, x, y = sequential_case
+    relu = fd.decompose(model, x, y, mask_at="relu", backtrack=None, progress=False)
+    assert set(relu.masks(0)) == {"c1", "r2", "hidden"}
+    assert relu.masks(0)["c1"].shape == (10, 10, 4) and relu.masks(0)["c1"].dtype == bool
+
+
+def test_samples_are_balanced_and_sized_like_the_concerned_set(modules, resnet_case):
+    _, _, y = resnet_case
+    for k in modules.classes:
+        concerned, unconcerned = modules.sample_indices(k)
+        assert (y[concerned] == k).all() and (y[unconcerned] != k).all()
+        assert len(unconcerned) == min(max(len(concerned), 3), (y != k).sum())
+        taken = np.bincount(y[unconcerned], minlength=4)
+        available = np.bincount(y, minlength=4)
+        others = [c for c in range(4) if c != k]
+        # balanced: a class gets fewer than another only when it has run out
+        for a in others:
+            for b in others:
+                assert taken[a] >= taken[b] - 1 or taken[a] == available[a]
+
+
+def test_composed_prediction_and_evaluation(modules, resnet_case):
+    _, x, y = resnet_case
+    scores = modules.predict(x)
+    assert scores.shape == (len(x), 4)
+    np.testing.assert_allclose(scores, modules.predict(x, engine="fastdecomp"), atol=1e-5)
+    result = modules.evaluate(x, y)
+    assert set(result) == {"top1", "top5", "model_top1", "model_top5", "num_images"}
+    assert 0 <= result["top1"] <= 1 and result["top5"] == 1.0  # 4 classes: top-5 covers all
+    assert result["top1"] == pytest.approx(np.mean(scores.argmax(axis=1) == y))
+
+
+def test_jaccard_and_sizes(modules):
+    for k in modules.classes:
+        nodes = modules.jaccard(k)
+        weights = modules.jaccard(k, "weights")
+        size = modules.sizes(k)
+        assert 0 < nodes <= 1 and 0 < weights <= 1
+        assert nodes == pytest.approx(size["kept_nodes"] / size["nodes"])
+        assert size["kept_channels"] <= size["channels"]
+        assert size["parameters"] <= size["model_parameters"]
+    with pytest.raises(InputError, match="kind"):
+        modules.jaccard(0, "edges")
+
+
+def test_physical_pruning_drops_dead_channels(resnet_case):
+    """A channel removed everywhere is deleted from its conv and from the next conv's input."""
+    model, x, y = resnet_case
+    modules = fd.decompose(model, x, y, mask_at="conv", backtrack=None, progress=False)
+    k = 0
+    masks = modules.layer_masks(k)
+    masks["stage1_block1_conv1"][..., [2, 5]] = False  # remove two channels at every position
+    pruned = fd.export.prune(modules.network, masks, modules.head(k))
+    layers = {l.name: l for l in pruned.layers}
+    original = {l.name: l for l in modules.network.layers}
+    kept = np.setdiff1d(np.arange(16), np.flatnonzero(~masks["stage1_block1_conv1"].reshape(-1, 16).any(0)))
+    np.testing.assert_array_equal(layers["stage1_block1_conv1"].weights["kernel"],
+                                  original["stage1_block1_conv1"].weights["kernel"][..., kept])
+    np.testing.assert_array_equal(layers["stage1_block1_conv2"].weights["kernel"],
+                                  original["stage1_block1_conv2"].weights["kernel"][:, :, kept, :])
+    full = fd.network.Network(modules.network.layers).forward(x, masks=masks, head=modules.head(k))
+    np.testing.assert_allclose(pruned.predict(x), full, atol=1e-6)
+    keras_model = fd.export.to_keras(pruned)
+    np.testing.assert_allclose(keras_model.predict(x, verbose=0), full, atol=2e-6)
+    assert keras_model.get_layer("stage1_block1_conv1").kernel.shape[-1] == len(kept)
+
+
+def test_variants_share_one_pass(resnet_case):
+    model, x, y = resnet_case
+    base = fd.decompose(model, x, y, backtrack=None, delta=0.05, progress=False)
+    direct = fd.decompose(model, x, y, backtrack="bi", delta=0.05, progress=False)
+    derived = base.variant("bi")
+    for k in base.classes:
+        for name, mask in direct.layer_masks(k).items():
+            np.testing.assert_array_equal(derived.layer_masks(k)[name], mask)
+
+
+def test_save_and_load_roundtrip(modules, resnet_case, tmp_path):
+    _, x, _ = resnet_case
+    path = modules.save(tmp_path / "mods")
+    loaded = fd.load_modules(path)
+    assert loaded.classes == modules.classes and loaded.options == modules.options
+    for k in modules.classes:
+        for name, mask in modules.masks(k).items():
+            np.testing.assert_array_equal(loaded.masks(k)[name], mask)
+        np.testing.assert_array_equal(loaded.sample_indices(k)[1], modules.sample_indices(k)[1])
+    np.testing.assert_array_equal(loaded.module_predict(1, x), modules.module_predict(1, x))
+    with pytest.raises(FileExistsError):
+        modules.save(path)
+    modules.save(path, overwrite=True)
+
+
+def test_damaged_saves_are_refused(modules, tmp_path):
+    path = modules.save(tmp_path / "mods")
+    arrays = path / "arrays.npz"
+    content = arrays.read_bytes()
+    arrays.write_bytes(content[: len(content) // 2])
+    with pytest.raises(ModelFileError, match="truncated"):
+        fd.load_modules(path)
+    arrays.write_bytes(content)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["version"] = 99
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match="version 99"):
+        fd.load_modules(path)
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="corrupt"):
+        fd.load_modules(path)
+    with pytest.raises(ModelFileError, match="not a saved module set"):
+        fd.load_modules(tmp_path)
+
+
+def test_failed_save_leaves_nothing(modules, tmp_path, monkeypatch):
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", explode)
+    with pytest.raises(OSError, match="disk full"):
+        modules.save(tmp_path / "mods")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mask_at": "dense"}, "mask_at"),
+    ({"backtrack": "all"}, "backtrack"),
+    ({"bln_rule": "maybe"}, "bln_rule"),
+    ({"concerned": "some"}, "concerned"),
+    ({"classes": [0, 9]}, r"classes \[9\]"),
+    ({"classes": []}, "non-empty"),
+    ({"delta": -1}, "delta"),
+    ({"ti_ratio": float("nan")}, "ti_ratio"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"backend": "tpu"}, "backend"),
+])
+def test_bad_options_fail_before_work(resnet_case, kwargs, message):
+    model, x, y = resnet_case
+    with pytest.raises(InputError, match=message):
+        fd.decompose(model, x, y, progress=False, **kwargs)
+
+
+def test_bad_data_is_refused(resnet_case):
+    model, x, y = resnet_case
+    with pytest.raises(InputError, match="labels go up to 7"):
+        fd.decompose(model, x, np.where(y == 0, 7, y), progress=False)
+    with pytest.raises(InputError, match="model takes"):
+        fd.decompose(model, np.zeros((4, 9, 9, 1), np.float32), np.arange(4), progress=False)
+    with pytest.raises(InputError, match=r"classes \[3\] have no inputs"):
+        fd.decompose(model, x, np.where(y == 3, 0, y), progress=False)
+    with pytest.raises(InputError, match="correctly classified"):
+        fd.decompose(model, x, (y + 1) % 4, progress=False)
+
+
+def test_model_without_softmax_dense_is_refused():
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((4, 4, 1))
+    model = keras.Model(inputs, layers.Dense(3, activation="sigmoid")(layers.Flatten()(inputs)))
+    with pytest.raises(fd.UnsupportedLayerError, match="sigmoid"):
+        fd.decompose(model, np.zeros((3, 4, 4, 1), np.float32), np.arange(3), progress=False)

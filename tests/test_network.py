@@ -1,0 +1,187 @@
+"""Keras import and the Numba forward engine against TensorFlow."""
+
+import numpy as np
+import pytest
+
+import fastdecomp as fd
+from fastdecomp import zoo
+from fastdecomp.errors import InputError, ModelFileError, UnsupportedLayerError
+
+from conftest import small_sequential
+
+
+def randomize_batchnorm(model, seed=0):
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.2, n))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+            layer.beta.assign(rng.normal(0, 0.2, n))
+
+
+def assert_engine_matches_keras(model, x, batch_size=3):
+    network = fd.from_keras(model)
+    expected = model.predict(x, verbose=0)
+    got = network.predict(x, batch_size=batch_size)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    return network
+
+
+@pytest.mark.parametrize("input_shape", [(28, 28, 1), (32, 32, 3), (64, 64, 3)])
+@pytest.mark.parametrize("depth", [20, 32, 56])
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_resnet_family_matches_keras(depth, input_shape, batchnorm):
+    model = zoo.resnet_v1(depth, input_shape, 10, batchnorm=batchnorm, seed=depth)
+    if batchnorm:
+        randomize_batchnorm(model, depth)
+    x = np.random.default_rng(depth).random((4,) + input_shape, dtype=np.float32)
+    network = assert_engine_matches_keras(model, x)
+    assert len(network.mask_points("conv")) == depth + 1  # 6n+3 convolutions (n = (depth-2)/6)
+    assert not any(layer.kind == "batchnorm" for layer in network.layers)
+
+
+def test_sequential_cnn_matches_keras():
+    model = small_sequential()
+    x = np.random.default_rng(0).random((9, 12, 12, 2), dtype=np.float32)
+    network = assert_engine_matches_keras(model, x, batch_size=4)
+    assert [l.name for l in network.mask_points("conv")] == ["c1", "c2", "hidden"]
+    assert [l.name for l in network.mask_points("relu")] == ["c1/relu", "r2", "hidden/relu"]
+    assert network.keras_name_of("c1/relu") == "c1"
+
+
+def test_same_padding_pooling_and_strides_match_keras():
+    import keras
+    from keras import layers
+
+    model = keras.Sequential([
+        keras.Input((11, 13, 3)),
+        layers.Conv2D(5, (3, 2), strides=(2, 3), padding="same", use_bias=False),
+        layers.BatchNormalization(),
+        layers.Activation("relu"),
+        layers.MaxPooling2D(3, strides=2, padding="same"),
+        layers.Conv2D(4, 1, activation="linear"),
+        layers.AveragePooling2D(2, padding="same"),
+        layers.GlobalAveragePooling2D(),
+        layers.Dense(3), layers.Activation("softmax"),
+    ])
+    randomize_batchnorm(model)
+    x = np.random.default_rng(5).normal(size=(6, 11, 13, 3)).astype(np.float32)
+    assert_engine_matches_keras(model, x)
+
+
+def test_batch_size_does_not_change_values(resnet_case):
+    model, x, _ = resnet_case
+    network = fd.from_keras(model)
+    reference = np.concatenate([network.forward(x[i:i + 1], logits=True) for i in range(len(x))])
+    for batch_size in (5, 48):
+        batched = np.concatenate([network.forward(x[i:i + batch_size], logits=True)
+                                  for i in range(0, len(x), batch_size)])
+        np.testing.assert_array_equal(batched, reference)
+
+
+def test_mask_point_values_stream_batch_by_batch(resnet_case):
+    model, x, y = resnet_case
+    network = fd.from_keras(model)
+    seen = []
+    source = fd.data.ArraySource(x, y)
+    for positions, xb, _ in source.batches(16):
+        network.forward(xb, observe=lambda layer, v: seen.append((layer.name, v.shape)), mask_at="relu")
+    names = {n for n, _ in seen}
+    assert names == {l.name for l in network.mask_points("relu")}
+    assert max(shape[0] for _, shape in seen) == 16
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_model_files_load(tmp_path, resnet_case, suffix):
+    model, x, _ = resnet_case
+    path = tmp_path / f"model{suffix}"
+    model.save(path)
+    np.testing.assert_allclose(fd.from_keras(path).predict(x), model.predict(x, verbose=0), atol=1e-4)
+
+
+def test_missing_and_corrupt_model_files(tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        fd.from_keras(tmp_path / "nope.keras")
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"this is not a zip archive")
+    with pytest.raises(ModelFileError, match="could not read"):
+        fd.from_keras(bad)
+    other = tmp_path / "model.onnx"
+    other.write_bytes(b"x")
+    with pytest.raises(ModelFileError, match=".keras or .h5"):
+        fd.from_keras(other)
+
+
+def _model_with(layer, input_shape=(8, 8, 2)):
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(input_shape)
+    x = layer(inputs)
+    x = layers.Flatten()(x)
+    return keras.Model(inputs, layers.Dense(2, activation="softmax")(x))
+
+
+@pytest.mark.parametrize("make_layer, message", [
+    (lambda L: L.Conv2D(2, 3, activation="tanh", name="tanhconv"), "tanhconv.*tanh"),
+    (lambda L: L.DepthwiseConv2D(3, name="dw"), "'dw' \\(DepthwiseConv2D\\)"),
+    (lambda L: L.LeakyReLU(name="leaky"), "'leaky' \\(LeakyReLU\\)"),
+    (lambda L: L.ReLU(max_value=6.0, name="relu6"), "relu6.*max_value"),
+    (lambda L: L.Conv2D(2, 3, dilation_rate=2, name="dil"), "dil.*dilated"),
+])
+def test_unsupported_layers_are_named(make_layer, message):
+    from keras import layers
+
+    with pytest.raises(UnsupportedLayerError, match=message):
+        fd.from_keras(_model_with(make_layer(layers)))
+
+
+def test_model_must_end_in_softmax_dense():
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((4, 4, 1))
+    model = keras.Model(inputs, layers.Dense(3)(layers.Flatten()(inputs)))
+    with pytest.raises(UnsupportedLayerError, match="softmax"):
+        fd.from_keras(model)
+
+
+def test_batchnorm_must_follow_a_conv():
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((4, 4, 1))
+    x = layers.BatchNormalization(name="lonely_bn")(inputs)
+    model = keras.Model(inputs, layers.Dense(3, activation="softmax")(layers.Flatten()(x)))
+    with pytest.raises(UnsupportedLayerError, match="lonely_bn"):
+        fd.from_keras(model)
+
+
+def test_bad_inputs_are_refused(resnet_case):
+    model, x, _ = resnet_case
+    network = fd.from_keras(model)
+    with pytest.raises(InputError, match="do not fit"):
+        network.predict(np.zeros((2, 9, 9, 1), np.float32))
+    with pytest.raises(InputError, match="one image"):
+        network.predict(np.zeros((8, 8, 1), np.float32))
+    with pytest.raises(InputError, match="numeric"):
+        network.predict(np.array([["a"]]))
+    bad = x[:4].copy()
+    bad[2, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        network.predict(bad)
+
+
+def test_import_needs_no_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, fastdecomp; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'cupy')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
