@@ -158,6 +158,38 @@ class Network:
             out[positions] = self.forward(xb)
         return out
 
+    def iter_mask_values(self, x, y=None, mask_at="conv", batch_size=256):
+        """Stream every batch's values at the mask points, one batch in memory at a time.
+
+        Parameters
+        ----------
+        x : numpy.ndarray or DataSource
+        y : numpy.ndarray, optional
+            Labels (with an array ``x``).
+        mask_at : {"conv", "relu"}
+        batch_size : int
+
+        Yields
+        ------
+        positions : numpy.ndarray
+            Indices of the batch's images in ``x``.
+        labels : numpy.ndarray
+        values : dict
+            Mask-point layer name -> float32 ``[B] + shape``.
+        probabilities : numpy.ndarray
+            The model's softmax outputs ``[B, num_classes]``.
+        """
+        if isinstance(x, DataSource):
+            source = x
+        else:
+            images = _as_images(x, self.input_shape)
+            source = as_source(images, np.zeros(len(images), dtype=np.int64) if y is None else y)
+        for positions, xb, yb in source.batches(batch_size):
+            values = {}
+            probs = self.forward(xb, observe=lambda layer, v: values.__setitem__(layer.name, v),
+                                 mask_at=mask_at)
+            yield positions, yb, values, probs
+
     def mask_shapes(self, mask_at="conv"):
         """Mask-point name -> output shape, in topological order."""
         return {l.name: tuple(l.shape) for l in self.mask_points(mask_at)}

@@ -86,13 +86,23 @@ def test_batch_size_does_not_change_values(resnet_case):
 def test_mask_point_values_stream_batch_by_batch(resnet_case):
     model, x, y = resnet_case
     network = fd.from_keras(model)
-    seen = []
-    source = fd.data.ArraySource(x, y)
-    for positions, xb, _ in source.batches(16):
-        network.forward(xb, observe=lambda layer, v: seen.append((layer.name, v.shape)), mask_at="relu")
-    names = {n for n, _ in seen}
-    assert names == {l.name for l in network.mask_points("relu")}
-    assert max(shape[0] for _, shape in seen) == 16
+    expected = keras_mask_point_values(model, x)
+    batches = list(network.iter_mask_values(x, y, mask_at="relu", batch_size=16))
+    assert [len(p) for p, *_ in batches] == [16, 16, 16]
+    for positions, labels, values, probs in batches:
+        np.testing.assert_array_equal(labels, y[positions])
+        assert set(values) == {l.name for l in network.mask_points("relu")}
+        for name, v in values.items():
+            np.testing.assert_allclose(v, expected[name][positions], atol=1e-5)
+
+
+def keras_mask_point_values(model, x):
+    """The ReLU outputs of a zoo ResNet computed by Keras itself."""
+    import keras
+
+    names = [l.name for l in model.layers if isinstance(l, keras.layers.ReLU)]
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    return dict(zip(names, probe.predict(x, verbose=0)))
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
