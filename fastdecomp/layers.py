@@ -156,8 +156,10 @@ class Conv2DKind(LayerKind):
             return [np.zeros((dead_out.shape[0], h, w, ci), dtype=bool)]
         c = layer.config
         kh, kw = layer.weights["kernel"].shape[:2]
-        return [cpu.conv2d_dead_inputs(np.ascontiguousarray(dead_out), h, w, ci, kh, kw,
-                                       c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2])]
+        all_channels_dead = np.ascontiguousarray(dead_out.all(axis=-1, keepdims=True))
+        dead_in = cpu.window_dead_inputs(all_channels_dead, h, w, kh, kw, c["strides"][0],
+                                         c["strides"][1], c["pads"][0], c["pads"][2])
+        return [np.broadcast_to(dead_in, dead_in.shape[:3] + (ci,))]
 
     def to_keras(self, layer):
         from keras import layers
@@ -289,7 +291,7 @@ class Pool2DKind(LayerKind):
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         h, w, _ = input_shapes[0]
         c = layer.config
-        return [cpu.pool2d_dead_inputs(np.ascontiguousarray(dead_out), h, w, c["pool"][0], c["pool"][1],
+        return [cpu.window_dead_inputs(np.ascontiguousarray(dead_out), h, w, c["pool"][0], c["pool"][1],
                                        c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2])]
 
     def to_keras(self, layer):

@@ -187,51 +187,16 @@ def accumulate_activity(bits, concerned_class, tangle_class, tangle_rank, active
 # --------------------------------------------------------------------------
 
 @jit(parallel=True)
-def conv2d_dead_inputs(dead_out, in_h, in_w, in_c, kernel_h, kernel_w,
-                       stride_h, stride_w, pad_top, pad_left):
-    """Input nodes of a convolution whose every reader is dead.
-
-    An input (h, w, ci) is dead when every output (h', w', co), over all co,
-    whose window covers (h, w) is dead; padding positions are not inputs.
-    """
-    m, oh, ow, co = dead_out.shape
-    dead_in = np.empty((m, in_h, in_w, in_c), dtype=np.bool_)
-    for task in prange(m * in_h):
-        mod = task // in_h
-        h = task % in_h
-        for w in range(in_w):
-            dead = True
-            for dy in range(kernel_h):
-                num_y = h + pad_top - dy
-                if num_y < 0 or num_y % stride_h:
-                    continue
-                i = num_y // stride_h
-                if i >= oh:
-                    continue
-                for dx in range(kernel_w):
-                    num_x = w + pad_left - dx
-                    if num_x < 0 or num_x % stride_w:
-                        continue
-                    j = num_x // stride_w
-                    if j >= ow:
-                        continue
-                    for o in range(co):
-                        if not dead_out[mod, i, j, o]:
-                            dead = False
-                            break
-                    if not dead:
-                        break
-                if not dead:
-                    break
-            for c in range(in_c):
-                dead_in[mod, h, w, c] = dead
-    return dead_in
-
-
-@jit(parallel=True)
-def pool2d_dead_inputs(dead_out, in_h, in_w, pool_h, pool_w, stride_h, stride_w,
+def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w,
                        pad_top, pad_left):
-    """Input nodes of a pooling layer whose every pooled output is dead (per channel)."""
+    """Input nodes of a sliding window whose every reader is dead, channel by channel.
+
+    The paper's two-pass map in one: an input (h, w) reads forward into the
+    outputs (i, j) whose window covers it (padding positions are not inputs);
+    it is dead when all of those are dead (or none reads it). For pooling the
+    channels are independent; a convolution passes ``dead_out`` reduced over
+    its output channels and broadcasts the result over its input channels.
+    """
     m, oh, ow, c = dead_out.shape
     dead_in = np.empty((m, in_h, in_w, c), dtype=np.bool_)
     for task in prange(m * in_h):
@@ -240,14 +205,14 @@ def pool2d_dead_inputs(dead_out, in_h, in_w, pool_h, pool_w, stride_h, stride_w,
         for w in range(in_w):
             for ch in range(c):
                 dead = True
-                for dy in range(pool_h):
+                for dy in range(window_h):
                     num_y = h + pad_top - dy
                     if num_y < 0 or num_y % stride_h:
                         continue
                     i = num_y // stride_h
                     if i >= oh:
                         continue
-                    for dx in range(pool_w):
+                    for dx in range(window_w):
                         num_x = w + pad_left - dx
                         if num_x < 0 or num_x % stride_w:
                             continue
