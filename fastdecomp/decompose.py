@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -11,6 +12,7 @@ from .data import DataSource, as_source
 from .errors import InputError
 from .modules import ModuleSet
 from .network import MASK_PLACEMENTS, from_keras
+from .parallel import map_batches
 from .sampling import class_ranks, max_tangling_counts, tangling_counts
 from .statistics import ActivityStatistics
 
@@ -21,7 +23,7 @@ BACKENDS = ("cpu",)
 
 def decompose(model, x, y=None, *, classes=None, mask_at="conv", backtrack="bln", delta=0.5,
               bln_rule="algorithm", ti_ratio=1.0, concerned="correct", batch_size=256, seed=0,
-              backend="cpu", progress=True):
+              backend="cpu", progress=True, n_jobs=None):
     """Decompose a trained classifier into one module per class.
 
     Implements ALGORITHM.md sections 1-4 (Pan & Rajan, ICSE 2022) in one
@@ -56,6 +58,9 @@ def decompose(model, x, y=None, *, classes=None, mask_at="conv", backtrack="bln"
     backend : {"cpu"}
     progress : bool
         Show a progress bar.
+    n_jobs : int, optional
+        Threads, each running whole batches (default: every core, or
+        ``FASTDECOMP_JOBS``). The result does not depend on it.
 
     Returns
     -------
@@ -77,8 +82,10 @@ def decompose(model, x, y=None, *, classes=None, mask_at="conv", backtrack="bln"
     is_module[classes] = True
     correct = np.zeros(len(source), dtype=bool)
 
-    bar = _progress(progress, len(source), "activity statistics")
-    for positions, xb, yb in source.batches(batch_size):
+    lock = threading.Lock()
+
+    def gather(batch):
+        positions, xb, yb = batch
         bits = {}
 
         def observe(layer, values):
@@ -88,10 +95,15 @@ def decompose(model, x, y=None, *, classes=None, mask_at="conv", backtrack="bln"
         correct[positions] = probs.argmax(axis=1) == yb
         member = is_module[yb] & (correct[positions] if concerned == "correct" else True)
         roles = stats.batch_roles(yb, ranks[positions], member)
-        stats.count(roles[0])
-        for name, packed in bits.items():
-            stats.update(name, packed, *roles)
-        bar.update(len(positions))
+        with lock:
+            stats.count(roles[0])
+            for name, packed in bits.items():
+                stats.update(name, packed, *roles)
+        return len(positions)
+
+    bar = _progress(progress, len(source), "activity statistics")
+    for done in map_batches(gather, source.batches(batch_size), n_jobs):
+        bar.update(done)
     bar.close()
     stats_seconds = time.perf_counter() - started
 

@@ -17,6 +17,7 @@ from .errors import InputError, ModelFileError
 from .export import dead_channels, prune, to_keras
 from .layers import Layer
 from .network import Network
+from .parallel import map_batches
 
 __all__ = ["ModuleSet", "load_modules", "FORMAT_VERSION"]
 
@@ -134,8 +135,13 @@ class ModuleSet:
         masks, head = self.layer_masks(k), self.head(k)
         source = self._source(x)
         out = np.empty((len(source), 2), dtype=np.float32)
-        for positions, xb, _ in source.batches(batch_size):
+
+        def run(batch):
+            positions, xb, _ = batch
             out[positions] = self.network.forward(xb, masks=masks, head=head)
+
+        for _ in map_batches(run, source.batches(batch_size)):
+            pass
         return out
 
     def to_keras(self, k):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from .data import DataSource, as_source
 from .errors import InputError, ModelFileError, UnsupportedLayerError
 from .layers import KERAS_CLASSES, KINDS, BatchNormKind, Layer, refuser
+from .parallel import map_batches, single_threaded_blas
 
 __all__ = ["Network", "from_keras", "MASK_PLACEMENTS"]
 
@@ -109,6 +111,12 @@ class Network:
         """
         x = np.ascontiguousarray(x, dtype=np.float32)
         self.check_input(x)
+        if threading.current_thread().name.startswith("fastdecomp"):
+            return self._forward(x, masks, observe, mask_at, head, logits)
+        with single_threaded_blas():
+            return self._forward(x, masks, observe, mask_at, head, logits)
+
+    def _forward(self, x, masks, observe, mask_at, head, logits):
         observed = {l.name for l in self.mask_points(mask_at)} if observe else ()
         remaining = {name: len(r) for name, r in self.readers.items()}
         values = {self.layers[0].name: x}
@@ -136,7 +144,7 @@ class Network:
                     del values[src]
         return values[self.output_dense if logits else self.layers[-1].name]
 
-    def predict(self, x, batch_size=256):
+    def predict(self, x, batch_size=256, n_jobs=None):
         """Softmax outputs of the model, streamed over batches.
 
         Parameters
@@ -145,6 +153,8 @@ class Network:
             Images ``(N,) + input_shape`` (float32, or uint8 scaled by 1/255), or
             a data source.
         batch_size : int
+        n_jobs : int, optional
+            Threads (default: every core; see :mod:`fastdecomp.parallel`).
 
         Returns
         -------
@@ -154,8 +164,13 @@ class Network:
         source = x if isinstance(x, DataSource) else as_source(
             _as_images(x, self.input_shape), np.zeros(len(x), dtype=np.int64))
         out = np.empty((len(source), self.num_classes), dtype=np.float32)
-        for positions, xb, _ in source.batches(batch_size):
+
+        def run(batch):
+            positions, xb, _ = batch
             out[positions] = self.forward(xb)
+
+        for _ in map_batches(run, source.batches(batch_size), n_jobs):
+            pass
         return out
 
     def iter_mask_values(self, x, y=None, mask_at="conv", batch_size=256):

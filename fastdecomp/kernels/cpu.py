@@ -4,7 +4,10 @@ and backward dead-node propagation.
 Every forward kernel sums each output's terms in one fixed order that does not
 depend on the batch size or on which images share a batch, so the values at a
 mask point (and the masks derived from them) are bit-identical however the
-data is batched. Feature maps are NHWC float32.
+data is batched. Feature maps are NHWC float32. Forward and statistics
+kernels are serial: the engine runs whole batches on several threads
+(:mod:`fastdecomp.parallel`); the backward kernels, run once per
+decomposition, use every core themselves.
 """
 
 import numpy as np
@@ -20,7 +23,7 @@ def jit(parallel=False):
 # forward
 # --------------------------------------------------------------------------
 
-@jit(parallel=True)
+@jit()
 def im2col(x, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, out_h, out_w, col):
     """Unfold sliding windows: row ``(b, i, j)`` of ``col`` holds window (i, j) of image b.
 
@@ -77,7 +80,7 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out):
         out[start:start + count] = product[:count * rows].reshape(count, oh, ow, co)
 
 
-@jit(parallel=True)
+@jit()
 def dense_forward(x, kernel, bias, out):
     """``out = x @ kernel + bias``, each output summed in input order."""
     n, f = x.shape
@@ -92,7 +95,7 @@ def dense_forward(x, kernel, bias, out):
             out[b, o] = acc[o] + bias[o]
 
 
-@jit(parallel=True)
+@jit()
 def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out):
     """Max or average pooling; padding positions are excluded (as in Keras)."""
     n, h, w, c = x.shape
@@ -122,7 +125,7 @@ def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_
                 out[b, i, j, ch] = acc if is_max else acc / np.float32(count)
 
 
-@jit(parallel=True)
+@jit()
 def global_average_pool_forward(x, out):
     """Mean over height and width, summed in row-major order."""
     n, h, w, c = x.shape
@@ -140,7 +143,7 @@ def global_average_pool_forward(x, out):
 # activity statistics
 # --------------------------------------------------------------------------
 
-@jit(parallel=True)
+@jit()
 def accumulate_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank):
     """OR a batch's activity bits into per-class statistics.
 
