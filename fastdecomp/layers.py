@@ -99,7 +99,12 @@ class LayerKind:
         """Output shape, without the batch axis."""
         return tuple(input_shapes[0])
 
-    def forward(self, layer, inputs):
+    def forward(self, layer, inputs, reusable=None):
+        """The layer's output for a batch.
+
+        ``reusable[i]`` is True when ``inputs[i]`` is read by no one else and
+        may be overwritten.
+        """
         raise NotImplementedError
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
@@ -142,7 +147,7 @@ class Conv2DKind(LayerKind):
                                     config["strides"], config["padding"])
         return (oh, ow, weights["kernel"].shape[3])
 
-    def forward(self, layer, inputs):
+    def forward(self, layer, inputs, reusable=None):
         x = inputs[0]
         c = layer.config
         out = np.empty((x.shape[0],) + layer.shape, dtype=np.float32)
@@ -186,7 +191,7 @@ class DenseKind(LayerKind):
     def output_shape(self, config, weights, input_shapes):
         return (weights["kernel"].shape[1],)
 
-    def forward(self, layer, inputs):
+    def forward(self, layer, inputs, reusable=None):
         x = inputs[0]
         out = np.empty((x.shape[0],) + layer.shape, dtype=np.float32)
         cpu.dense_forward(x, layer.weights["kernel"], layer.weights["bias"], out)
@@ -213,8 +218,9 @@ class ReLUKind(LayerKind):
             refuse("a ReLU with max_value, negative_slope or threshold; use a plain ReLU")
         return {}, {}, None
 
-    def forward(self, layer, inputs):
-        return np.maximum(inputs[0], np.float32(0.0))
+    def forward(self, layer, inputs, reusable=None):
+        out = inputs[0] if reusable and reusable[0] else None
+        return np.maximum(inputs[0], np.float32(0.0), out=out)
 
     def to_keras(self, layer):
         from keras import layers
@@ -232,7 +238,7 @@ class SoftmaxKind(LayerKind):
             refuse("softmax over an axis other than the last")
         return {}, {}, None
 
-    def forward(self, layer, inputs):
+    def forward(self, layer, inputs, reusable=None):
         z = inputs[0] - inputs[0].max(axis=-1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)
@@ -253,8 +259,8 @@ class AddKind(LayerKind):
             refuse(f"inputs of different shapes {input_shapes}")
         return {}, {}, None
 
-    def forward(self, layer, inputs):
-        out = inputs[0].copy()
+    def forward(self, layer, inputs, reusable=None):
+        out = inputs[0] if reusable and reusable[0] else inputs[0].copy()
         for other in inputs[1:]:
             out += other
         return out
@@ -280,7 +286,7 @@ class Pool2DKind(LayerKind):
         oh, ow, _ = window_geometry(input_shapes[0], config["pool"], config["strides"], config["padding"])
         return (oh, ow, input_shapes[0][2])
 
-    def forward(self, layer, inputs):
+    def forward(self, layer, inputs, reusable=None):
         x = inputs[0]
         c = layer.config
         out = np.empty((x.shape[0],) + layer.shape, dtype=np.float32)
@@ -331,7 +337,7 @@ class GlobalAveragePoolKind(LayerKind):
     def output_shape(self, config, weights, input_shapes):
         return (input_shapes[0][2],)
 
-    def forward(self, layer, inputs):
+    def forward(self, layer, inputs, reusable=None):
         x = inputs[0]
         out = np.empty((x.shape[0], x.shape[3]), dtype=np.float32)
         cpu.global_average_pool_forward(x, out)
@@ -363,7 +369,7 @@ class ZeroPaddingKind(LayerKind):
         s = input_shapes[0]
         return (s[0] + pt + pb, s[1] + pl + pr, s[2])
 
-    def forward(self, layer, inputs):
+    def forward(self, layer, inputs, reusable=None):
         pt, pb, pl, pr = layer.config["pads"]
         return np.pad(inputs[0], ((0, 0), (pt, pb), (pl, pr), (0, 0)))
 
@@ -387,7 +393,7 @@ class FlattenKind(LayerKind):
     def output_shape(self, config, weights, input_shapes):
         return (int(np.prod(input_shapes[0])),)
 
-    def forward(self, layer, inputs):
+    def forward(self, layer, inputs, reusable=None):
         return inputs[0].reshape(inputs[0].shape[0], -1)
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):

@@ -132,7 +132,9 @@ class Network:
                 cpu.dense_forward(inputs[0], np.ascontiguousarray(kernel, dtype=np.float32),
                                   np.ascontiguousarray(bias, dtype=np.float32), out)
             else:
-                out = layer.handler.forward(layer, inputs)
+                reusable = [remaining[src] == 1 and layer.inputs.count(src) == 1 and src not in observed
+                            for src in layer.inputs]
+                out = layer.handler.forward(layer, inputs, reusable)
             if masks is not None and layer.name in masks:
                 out = out * masks[layer.name]
             if layer.name in observed:

@@ -31,7 +31,7 @@ def im2col(x, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, out_h, 
     Keras HWIO kernel reshaped to ``[kh * kw * ci, co]``; padding reads 0.
     """
     n, h, w, ci = x.shape
-    for task in prange(n * out_h):
+    for task in range(n * out_h):
         b = task // out_h
         i = task % out_h
         for j in range(out_w):
@@ -68,16 +68,22 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out):
     rows = oh * ow
     group = 1 << max(0, int(np.log2(max(GEMM_ROWS // rows, 1))))
     col = np.empty((group * rows, kh * kw * ci), dtype=np.float32)
-    product = np.empty((group * rows, co), dtype=np.float32)
     weights = np.ascontiguousarray(kernel.reshape(kh * kw * ci, co))
+    flat = out.reshape(n * rows, co)
+    product = None
     for start in range(0, n, group):
         count = min(group, n - start)
         im2col(x[start:start + count], kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, col)
+        target = flat[start * rows:(start + count) * rows]
         if count < group:
             col[count * rows:] = 0.0
-        np.dot(col, weights, out=product)
-        product += bias
-        out[start:start + count] = product[:count * rows].reshape(count, oh, ow, co)
+            if product is None:
+                product = np.empty((group * rows, co), dtype=np.float32)
+            np.dot(col, weights, out=product)
+            target[:] = product[:count * rows]
+        else:
+            np.dot(col, weights, out=target)
+        target += bias
 
 
 @jit()
