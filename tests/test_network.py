@@ -195,3 +195,16 @@ def test_import_needs_no_tensorflow():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_large_maps_are_computed_in_fixed_bands(monkeypatch):
+    """Maps larger than one sgemm call are split into bands of rows; values stay batch-invariant."""
+    from fastdecomp.kernels import cpu
+
+    monkeypatch.setattr(cpu, "GEMM_ROWS", 40)  # an 8x8 map then runs as bands of 5 rows + a padded band
+    model = zoo.resnet_v1(8, (16, 16, 3), 5, seed=2)
+    x = np.random.default_rng(4).random((6, 16, 16, 3), dtype=np.float32)
+    network = fd.from_keras(model)
+    np.testing.assert_allclose(network.predict(x, batch_size=4), model.predict(x, verbose=0), atol=1e-4)
+    one_by_one = np.concatenate([network.forward(x[i:i + 1], logits=True) for i in range(len(x))])
+    np.testing.assert_array_equal(network.forward(x, logits=True), one_by_one)

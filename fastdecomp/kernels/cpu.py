@@ -24,8 +24,8 @@ def jit(parallel=False):
 # --------------------------------------------------------------------------
 
 @jit()
-def im2col(x, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, out_h, out_w, col):
-    """Unfold sliding windows: row ``(b, i, j)`` of ``col`` holds window (i, j) of image b.
+def im2col(x, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, first_i, out_h, out_w, col):
+    """Unfold sliding windows: row ``(b, i, j)`` of ``col`` holds window (first_i + i, j) of image b.
 
     Columns are ordered (kernel row, kernel column, input channel), like a
     Keras HWIO kernel reshaped to ``[kh * kw * ci, co]``; padding reads 0.
@@ -37,7 +37,7 @@ def im2col(x, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, out_h, 
         for j in range(out_w):
             row = (b * out_h + i) * out_w + j
             for dy in range(kernel_h):
-                y = i * stride_h + dy - pad_top
+                y = (first_i + i) * stride_h + dy - pad_top
                 for dx in range(kernel_w):
                     xx = j * stride_w + dx - pad_left
                     base = (dy * kernel_w + dx) * ci
@@ -55,35 +55,36 @@ GEMM_ROWS = 4096
 def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out):
     """2-D convolution ``out = conv(x, kernel) + bias`` (NHWC input, HWIO kernel).
 
-    Windows are unfolded (:func:`im2col`) for a fixed number of images at a
-    time and multiplied with one BLAS ``sgemm`` call of always the same shape
-    (the last group padded with zeros). BLAS computes each row of a product
-    of fixed shape identically wherever the row sits, so an image's values do
-    not depend on the batch it came in; ``tests/test_invariants.py`` holds
-    this.
+    Windows are unfolded (:func:`im2col`) and multiplied by the kernel with
+    BLAS ``sgemm`` calls that all have one shape per layer: a fixed number of
+    whole images, or, for large maps, a fixed band of output rows of one image
+    (a short last group or band is padded with zeros). BLAS computes each row
+    of a product of fixed shape identically wherever the row sits, so an
+    image's values do not depend on the batch it came in;
+    ``tests/test_invariants.py`` holds this.
     """
     n = x.shape[0]
     kh, kw, ci, co = kernel.shape
     oh, ow = out.shape[1], out.shape[2]
-    rows = oh * ow
-    group = 1 << max(0, int(np.log2(max(GEMM_ROWS // rows, 1))))
-    col = np.empty((group * rows, kh * kw * ci), dtype=np.float32)
     weights = np.ascontiguousarray(kernel.reshape(kh * kw * ci, co))
-    flat = out.reshape(n * rows, co)
-    product = None
+    if oh * ow <= GEMM_ROWS:
+        group, band = 1 << max(0, int(np.log2(GEMM_ROWS // (oh * ow)))), oh
+    else:
+        group, band = 1, max(1, GEMM_ROWS // ow)
+    rows = group * band * ow
+    col = np.empty((rows, kh * kw * ci), dtype=np.float32)
+    product = np.empty((rows, co), dtype=np.float32)
     for start in range(0, n, group):
         count = min(group, n - start)
-        im2col(x[start:start + count], kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, col)
-        target = flat[start * rows:(start + count) * rows]
-        if count < group:
-            col[count * rows:] = 0.0
-            if product is None:
-                product = np.empty((group * rows, co), dtype=np.float32)
+        for i0 in range(0, oh, band):
+            height = min(band, oh - i0)
+            used = count * height * ow
+            im2col(x[start:start + count], kh, kw, stride_h, stride_w, pad_top, pad_left, i0, height, ow, col)
+            if used < rows:
+                col[used:] = 0.0
             np.dot(col, weights, out=product)
-            target[:] = product[:count * rows]
-        else:
-            np.dot(col, weights, out=target)
-        target += bias
+            product += bias
+            out[start:start + count, i0:i0 + height] = product[:used].reshape(count, height, ow, co)
 
 
 @jit()
