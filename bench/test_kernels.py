@@ -1,0 +1,54 @@
+"""Kernel regression benchmarks (pytest-benchmark), at small sizes.
+
+    python -m pytest bench/test_kernels.py --benchmark-enable
+
+Each benchmark compiles its kernel before timing. No timing is asserted:
+compare runs with ``--benchmark-compare``.
+"""
+
+import numpy as np
+import pytest
+
+from fastdecomp.kernels import cpu
+from fastdecomp.parallel import single_threaded_blas
+
+SHAPES = [(28, 16), (14, 32), (7, 64)]
+
+
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    with single_threaded_blas():
+        yield
+
+
+@pytest.mark.benchmark(group="conv2d_forward")
+@pytest.mark.parametrize("size, channels", SHAPES)
+def test_conv2d_forward(benchmark, size, channels):
+    rng = np.random.default_rng(0)
+    x = rng.random((32, size, size, channels), dtype=np.float32)
+    kernel = rng.standard_normal((3, 3, channels, channels)).astype(np.float32)
+    bias = np.zeros(channels, np.float32)
+    out = np.empty_like(x)
+    cpu.conv2d_forward(x, kernel, bias, 1, 1, 1, 1, out)
+    benchmark(cpu.conv2d_forward, x, kernel, bias, 1, 1, 1, 1, out)
+
+
+@pytest.mark.benchmark(group="accumulate_activity")
+def test_accumulate_activity(benchmark):
+    rng = np.random.default_rng(1)
+    bits = np.packbits(rng.random((64, 28 * 28 * 16)) > 0.5, axis=1)
+    labels = rng.integers(0, 10, 64)
+    concerned = np.where(rng.random(64) < 0.9, labels, -1)
+    ranks = np.where(rng.random(64) < 0.2, rng.integers(0, 100, 64), -1)
+    active = np.zeros((10, bits.shape[1]), np.uint8)
+    first_rank = np.full((10, bits.shape[1] * 8), 100, np.uint16)
+    tangle = np.where(ranks >= 0, labels, -1)
+    cpu.accumulate_activity(bits, concerned, tangle, ranks, active, first_rank)
+    benchmark(cpu.accumulate_activity, bits, concerned, tangle, ranks, active, first_rank)
+
+
+@pytest.mark.benchmark(group="window_dead_inputs")
+def test_window_dead_inputs(benchmark):
+    dead = np.random.default_rng(2).random((10, 28, 28, 1)) < 0.9
+    cpu.window_dead_inputs(dead, 28, 28, 3, 3, 1, 1, 1, 1)
+    benchmark(cpu.window_dead_inputs, dead, 28, 28, 3, 3, 1, 1, 1, 1)
