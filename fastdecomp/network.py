@@ -276,8 +276,15 @@ def from_keras(model_or_path):
         model = load_keras_model(model_or_path)
     else:
         model = model_or_path
-    if not hasattr(model, "outputs") or not hasattr(model, "layers"):
+    if not hasattr(model, "layers"):
         raise InputError(f"expected a Keras model or a model file path, got {type(model).__name__}")
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        outputs = None
+    if not outputs:
+        raise InputError(f"model {model.name!r} is not built: give it an Input layer "
+                         "(keras.Input(shape=...)) or call it on data once before importing it")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise UnsupportedLayerError(
             f"model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "

@@ -208,3 +208,12 @@ def test_large_maps_are_computed_in_fixed_bands(monkeypatch):
     np.testing.assert_allclose(network.predict(x, batch_size=4), model.predict(x, verbose=0), atol=1e-4)
     one_by_one = np.concatenate([network.forward(x[i:i + 1], logits=True) for i in range(len(x))])
     np.testing.assert_array_equal(network.forward(x, logits=True), one_by_one)
+
+
+def test_unbuilt_model_is_refused():
+    import keras
+    from keras import layers
+
+    model = keras.Sequential([layers.Conv2D(2, 3), layers.Flatten(), layers.Dense(2, activation="softmax")])
+    with pytest.raises(InputError, match="not built"):
+        fd.from_keras(model)
