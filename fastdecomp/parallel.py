@@ -13,7 +13,9 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-__all__ = ["map_batches", "default_jobs", "single_threaded_blas"]
+__all__ = ["map_batches", "default_jobs", "single_threaded_blas", "CHUNK_IMAGES"]
+
+CHUNK_IMAGES = 64  # images a thread works on at a time: their activations stay in cache
 
 
 def default_jobs():
@@ -33,13 +35,23 @@ def single_threaded_blas():
         yield
 
 
-def map_batches(fn, batches, n_jobs=None):
-    """Apply ``fn`` to every item of ``batches`` on ``n_jobs`` threads, yielding results in order.
+def chunks(batches, size):
+    """Split ``(positions, x, y)`` batches into pieces of at most ``size`` images (views)."""
+    for positions, x, y in batches:
+        for start in range(0, len(positions), size):
+            yield positions[start:start + size], x[start:start + size], y[start:start + size]
 
-    At most ``2 * n_jobs`` items are in flight, so memory stays bounded by
-    the batch size, not by the number of batches.
+
+def map_batches(fn, batches, n_jobs=None, chunk=None):
+    """Apply ``fn`` to ``(positions, x, y)`` pieces of ``batches`` on ``n_jobs`` threads.
+
+    Each batch is cut into pieces of at most ``chunk`` images (default
+    :data:`CHUNK_IMAGES`); results are
+    yielded in order. At most ``2 * n_jobs`` pieces are in flight, so memory
+    stays bounded by the batch size, not by the number of images.
     """
     n_jobs = n_jobs or default_jobs()
+    batches = chunks(batches, chunk or CHUNK_IMAGES)
     with single_threaded_blas():
         if n_jobs == 1:
             for item in batches:
