@@ -73,18 +73,23 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out):
         group, band = 1, max(1, GEMM_ROWS // ow)
     rows = group * band * ow
     col = np.empty((rows, kh * kw * ci), dtype=np.float32)
-    product = np.empty((rows, co), dtype=np.float32)
+    product = np.empty((rows, co), dtype=np.float32)  # for a short last group or band
     for start in range(0, n, group):
         count = min(group, n - start)
         for i0 in range(0, oh, band):
             height = min(band, oh - i0)
             used = count * height * ow
             im2col(x[start:start + count], kh, kw, stride_h, stride_w, pad_top, pad_left, i0, height, ow, col)
-            if used < rows:
+            target = out[start:start + count, i0:i0 + height]
+            if used == rows and target.flags.c_contiguous:
+                target = target.reshape(rows, co)
+                np.dot(col, weights, out=target)
+                target += bias
+            else:
                 col[used:] = 0.0
-            np.dot(col, weights, out=product)
-            product += bias
-            out[start:start + count, i0:i0 + height] = product[:used].reshape(count, height, ow, co)
+                np.dot(col, weights, out=product)
+                product += bias
+                target[...] = product[:used].reshape(target.shape)
 
 
 @jit()
