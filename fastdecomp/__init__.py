@@ -9,6 +9,7 @@ saves. Importing fastdecomp never needs TensorFlow, CuPy or a GPU.
 """
 
 from . import data, zoo
+from .compose import Composition, compose, load_composition
 from .decompose import decompose
 from .errors import (BackendError, DatasetNotFoundError, FastDecompError, InputError,
                      ModelFileError, UnsupportedLayerError)
@@ -18,7 +19,7 @@ from .network import Network, from_keras
 __version__ = "0.1.0"
 
 __all__ = [
-    "decompose", "from_keras", "Network", "ModuleSet", "load_modules", "data", "zoo",
+    "decompose", "compose", "Composition", "load_composition", "from_keras", "Network", "ModuleSet", "load_modules", "data", "zoo",
     "FastDecompError", "UnsupportedLayerError", "InputError", "ModelFileError",
     "DatasetNotFoundError", "BackendError", "__version__",
 ]

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .backtrack import apply_backtracking, channel_head
-from .data import DataSource, Subset, as_source
+from .compose import ModuleRef, as_input_source, compose, topk_accuracy
+from .data import Subset
 from .errors import InputError, ModelFileError
 from .export import dead_channels, prune, to_keras
 from .layers import Layer
@@ -152,6 +153,49 @@ class ModuleSet:
         """
         return to_keras(self.pruned(k))
 
+    def updated(self, k, x, batch_size=256):
+        """Module ``k`` updated for new company (continuous learning, ALGORITHM.md section 6).
+
+        Re-applies tangling identification with ``x``, images of the classes
+        the module will now be composed with: every node active for one of
+        them is brought back, then backtracking is applied again.
+
+        Parameters
+        ----------
+        k : int
+        x : numpy.ndarray or DataSource
+            Images of the new classes (their labels are not used).
+
+        Returns
+        -------
+        ModuleSet
+            A copy in which only module ``k`` changed; use ``.module(k)``.
+        """
+        i = self._index(k)
+        source = self._source(x)
+        base_keep = {name: keep.copy() for name, keep in self._base_keep.items()}
+        for _, _, values, _ in self.network.iter_mask_values(source, mask_at=self.options["mask_at"],
+                                                             batch_size=batch_size):
+            for name, v in values.items():
+                base_keep[name][i] |= (v > 0).any(axis=0)
+        info = dict(self.info, updated=sorted(set(self.info.get("updated", [])) | {int(k)}))
+        return ModuleSet(self.network, self.classes, self.options, base_keep, self._concerned,
+                         self._unconcerned, info)
+
+    def module(self, k):
+        """A reference to module ``k``, to compose with others (:func:`fastdecomp.compose`)."""
+        self._index(k)
+        return ModuleRef(self, int(k))
+
+    def keras_predict(self, k, x, batch_size=256):
+        """P(concerned | x) of module ``k``, run as its exported Keras model (batched)."""
+        source = self._source(x)
+        model = self._keras_model(k)
+        out = np.empty(len(source), dtype=np.float32)
+        for positions, xb, _ in source.batches(max(batch_size, 1024)):
+            out[positions] = np.asarray(model(xb, training=False))[:, 0]
+        return out
+
     def predict(self, x, batch_size=256, engine="keras"):
         """Composed scores by voting: ``[N, len(classes)]`` of P_m(concerned | x).
 
@@ -168,19 +212,9 @@ class ModuleSet:
             Column j is module ``classes[j]``; the predicted class is
             ``classes[argmax]``.
         """
-        source = self._source(x)
-        scores = np.empty((len(source), len(self.classes)), dtype=np.float32)
-        if engine == "fastdecomp":
-            for j, k in enumerate(self.classes):
-                scores[:, j] = self.module_predict(k, source, batch_size)[:, 0]
-            return scores
-        if engine != "keras":
+        if engine not in ("keras", "fastdecomp"):
             raise InputError(f"engine must be 'keras' or 'fastdecomp', got {engine!r}")
-        models = [self._keras_model(k) for k in self.classes]
-        for positions, xb, _ in source.batches(max(batch_size, 1024)):
-            for j, model in enumerate(models):
-                scores[positions, j] = np.asarray(model(xb, training=False))[:, 0]
-        return scores
+        return compose(self).predict(self._source(x), batch_size, engine)
 
     def _keras_model(self, k):
         if k not in self._keras_cache:
@@ -198,21 +232,13 @@ class ModuleSet:
             ``top1``, ``top5`` (composed), ``model_top1``, ``model_top5``, ``num_images``.
         """
         source = self._source(x, y)
-        rows = np.flatnonzero(np.isin(source.labels, self.classes))
-        if len(rows) == 0:
-            raise InputError(f"no input has a label among the modules' classes {self.classes}")
-        subset = Subset(source, rows)
-        labels = subset.labels
-        scores = self.predict(subset, batch_size, engine)
+        result = compose(self).evaluate(source, batch_size=batch_size, engine=engine)
+        subset = Subset(source, np.flatnonzero(np.isin(source.labels, self.classes)))
         model_probs = self.network.predict(subset, batch_size)
-        classes = np.asarray(self.classes)
-        return {
-            "top1": _topk(scores, labels, classes, 1),
-            "top5": _topk(scores, labels, classes, 5),
-            "model_top1": _topk(model_probs, labels, np.arange(self.network.num_classes), 1),
-            "model_top5": _topk(model_probs, labels, np.arange(self.network.num_classes), 5),
-            "num_images": int(len(rows)),
-        }
+        every_class = np.arange(self.network.num_classes)
+        result["model_top1"] = topk_accuracy(model_probs, subset.labels, every_class, 1)
+        result["model_top5"] = topk_accuracy(model_probs, subset.labels, every_class, 5)
+        return result
 
     def jaccard(self, k, kind="nodes"):
         """Jaccard index between module ``k`` and the model (lower: more different).
@@ -269,18 +295,7 @@ class ModuleSet:
         }
 
     def _source(self, x, y=None):
-        if isinstance(x, DataSource):
-            return x
-        x = np.asarray(x)
-        if x.ndim == 3 and self.network.input_shape[-1] == 1:
-            x = x[..., None]
-        if y is None:
-            y = np.zeros(len(x), dtype=np.int64)
-        source = as_source(x, y)
-        if tuple(source.sample_shape) != self.network.input_shape:
-            raise InputError(f"images of shape {source.sample_shape} do not fit the model's "
-                             f"input {self.network.input_shape}")
-        return source
+        return as_input_source(x, self.network.input_shape, y)
 
     # ------------------------------------------------------------------ storage
 
@@ -378,13 +393,6 @@ def load_modules(path):
         raise ModelFileError(f"{path} is inconsistent ({type(exc).__name__}: {exc}); save the modules again") from exc
     return ModuleSet(network, manifest["classes"], manifest["options"], keep,
                      concerned, unconcerned, manifest["info"])
-
-
-def _topk(scores, labels, classes, k):
-    k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
-        np.tile(np.arange(scores.shape[1]), (len(scores), 1))
-    return float((classes[top] == labels[:, None]).any(axis=1).mean())
 
 
 def _sha256(path):

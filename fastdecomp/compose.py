@@ -1,0 +1,214 @@
+"""Composing modules into new classifiers: reuse, replacement, removal.
+
+A :class:`Composition` is an ordered list of modules, each from some
+:class:`~fastdecomp.modules.ModuleSet` and each with the label it answers to in
+the composed classifier. It predicts by voting (ALGORITHM.md section 6): the
+label of the module with the highest P(concerned | x).
+
+- intra-dataset reuse: ``compose(modules.module(1), modules.module(7))``;
+- inter-dataset reuse: modules of different models (same input shape) with
+  their classes relabelled, ``compose(a.module(0), b.module(3), labels=[0, 1])``;
+- replacement: ``composition.replace(label, other.module(k))``;
+- removal: ``composition.remove(label)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import DataSource, Subset, as_source
+from .errors import InputError, ModelFileError
+
+__all__ = ["ModuleRef", "Composition", "compose", "load_composition"]
+
+
+@dataclass(frozen=True)
+class ModuleRef:
+    """One module: the set it belongs to and its class there."""
+
+    modules: object  # ModuleSet
+    k: int
+
+    def predict(self, x, batch_size=256, engine="keras"):
+        """P(concerned | x) of this module, shape ``[N]``."""
+        if engine == "fastdecomp":
+            return self.modules.module_predict(self.k, x, batch_size)[:, 0]
+        return self.modules.keras_predict(self.k, x, batch_size)
+
+
+class Composition:
+    """Modules voting as one classifier; see the module docstring.
+
+    Parameters
+    ----------
+    refs : list of ModuleRef
+    labels : list of int
+        The composed classifier's label for each module, all different.
+    """
+
+    def __init__(self, refs, labels):
+        refs, labels = list(refs), [int(label) for label in labels]
+        if not refs:
+            raise InputError("a composition needs at least one module")
+        if len(labels) != len(refs):
+            raise InputError(f"{len(refs)} modules but {len(labels)} labels")
+        if len(set(labels)) != len(labels):
+            raise InputError(f"labels must all differ, got {labels}; relabel with labels=[...]")
+        shapes = {tuple(r.modules.network.input_shape) for r in refs}
+        if len(shapes) > 1:
+            raise InputError(f"the modules take different input shapes {sorted(shapes)}; only modules "
+                             "of models with the same input shape can be composed")
+        self.refs, self.labels = refs, labels
+        self.input_shape = shapes.pop()
+
+    def __repr__(self):
+        return f"Composition(labels={self.labels})"
+
+    def __len__(self):
+        return len(self.refs)
+
+    def _position(self, label):
+        if int(label) not in self.labels:
+            raise InputError(f"no module answers to label {label}; this composition has {self.labels}")
+        return self.labels.index(int(label))
+
+    def replace(self, label, ref):
+        """A new composition with ``ref`` answering to ``label`` instead of the current module."""
+        i = self._position(label)
+        return Composition(self.refs[:i] + [ref] + self.refs[i + 1:], self.labels)
+
+    def remove(self, label):
+        """A new composition without the module of ``label``."""
+        i = self._position(label)
+        return Composition(self.refs[:i] + self.refs[i + 1:], self.labels[:i] + self.labels[i + 1:])
+
+    def predict(self, x, batch_size=256, engine="keras"):
+        """Voting scores ``[N, len(labels)]``: column j is P(concerned | x) of module j."""
+        source = as_input_source(x, self.input_shape)
+        return np.stack([r.predict(source, batch_size, engine) for r in self.refs], axis=1)
+
+    def predict_labels(self, x, batch_size=256, engine="keras"):
+        """The composed classifier's label for every image."""
+        return np.asarray(self.labels)[self.predict(x, batch_size, engine).argmax(axis=1)]
+
+    def evaluate(self, x, y=None, batch_size=256, engine="keras"):
+        """Top-1 and top-5 accuracy on the images whose label is one of the composition's.
+
+        Returns
+        -------
+        dict
+            ``top1``, ``top5``, ``num_images``.
+        """
+        source = as_input_source(x, self.input_shape, y)
+        rows = np.flatnonzero(np.isin(source.labels, self.labels))
+        if len(rows) == 0:
+            raise InputError(f"no input has a label among {self.labels}")
+        subset = Subset(source, rows)
+        scores = self.predict(subset, batch_size, engine)
+        labels = np.asarray(self.labels)
+        return {"top1": topk_accuracy(scores, subset.labels, labels, 1),
+                "top5": topk_accuracy(scores, subset.labels, labels, 5),
+                "num_images": int(len(rows))}
+
+    def save(self, path, overwrite=False):
+        """Save to a directory: each distinct module set once, and which modules vote for which label."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            sets = []
+            for r in self.refs:
+                if not any(r.modules is s for s in sets):
+                    sets.append(r.modules)
+            for i, modules in enumerate(sets):
+                modules.save(tmp / f"set{i}")
+            entries = [{"set": next(i for i, s in enumerate(sets) if s is r.modules), "class": int(r.k),
+                        "label": label} for r, label in zip(self.refs, self.labels)]
+            (tmp / "composition.json").write_text(json.dumps(
+                {"format": "fastdecomp-composition", "version": 1, "sets": len(sets), "entries": entries},
+                indent=1))
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+
+def compose(*parts, labels=None):
+    """Build a :class:`Composition` from modules.
+
+    Parameters
+    ----------
+    *parts : ModuleRef, ModuleSet, or (ModuleSet, classes)
+        Modules in order; a whole set contributes all its modules.
+    labels : list of int, optional
+        The composed label of each module (default: each module's own class).
+
+    Returns
+    -------
+    Composition
+    """
+    from .modules import ModuleSet
+
+    refs = []
+    for part in parts:
+        if isinstance(part, ModuleRef):
+            refs.append(part)
+        elif isinstance(part, ModuleSet):
+            refs += [part.module(k) for k in part.classes]
+        elif isinstance(part, tuple) and len(part) == 2 and isinstance(part[0], ModuleSet):
+            refs += [part[0].module(k) for k in part[1]]
+        else:
+            raise InputError(f"cannot compose a {type(part).__name__}: pass modules.module(k), a "
+                             "ModuleSet, or (ModuleSet, [classes])")
+    return Composition(refs, labels if labels is not None else [r.k for r in refs])
+
+
+def load_composition(path):
+    """Load a :class:`Composition` saved with :meth:`Composition.save`."""
+    from .modules import load_modules
+
+    path = Path(path)
+    manifest_path = path / "composition.json"
+    if not manifest_path.is_file():
+        raise ModelFileError(f"{path} is not a saved composition (no composition.json)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != "fastdecomp-composition" or manifest.get("version") != 1:
+            raise ModelFileError(f"{path}: not a composition of a version this fastdecomp reads")
+        sets = [load_modules(path / f"set{i}") for i in range(manifest["sets"])]
+        entries = manifest["entries"]
+        return Composition([sets[e["set"]].module(e["class"]) for e in entries], [e["label"] for e in entries])
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+        raise ModelFileError(f"{manifest_path} is corrupt ({type(exc).__name__}: {exc})") from exc
+
+
+def topk_accuracy(scores, labels, classes, k):
+    """Share of rows whose label is among the ``k`` best-scored ``classes``."""
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float((np.asarray(classes)[top] == np.asarray(labels)[:, None]).any(axis=1).mean())
+
+
+def as_input_source(x, input_shape, y=None):
+    """A data source for images ``x`` (an array or a source) checked against ``input_shape``."""
+    if isinstance(x, DataSource):
+        return x
+    x = np.asarray(x)
+    if x.ndim == 3 and input_shape[-1] == 1:
+        x = x[..., None]
+    source = as_source(x, np.zeros(len(x), dtype=np.int64) if y is None else y)
+    if tuple(source.sample_shape) != tuple(input_shape):
+        raise InputError(f"images of shape {source.sample_shape} do not fit the modules' input {input_shape}")
+    return source

@@ -1,0 +1,102 @@
+"""Composition: intra- and inter-dataset reuse, replacement, removal, module update."""
+
+import numpy as np
+import pytest
+
+import fastdecomp as fd
+from fastdecomp.errors import InputError, ModelFileError
+
+from conftest import balance_output_bias, labelled_like_model, small_resnet
+
+
+@pytest.fixture(scope="module")
+def two_sets(resnet_case):
+    """Modules of two different models with the same input shape."""
+    model, x, y = resnet_case
+    first = fd.decompose(model, x, y, backtrack="bln", delta=0.05, progress=False)
+    other = small_resnet(seed=11)
+    balance_output_bias(other, x)
+    second = fd.decompose(other, x, labelled_like_model(other, x), backtrack="bln", delta=0.05, progress=False)
+    return first, second, x, y
+
+
+def test_whole_set_composition_equals_module_set(two_sets):
+    first, _, x, y = two_sets
+    composition = fd.compose(first)
+    np.testing.assert_array_equal(composition.predict(x), first.predict(x))
+    assert composition.evaluate(x, y)["top1"] == first.evaluate(x, y)["top1"]
+
+
+def test_intra_dataset_reuse_votes_among_chosen_classes(two_sets):
+    first, _, x, y = two_sets
+    pair = fd.compose(first.module(1), first.module(3))
+    assert pair.labels == [1, 3]
+    scores = pair.predict(x)
+    np.testing.assert_array_equal(scores, first.predict(x)[:, [1, 3]])
+    np.testing.assert_array_equal(pair.predict_labels(x), np.array([1, 3])[scores.argmax(axis=1)])
+    result = pair.evaluate(x, y)
+    assert result["num_images"] == np.isin(y, [1, 3]).sum() and result["top5"] == 1.0
+
+
+def test_inter_dataset_reuse_relabels(two_sets):
+    first, second, x, _ = two_sets
+    mixed = fd.compose(first.module(0), second.module(0), labels=[0, 1])
+    np.testing.assert_array_equal(mixed.predict(x)[:, 1], second.predict(x)[:, 0])
+    with pytest.raises(InputError, match="labels must all differ"):
+        fd.compose(first.module(0), second.module(0))
+
+
+def test_replace_and_remove(two_sets):
+    first, second, x, _ = two_sets
+    composition = fd.compose(first)
+    replaced = composition.replace(2, second.module(2))
+    np.testing.assert_array_equal(replaced.predict(x)[:, 2], second.predict(x)[:, 2])
+    np.testing.assert_array_equal(replaced.predict(x)[:, [0, 1, 3]], first.predict(x)[:, [0, 1, 3]])
+    removed = composition.remove(2)
+    assert removed.labels == [0, 1, 3]
+    with pytest.raises(InputError, match="no module answers to label 9"):
+        composition.remove(9)
+
+
+def test_different_input_shapes_are_refused(two_sets, sequential_case):
+    first, _, _, _ = two_sets
+    model, x, y = sequential_case
+    other = fd.decompose(model, x, y, progress=False)
+    with pytest.raises(InputError, match="different input shapes"):
+        fd.compose(first.module(0), other.module(0), labels=[0, 1])
+
+
+def test_module_update_brings_back_nodes_of_new_classes(two_sets):
+    first, second, x, y = two_sets
+    fresh = np.random.default_rng(7).random((12, 8, 8, 1), dtype=np.float32)
+    updated = first.updated(0, fresh)
+    network = first.network
+    for name, mask in updated.layer_masks(0).items():
+        before = first.layer_masks(0)[name]
+        assert (mask >= before).all()
+    for other in (1, 2, 3):  # the other modules did not change
+        for name, mask in updated.layer_masks(other).items():
+            np.testing.assert_array_equal(mask, first.layer_masks(other)[name])
+    active = {}
+    network.forward(fresh, observe=lambda layer, v: active.__setitem__(layer.name, (v > 0).any(0)))
+    dead_after_backtracking = {n: ~m for n, m in updated.variant(None).layer_masks(0).items()}
+    for name, a in active.items():
+        assert not (a & dead_after_backtracking[name]).any()
+
+
+def test_save_and_load(two_sets, tmp_path):
+    first, second, x, _ = two_sets
+    mixed = fd.compose(first.module(0), second.module(0), first.module(2), labels=[5, 6, 7])
+    mixed.save(tmp_path / "c")
+    loaded = fd.load_composition(tmp_path / "c")
+    assert loaded.labels == [5, 6, 7]
+    np.testing.assert_allclose(loaded.predict(x), mixed.predict(x), atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["composition.json", "set0", "set1"]
+    (tmp_path / "c" / "composition.json").write_text("{}")
+    with pytest.raises(ModelFileError):
+        fd.load_composition(tmp_path / "c")
+
+
+def test_compose_refuses_other_things():
+    with pytest.raises(InputError, match="cannot compose"):
+        fd.compose("module 3")
