@@ -36,11 +36,19 @@ class ModuleRef:
     modules: object  # ModuleSet
     k: int
 
-    def predict(self, x, batch_size=256, engine="keras"):
-        """P(concerned | x) of this module, shape ``[N]``."""
+    def predict(self, x, batch_size=256, engine="keras", margin=False):
+        """P(concerned | x) of this module, shape ``[N]`` (or the logit margin, see below).
+
+        ``margin=True`` gives ``logit(concerned) - logit(unconcerned)``: it ranks
+        modules exactly as P does, and still separates them where float32
+        rounds P to 1.
+        """
         if engine == "fastdecomp":
+            if margin:
+                logits = self.modules.module_predict(self.k, x, batch_size, logits=True)
+                return logits[:, 0] - logits[:, 1]
             return self.modules.module_predict(self.k, x, batch_size)[:, 0]
-        return self.modules.keras_predict(self.k, x, batch_size)
+        return self.modules.keras_predict(self.k, x, batch_size, margin=margin)
 
 
 class Composition:
@@ -89,14 +97,18 @@ class Composition:
         i = self._position(label)
         return Composition(self.refs[:i] + self.refs[i + 1:], self.labels[:i] + self.labels[i + 1:])
 
-    def predict(self, x, batch_size=256, engine="keras"):
-        """Voting scores ``[N, len(labels)]``: column j is P(concerned | x) of module j."""
+    def predict(self, x, batch_size=256, engine="keras", margin=False):
+        """Voting scores ``[N, len(labels)]``: column j is P(concerned | x) of module j.
+
+        ``margin=True`` gives each module's logit margin instead (same ranking,
+        no ties where float32 saturates P at 1); voting uses it.
+        """
         source = as_input_source(x, self.input_shape)
-        return np.stack([r.predict(source, batch_size, engine) for r in self.refs], axis=1)
+        return np.stack([r.predict(source, batch_size, engine, margin) for r in self.refs], axis=1)
 
     def predict_labels(self, x, batch_size=256, engine="keras"):
-        """The composed classifier's label for every image."""
-        return np.asarray(self.labels)[self.predict(x, batch_size, engine).argmax(axis=1)]
+        """The composed classifier's label for every image (argmax of P, ties broken by the margin)."""
+        return np.asarray(self.labels)[self.predict(x, batch_size, engine, margin=True).argmax(axis=1)]
 
     def evaluate(self, x, y=None, batch_size=256, engine="keras"):
         """Top-1 and top-5 accuracy on the images whose label is one of the composition's.
@@ -111,7 +123,7 @@ class Composition:
         if len(rows) == 0:
             raise InputError(f"no input has a label among {self.labels}")
         subset = Subset(source, rows)
-        scores = self.predict(subset, batch_size, engine)
+        scores = self.predict(subset, batch_size, engine, margin=True)
         labels = np.asarray(self.labels)
         return {"top1": topk_accuracy(scores, subset.labels, labels, 1),
                 "top5": topk_accuracy(scores, subset.labels, labels, 5),

@@ -131,15 +131,18 @@ class ModuleSet:
         return prune(self.network, self.layer_masks(k), self.head(k),
                      name=f"{self.network.name}_module{k}", drop_channels=drop_channels)
 
-    def module_predict(self, k, x, batch_size=256):
-        """Probabilities ``[N, 2]`` (concerned, unconcerned) of module ``k`` by fastdecomp's engine."""
+    def module_predict(self, k, x, batch_size=256, logits=False):
+        """Probabilities ``[N, 2]`` (concerned, unconcerned) of module ``k`` by fastdecomp's engine.
+
+        With ``logits=True``, the channeled output layer's values before the softmax.
+        """
         masks, head = self.layer_masks(k), self.head(k)
         source = self._source(x)
         out = np.empty((len(source), 2), dtype=np.float32)
 
         def run(batch):
             positions, xb, _ = batch
-            out[positions] = self.network.forward(xb, masks=masks, head=head)
+            out[positions] = self.network.forward(xb, masks=masks, head=head, logits=logits)
 
         for _ in map_batches(run, source.batches(batch_size)):
             pass
@@ -187,13 +190,22 @@ class ModuleSet:
         self._index(k)
         return ModuleRef(self, int(k))
 
-    def keras_predict(self, k, x, batch_size=256):
-        """P(concerned | x) of module ``k``, run as its exported Keras model (batched)."""
+    def keras_predict(self, k, x, batch_size=256, margin=False):
+        """P(concerned | x) of module ``k``, run as its exported Keras model (batched).
+
+        With ``margin=True``: the concerned minus the unconcerned logit, which
+        orders modules as P does but without float32 saturation at P = 1.
+        """
         source = self._source(x)
         model = self._keras_model(k)
+        if margin:
+            import keras
+
+            model = keras.Model(model.inputs, model.layers[-1].input)
         out = np.empty(len(source), dtype=np.float32)
         for positions, xb, _ in source.batches(max(batch_size, 1024)):
-            out[positions] = np.asarray(model(xb, training=False))[:, 0]
+            values = np.asarray(model(xb, training=False))
+            out[positions] = values[:, 0] - values[:, 1] if margin else values[:, 0]
         return out
 
     def predict(self, x, batch_size=256, engine="keras"):

@@ -33,7 +33,10 @@ def test_intra_dataset_reuse_votes_among_chosen_classes(two_sets):
     assert pair.labels == [1, 3]
     scores = pair.predict(x)
     np.testing.assert_array_equal(scores, first.predict(x)[:, [1, 3]])
-    np.testing.assert_array_equal(pair.predict_labels(x), np.array([1, 3])[scores.argmax(axis=1)])
+    margins = pair.predict(x, margin=True)
+    np.testing.assert_array_equal(np.argsort(margins, axis=1), np.argsort(scores, axis=1))  # same ranking
+    np.testing.assert_array_equal(pair.predict_labels(x), np.array([1, 3])[margins.argmax(axis=1)])
+    np.testing.assert_allclose(margins, pair.predict(x, engine="fastdecomp", margin=True), rtol=1e-4, atol=1e-4)
     result = pair.evaluate(x, y)
     assert result["num_images"] == np.isin(y, [1, 3]).sum() and result["top5"] == 1.0
 

@@ -49,6 +49,26 @@ def test_composed_prediction_and_evaluation(modules, resnet_case):
     assert result["top1"] == pytest.approx(np.mean(scores.argmax(axis=1) == y))
 
 
+def test_voting_breaks_float32_saturation_with_margins(modules, resnet_case, monkeypatch):
+    """Where P(concerned) rounds to 1 for several modules, the logit margin still ranks them."""
+    _, x, y = resnet_case
+    margins = fd.compose(modules).predict(x, margin=True)
+    probs = 1 / (1 + np.exp(-margins.astype(np.float64)))
+    np.testing.assert_allclose(probs, modules.predict(x), atol=1e-5)
+    original_head = type(modules).head
+
+    def scaled_head(self, k):  # heads of modules 0 and 1 scaled up until P saturates at 1
+        kernel, bias = original_head(self, k)
+        return (kernel * 1e3, bias) if k in (0, 1) else (kernel, bias)
+
+    monkeypatch.setattr(type(modules), "head", scaled_head)
+    saturated = fd.compose(modules)
+    assert (saturated.predict(x, engine="fastdecomp")[:, :2] == 1.0).any()
+    labels = saturated.predict_labels(x, engine="fastdecomp")
+    m = saturated.predict(x, engine="fastdecomp", margin=True)
+    np.testing.assert_array_equal(labels, np.array(modules.classes)[m.argmax(axis=1)])
+
+
 def test_jaccard_and_sizes(modules):
     for k in modules.classes:
         nodes = modules.jaccard(k)
