@@ -201,7 +201,7 @@ class ModuleSet:
         if margin:
             import keras
 
-            model = keras.Model(model.inputs, model.layers[-1].input)
+            model = keras.Model(model.inputs[0], model.layers[-1].input)
         out = np.empty(len(source), dtype=np.float32)
         for positions, xb, _ in source.batches(max(batch_size, 1024)):
             values = np.asarray(model(xb, training=False))
