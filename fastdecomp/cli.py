@@ -47,8 +47,9 @@ def build_parser():
     d.add_argument("-o", "--out", required=True, help="directory to write the modules to")
     d.add_argument("--limit", type=int, help="use a stratified random subset of this many images")
     d.add_argument("--classes", help="comma-separated classes to build modules for (default: all)")
-    d.add_argument("--mask-at", choices=["conv", "relu"], default="conv",
-                   help="where nodes are observed and removed (default: conv, the paper's)")
+    d.add_argument("--mask-at", choices=["relu", "conv"], default="relu",
+                   help="where nodes are observed and removed: relu outputs (default, exact on "
+                        "concerned inputs) or conv outputs before activation (the paper's)")
     d.add_argument("--backtrack", choices=["none", "bln", "bi"], default="bln",
                    help="none: CI+TI+MC; bln: + MC-BLN (default); bi: + MC-BLN + MC-BI")
     d.add_argument("--delta", type=float, default=0.5, help="MC-BLN threshold (default 0.5, the paper's)")

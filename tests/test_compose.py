@@ -81,7 +81,8 @@ def test_module_update_brings_back_nodes_of_new_classes(two_sets):
         for name, mask in updated.layer_masks(other).items():
             np.testing.assert_array_equal(mask, first.layer_masks(other)[name])
     active = {}
-    network.forward(fresh, observe=lambda layer, v: active.__setitem__(layer.name, (v > 0).any(0)))
+    network.forward(fresh, observe=lambda layer, v: active.__setitem__(layer.name, (v > 0).any(0)),
+                    mask_at=first.options["mask_at"])
     dead_after_backtracking = {n: ~m for n, m in updated.variant(None).layer_masks(0).items()}
     for name, a in active.items():
         assert not (a & dead_after_backtracking[name]).any()

@@ -60,8 +60,8 @@ def test_streamed_masks_equal_reference_for_any_batch_size(case, reference_masks
 
 def test_prose_rule_equals_reference(case, reference_masks):
     network, x, y = case
-    fast = fd.decompose(network, x, y, backtrack="bi", bln_rule="prose", delta=DELTA, seed=5,
-                        batch_size=16, progress=False)
+    fast = fd.decompose(network, x, y, mask_at="conv", backtrack="bi", bln_rule="prose", delta=DELTA,
+                        seed=5, batch_size=16, progress=False)
     for k in fast.classes:
         assert_same_masks(fast, k, *reference_masks(k, "bi", "conv", "prose"))
 

@@ -12,7 +12,7 @@ from fastdecomp.errors import InputError, ModelFileError
 @pytest.fixture(scope="module")
 def modules(resnet_case):
     model, x, y = resnet_case
-    return fd.decompose(model, x, y, backtrack="bi", delta=0.05, batch_size=16, progress=False)
+    return fd.decompose(model, x, y, mask_at="conv", backtrack="bi", delta=0.05, batch_size=16, progress=False)
 
 
 def test_masks_are_keyed_by_keras_names(modules, sequential_case):
