@@ -15,9 +15,6 @@ label of the module with the highest P(concerned | x).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +22,7 @@ import numpy as np
 
 from .data import DataSource, Subset, as_source
 from .errors import InputError, ModelFileError
+from .storage import atomic_directory
 
 __all__ = ["ModuleRef", "Composition", "compose", "load_composition"]
 
@@ -132,11 +130,7 @@ class Composition:
     def save(self, path, overwrite=False):
         """Save to a directory: each distinct module set once, and which modules vote for which label."""
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_directory(path, overwrite) as tmp:
             sets = []
             for r in self.refs:
                 if not any(r.modules is s for s in sets):
@@ -148,12 +142,6 @@ class Composition:
             (tmp / "composition.json").write_text(json.dumps(
                 {"format": "fastdecomp-composition", "version": 1, "sets": len(sets), "entries": entries},
                 indent=1))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
 

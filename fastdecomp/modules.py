@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ from .export import dead_channels, prune, to_keras
 from .layers import Layer
 from .network import Network
 from .parallel import map_batches
+from .storage import atomic_directory
 
 __all__ = ["ModuleSet", "load_modules", "FORMAT_VERSION"]
 
@@ -318,11 +316,7 @@ class ModuleSet:
         when complete, so a failed save leaves nothing behind.
         """
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_directory(path, overwrite) as tmp:
             arrays = {}
             graph = []
             for i, layer in enumerate(self.network.layers):
@@ -347,12 +341,6 @@ class ModuleSet:
                 "sha256": {"arrays.npz": _sha256(tmp / "arrays.npz")},
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
 
