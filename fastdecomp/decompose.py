@@ -119,18 +119,19 @@ def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln"
             "inputs in the data, so no module can be built for them; pass more data, "
             "leave them out with classes=, or use concerned='all'")
 
-    base_keep = {p.name: np.empty((len(classes),) + tuple(p.shape), dtype=bool) for p in points}
-    tangling = np.zeros((len(classes), num_classes), dtype=np.int64)
-    for i, k in enumerate(classes):
-        tangling[i] = tangling_counts(k, stats.concerned_count[k], class_sizes, ti_ratio, seed)
-        for name, mask in stats.keep(k, tangling[i]).items():
-            base_keep[name][i] = mask
+    tangling = np.stack([tangling_counts(k, stats.concerned_count[k], class_sizes, ti_ratio, seed)
+                         for k in classes])
+    base_keep = stats.keep(classes, tangling)
 
     concerned_idx = [np.flatnonzero((labels == k) & (correct if concerned == "correct" else True))
                      for k in classes]
+    ranked = {}  # class -> its inputs in rank order, among those any sample can reach
+    for c in np.flatnonzero(rank_limit):
+        members = np.flatnonzero((labels == c) & (ranks < rank_limit[c]))
+        ranked[c] = members[np.argsort(ranks[members])]
     unconcerned_idx = []
-    for i, k in enumerate(classes):
-        picked = [np.flatnonzero((labels == c) & (ranks < tangling[i, c])) for c in np.flatnonzero(tangling[i])]
+    for i in range(len(classes)):
+        picked = [ranked[c][:tangling[i, c]] for c in np.flatnonzero(tangling[i])]
         unconcerned_idx.append(np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64))
 
     info = {

@@ -35,7 +35,7 @@ class ActivityStatistics:
         self.num_classes = num_classes
         self.rank_limit = np.asarray(rank_limit, dtype=np.int64)
         never = int(self.rank_limit.max(initial=0))
-        rank_dtype = np.uint16 if never < np.iinfo(np.uint16).max else np.uint32
+        rank_dtype = next(t for t in (np.uint8, np.uint16, np.uint32) if never < np.iinfo(t).max)
         self.never = never
         self.active, self.first_rank = {}, {}
         for name, shape in self.shapes.items():
@@ -63,30 +63,29 @@ class ActivityStatistics:
         valid = concerned_class[concerned_class >= 0]
         self.concerned_count += np.bincount(valid, minlength=self.num_classes)
 
-    def keep(self, k, counts):
-        """Kept nodes of module ``k`` after CI and TI, per mask point.
+    def keep(self, modules, counts):
+        """Kept nodes of every module after CI and TI, per mask point.
 
         Parameters
         ----------
-        k : int
+        modules : sequence of int
+            The class of each module.
         counts : array_like of int
-            ``[C]``, how many inputs of each class U_k takes
-            (:func:`fastdecomp.sampling.tangling_counts`).
+            ``[M, C]``: how many inputs of each class each module's unconcerned
+            sample takes (:func:`fastdecomp.sampling.tangling_counts`).
 
         Returns
         -------
         dict
-            Mask-point name -> boolean array of the point's shape.
+            Mask-point name -> bool ``[M] + shape``.
         """
-        counts = np.asarray(counts)
+        counts = np.ascontiguousarray(counts, dtype=np.int64)
         if (counts > self.rank_limit).any():
             raise ValueError("a tangling sample exceeds the ranks gathered in the pass")
         out = {}
         for name, shape in self.shapes.items():
             nodes = int(np.prod(shape))
-            keep = np.unpackbits(self.active[name][k], count=nodes).astype(bool)
-            first = self.first_rank[name]
-            for c in np.flatnonzero(counts):
-                keep |= first[c, :nodes] < counts[c]
-            out[name] = keep.reshape(shape)
+            keep = np.unpackbits(self.active[name][list(modules)], axis=1, count=nodes).astype(bool)
+            cpu.tangling_keep(self.first_rank[name], counts, keep)
+            out[name] = keep.reshape((len(modules),) + tuple(shape))
         return out

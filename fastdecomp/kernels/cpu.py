@@ -197,6 +197,48 @@ def accumulate_activity(bits, concerned_class, tangle_class, tangle_rank, active
                                     first_rank[c, node] = r
 
 
+@jit(parallel=True)
+def tangling_keep(first_rank, counts, keep):
+    """Add tangling identification to every module's kept nodes, in place.
+
+    Module m keeps a node when, for some class c, the node was active for one
+    of the first ``counts[m, c]`` inputs in class c's order, i.e. when
+    ``first_rank[c, node] < counts[m, c]``.
+
+    Parameters
+    ----------
+    first_rank : uint8, uint16 or uint32 [C, nodes or more]
+    counts : int64 [M, C]
+    keep : bool [M, nodes]
+        Kept nodes after concern identification; updated in place.
+    """
+    m, nodes = keep.shape
+    classes = first_rank.shape[0]
+    block = 512
+    most = 0
+    for k in range(m):
+        for c in range(classes):
+            most = max(most, counts[k, c])
+    for b in prange((nodes + block - 1) // block):
+        lo = b * block
+        hi = min(lo + block, nodes)
+        ranks = np.empty((hi - lo, classes), dtype=np.int64)
+        for c in range(classes):
+            for node in range(lo, hi):
+                ranks[node - lo, c] = first_rank[c, node]
+        for node in range(lo, hi):
+            row = ranks[node - lo]
+            if row.min() >= most:
+                continue  # no module's sample reaches this node's first activity
+            for k in range(m):
+                if keep[k, node]:
+                    continue
+                for c in range(classes):
+                    if row[c] < counts[k, c]:
+                        keep[k, node] = True
+                        break
+
+
 # --------------------------------------------------------------------------
 # backward dead-node propagation, for many modules at once ([M, ...] arrays)
 # --------------------------------------------------------------------------
