@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataSource, Subset, as_source
+from .data import Subset, as_input_source
 from .errors import InputError, ModelFileError
 from .storage import atomic_directory
 
@@ -199,16 +199,3 @@ def topk_accuracy(scores, labels, classes, k):
     k = min(k, scores.shape[1])
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return float((np.asarray(classes)[top] == np.asarray(labels)[:, None]).any(axis=1).mean())
-
-
-def as_input_source(x, input_shape, y=None):
-    """A data source for images ``x`` (an array or a source) checked against ``input_shape``."""
-    if isinstance(x, DataSource):
-        return x
-    x = np.asarray(x)
-    if x.ndim == 3 and input_shape[-1] == 1:
-        x = x[..., None]
-    source = as_source(x, np.zeros(len(x), dtype=np.int64) if y is None else y)
-    if tuple(source.sample_shape) != tuple(input_shape):
-        raise InputError(f"images of shape {source.sample_shape} do not fit the modules' input {input_shape}")
-    return source

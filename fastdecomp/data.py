@@ -23,6 +23,7 @@ __all__ = [
     "DataSource",
     "ArraySource",
     "as_source",
+    "as_input_source",
     "from_npy",
     "from_npz",
     "fashion_mnist",
@@ -173,6 +174,29 @@ def as_source(x, y=None):
     if y is None:
         raise InputError("labels y are required with an array of images")
     return ArraySource(x, y)
+
+
+def as_input_source(x, input_shape, y=None):
+    """A source for images ``x`` (an array or a source) checked against a model's ``input_shape``.
+
+    Without labels ``y`` an array gets placeholder labels 0 (for prediction).
+    """
+    if isinstance(x, DataSource):
+        source = x
+    else:
+        if not hasattr(x, "shape"):
+            x = np.asarray(x)
+        if x.dtype.kind not in "uif":
+            raise InputError(f"images must be numeric, got dtype {x.dtype}")
+        if tuple(x.shape) == tuple(input_shape):
+            raise InputError(f"got one image of shape {tuple(x.shape)}; pass a batch, e.g. x[None]")
+        if x.ndim == len(input_shape) and input_shape[-1] == 1:
+            x = x[..., None]
+        source = as_source(x, np.zeros(len(x), dtype=np.int64) if y is None else y)
+    if tuple(source.sample_shape) != tuple(input_shape):
+        raise InputError(f"images of shape {tuple(source.sample_shape)} do not fit the model's input "
+                         f"{tuple(input_shape)}; resize or reshape them (batch axis first, channels last)")
+    return source
 
 
 def from_npy(x_path, y_path, scale=None):

@@ -89,7 +89,6 @@ class LayerKind:
 
     kind = ""
     keras_classes = ()
-    is_conv = False
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         """Return ``(config, weights, inline_activation)`` for a Keras layer of this kind."""
@@ -131,7 +130,6 @@ class InputKind(LayerKind):
 class Conv2DKind(LayerKind):
     kind = "conv2d"
     keras_classes = ("Conv2D",)
-    is_conv = True
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1) or cfg.get("groups", 1) != 1:
@@ -178,7 +176,6 @@ class Conv2DKind(LayerKind):
 class DenseKind(LayerKind):
     kind = "dense"
     keras_classes = ("Dense",)
-    is_conv = False
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if len(input_shapes[0]) != 1:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .backtrack import apply_backtracking, channel_head
-from .compose import ModuleRef, as_input_source, compose, topk_accuracy
-from .data import Subset
+from .compose import ModuleRef, compose, topk_accuracy
+from .data import Subset, as_input_source
 from .errors import InputError, ModelFileError
 from .export import dead_channels, prune, to_keras
 from .layers import Layer

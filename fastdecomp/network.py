@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from .data import DataSource, as_source
+from .data import as_input_source
 from .errors import InputError, ModelFileError, UnsupportedLayerError
 from .layers import KERAS_CLASSES, KINDS, BatchNormKind, Layer, refuser
 from .parallel import map_batches, single_threaded_blas
@@ -125,12 +126,10 @@ class Network:
                 break
             inputs = [values[src] for src in layer.inputs]
             if head is not None and layer.name == self.output_dense:
-                kernel, bias = head
-                out = np.empty((x.shape[0], kernel.shape[1]), dtype=np.float32)
-                from .kernels import cpu
-
-                cpu.dense_forward(inputs[0], np.ascontiguousarray(kernel, dtype=np.float32),
-                                  np.ascontiguousarray(bias, dtype=np.float32), out)
+                channeled = dataclasses.replace(layer, shape=(head[0].shape[1],), weights={
+                    "kernel": np.ascontiguousarray(head[0], dtype=np.float32),
+                    "bias": np.ascontiguousarray(head[1], dtype=np.float32)})
+                out = layer.handler.forward(channeled, inputs)
             else:
                 reusable = [remaining[src] == 1 and layer.inputs.count(src) == 1 and src not in observed
                             for src in layer.inputs]
@@ -163,8 +162,7 @@ class Network:
         numpy.ndarray
             float32, shape ``(N, num_classes)``.
         """
-        source = x if isinstance(x, DataSource) else as_source(
-            _as_images(x, self.input_shape), np.zeros(len(x), dtype=np.int64))
+        source = as_input_source(x, self.input_shape)
         out = np.empty((len(source), self.num_classes), dtype=np.float32)
 
         def run(batch):
@@ -196,39 +194,16 @@ class Network:
         probabilities : numpy.ndarray
             The model's softmax outputs ``[B, num_classes]``.
         """
-        if isinstance(x, DataSource):
-            source = x
-        else:
-            images = _as_images(x, self.input_shape)
-            source = as_source(images, np.zeros(len(images), dtype=np.int64) if y is None else y)
+        source = as_input_source(x, self.input_shape, y)
         for positions, xb, yb in source.batches(batch_size):
             values = {}
             probs = self.forward(xb, observe=lambda layer, v: values.__setitem__(layer.name, v),
                                  mask_at=mask_at)
             yield positions, yb, values, probs
 
-    def mask_shapes(self, mask_at="conv"):
-        """Mask-point name -> output shape, in topological order."""
-        return {l.name: tuple(l.shape) for l in self.mask_points(mask_at)}
-
     def keras_name_of(self, name):
         """The Keras layer a graph layer came from."""
         return self.by_name[name].keras_name
-
-
-def _as_images(x, input_shape):
-    x = np.asarray(x)
-    if x.dtype.kind not in "uif":
-        raise InputError(f"images must be numeric, got dtype {x.dtype}")
-    if x.ndim == len(input_shape):
-        if tuple(x.shape) == tuple(input_shape):
-            raise InputError(f"got one image of shape {x.shape}; pass a batch, e.g. x[None]")
-        if len(input_shape) == 3 and input_shape[2] == 1:
-            x = x[..., None]
-    if tuple(x.shape[1:]) != tuple(input_shape):
-        raise InputError(
-            f"images of shape {tuple(x.shape[1:])} do not fit the model's input {tuple(input_shape)}")
-    return x
 
 
 def load_keras_model(path):
