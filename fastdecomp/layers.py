@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import UnsupportedLayerError
-from .kernels import cpu
+from .kernels import cpu, direct_conv
 
 KINDS = {}
 KERAS_CLASSES = {}
@@ -149,8 +149,8 @@ class Conv2DKind(LayerKind):
         x = inputs[0]
         c = layer.config
         out = np.empty((x.shape[0],) + layer.shape, dtype=np.float32)
-        cpu.conv2d_forward(x, layer.weights["kernel"], layer.weights["bias"],
-                           c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2], out)
+        direct_conv.conv2d_forward(x, layer.weights["kernel"], layer.weights["bias"],
+                                   c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2], out)
         return out
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):

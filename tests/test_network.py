@@ -197,17 +197,33 @@ def test_import_needs_no_tensorflow():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_large_maps_are_computed_in_fixed_bands(monkeypatch):
-    """Maps larger than one sgemm call are split into bands of rows; values stay batch-invariant."""
-    from fastdecomp.kernels import cpu
+@pytest.mark.parametrize("size, ci, co, kernel, stride, padding", [
+    ((28, 28), 1, 16, 3, 1, "same"),    # one tile of 16 pixels per 28-wide row, with a short one of 12
+    ((16, 16), 16, 32, 3, 2, "same"),   # asymmetric padding of stride 2, two channel blocks per tile
+    ((16, 16), 16, 32, 1, 2, "same"),   # the projection shortcut
+    ((13, 11), 5, 6, 3, 1, "valid"),    # 2-float vectors, a prime row width
+    ((12, 12), 2, 8, 3, 2, "valid"),    # unread last row and column
+    ((9, 7), 64, 64, 2, 2, "same"),     # even kernel, padding only below and right
+])
+def test_direct_conv_matches_tensorflow_and_is_batch_invariant(size, ci, co, kernel, stride, padding):
+    """The generated convolution kernel, over the tilings it chooses, against ``tf.nn.conv2d``."""
+    import tensorflow as tf
 
-    monkeypatch.setattr(cpu, "GEMM_ROWS", 40)  # an 8x8 map then runs as bands of 5 rows + a padded band
-    model = zoo.resnet_v1(8, (16, 16, 3), 5, seed=2)
-    x = np.random.default_rng(4).random((6, 16, 16, 3), dtype=np.float32)
-    network = fd.from_keras(model)
-    np.testing.assert_allclose(network.predict(x, batch_size=4), model.predict(x, verbose=0), atol=1e-4)
-    one_by_one = np.concatenate([network.forward(x[i:i + 1], logits=True) for i in range(len(x))])
-    np.testing.assert_array_equal(network.forward(x, logits=True), one_by_one)
+    from fastdecomp.kernels import direct_conv
+
+    rng = np.random.default_rng(ci * co)
+    x = rng.standard_normal((5,) + size + (ci,)).astype(np.float32)
+    weights = rng.standard_normal((kernel, kernel, ci, co)).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    expected = tf.nn.conv2d(x, weights, stride, padding.upper()).numpy() + bias
+    oh, ow = expected.shape[1:3]
+    pads = [0, 0] if padding == "valid" else [max((o - 1) * stride + kernel - s, 0) // 2 for o, s in zip((oh, ow), size)]
+    out = np.empty_like(expected)
+    direct_conv.conv2d_forward(x, weights, bias, stride, stride, pads[0], pads[1], out)
+    np.testing.assert_allclose(out, expected, atol=1e-4 * np.sqrt(kernel * kernel * ci))
+    alone = np.empty_like(out[:1])
+    direct_conv.conv2d_forward(x[3:4], weights, bias, stride, stride, pads[0], pads[1], alone)
+    np.testing.assert_array_equal(alone[0], out[3])
 
 
 def test_unbuilt_model_is_refused():

@@ -4,7 +4,7 @@ and backward dead-node propagation.
 Every forward kernel sums each output's terms in one fixed order that does not
 depend on the batch size or on which images share a batch, so the values at a
 mask point (and the masks derived from them) are bit-identical however the
-data is batched. Feature maps are NHWC float32. Forward and statistics
+data is batched. Convolution lives in :mod:`fastdecomp.kernels.direct_conv`. Feature maps are NHWC float32. Forward and statistics
 kernels are serial: the engine runs whole batches on several threads
 (:mod:`fastdecomp.parallel`); the backward kernels, run once per
 decomposition, use every core themselves.
@@ -22,75 +22,6 @@ def jit(parallel=False):
 # --------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------
-
-@jit()
-def im2col(x, kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, first_i, out_h, out_w, col):
-    """Unfold sliding windows: row ``(b, i, j)`` of ``col`` holds window (first_i + i, j) of image b.
-
-    Columns are ordered (kernel row, kernel column, input channel), like a
-    Keras HWIO kernel reshaped to ``[kh * kw * ci, co]``; padding reads 0.
-    """
-    n, h, w, ci = x.shape
-    for task in range(n * out_h):
-        b = task // out_h
-        i = task % out_h
-        for j in range(out_w):
-            row = (b * out_h + i) * out_w + j
-            for dy in range(kernel_h):
-                y = (first_i + i) * stride_h + dy - pad_top
-                for dx in range(kernel_w):
-                    xx = j * stride_w + dx - pad_left
-                    base = (dy * kernel_w + dx) * ci
-                    if y >= 0 and y < h and xx >= 0 and xx < w:
-                        for c in range(ci):
-                            col[row, base + c] = x[b, y, xx, c]
-                    else:
-                        for c in range(ci):
-                            col[row, base + c] = 0.0
-
-
-GEMM_ROWS = 4096
-
-
-def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out):
-    """2-D convolution ``out = conv(x, kernel) + bias`` (NHWC input, HWIO kernel).
-
-    Windows are unfolded (:func:`im2col`) and multiplied by the kernel with
-    BLAS ``sgemm`` calls that all have one shape per layer: a fixed number of
-    whole images, or, for large maps, a fixed band of output rows of one image
-    (a short last group or band is padded with zeros). BLAS computes each row
-    of a product of fixed shape identically wherever the row sits, so an
-    image's values do not depend on the batch it came in;
-    ``tests/test_invariants.py`` holds this.
-    """
-    n = x.shape[0]
-    kh, kw, ci, co = kernel.shape
-    oh, ow = out.shape[1], out.shape[2]
-    weights = np.ascontiguousarray(kernel.reshape(kh * kw * ci, co))
-    if oh * ow <= GEMM_ROWS:
-        group, band = 1 << max(0, int(np.log2(GEMM_ROWS // (oh * ow)))), oh
-    else:
-        group, band = 1, max(1, GEMM_ROWS // ow)
-    rows = group * band * ow
-    col = np.empty((rows, kh * kw * ci), dtype=np.float32)
-    product = np.empty((rows, co), dtype=np.float32)  # for a short last group or band
-    for start in range(0, n, group):
-        count = min(group, n - start)
-        for i0 in range(0, oh, band):
-            height = min(band, oh - i0)
-            used = count * height * ow
-            im2col(x[start:start + count], kh, kw, stride_h, stride_w, pad_top, pad_left, i0, height, ow, col)
-            target = out[start:start + count, i0:i0 + height]
-            if used == rows and target.flags.c_contiguous:
-                target = target.reshape(rows, co)
-                np.dot(col, weights, out=target)
-                target += bias
-            else:
-                col[used:] = 0.0
-                np.dot(col, weights, out=product)
-                product += bias
-                target[...] = product[:used].reshape(target.shape)
-
 
 @jit()
 def dense_forward(x, kernel, bias, out):
