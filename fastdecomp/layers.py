@@ -145,12 +145,13 @@ class Conv2DKind(LayerKind):
                                     config["strides"], config["padding"])
         return (oh, ow, weights["kernel"].shape[3])
 
-    def forward(self, layer, inputs, reusable=None):
+    def forward(self, layer, inputs, reusable=None, rectify=False):
         x = inputs[0]
         c = layer.config
         out = np.empty((x.shape[0],) + layer.shape, dtype=np.float32)
         direct_conv.conv2d_forward(x, layer.weights["kernel"], layer.weights["bias"],
-                                   c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2], out)
+                                   c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2], out,
+                                   rectify=rectify)
         return out
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):

@@ -120,6 +120,7 @@ class Network:
     def _forward(self, x, masks, observe, mask_at, head, logits):
         observed = {l.name for l in self.mask_points(mask_at)} if observe else ()
         remaining = {name: len(r) for name, r in self.readers.items()}
+        rectified = self._rectified_convs(observed, masks)
         values = {self.layers[0].name: x}
         for layer in self.layers[1:]:
             if logits and layer is self.layers[-1]:
@@ -130,6 +131,10 @@ class Network:
                     "kernel": np.ascontiguousarray(head[0], dtype=np.float32),
                     "bias": np.ascontiguousarray(head[1], dtype=np.float32)})
                 out = layer.handler.forward(channeled, inputs)
+            elif layer.name in rectified:
+                out = layer.handler.forward(layer, inputs, rectify=True)
+            elif layer.kind == "relu" and layer.inputs[0] in rectified:
+                out = inputs[0]
             else:
                 reusable = [remaining[src] == 1 and layer.inputs.count(src) == 1 and src not in observed
                             for src in layer.inputs]
@@ -144,6 +149,17 @@ class Network:
                 if remaining[src] == 0:
                     del values[src]
         return values[self.output_dense if logits else self.layers[-1].name]
+
+    def _rectified_convs(self, observed, masks):
+        """Convolutions whose ReLU can run in their epilogue: the ReLU is their only
+        reader and nobody looks at or masks the values in between."""
+        fused = set()
+        for layer in self.layers:
+            readers = self.readers[layer.name]
+            if (layer.kind == "conv2d" and len(readers) == 1 and self.by_name[readers[0]].kind == "relu"
+                    and layer.name not in observed and not (masks and layer.name in masks)):
+                fused.add(layer.name)
+        return fused
 
     def predict(self, x, batch_size=256, n_jobs=None):
         """Softmax outputs of the model, streamed over batches.

@@ -49,6 +49,7 @@ class ConvShape:
     out_h: int
     out_w: int
     out_channels: int
+    rectify: bool = False
 
 
 def tiling(out_channels, out_w):
@@ -72,7 +73,7 @@ def conv_ir(shape: ConvShape, name="conv"):
 
     ``x`` is an NHWC float32 input already padded to ``padded_h x padded_w``,
     ``kernel`` HWIO float32, ``out`` NHWC float32; all addresses of C-contiguous
-    arrays.
+    arrays. With ``shape.rectify`` the epilogue also applies ReLU.
     """
     s = shape
     width, group, pixels = tiling(s.out_channels, s.out_w)
@@ -206,11 +207,16 @@ def _tile_function(s, pixels, group, width):
         ]
     for p in range(pixels):
         for q in range(group):
+            lines.append(f"  %r.{p}.{q} = fadd {vec} %s.{p}.{q}.{last}, %bv.{q}")
+            result = f"%r.{p}.{q}"
+            if s.rectify:
+                lines += [f"  %pos.{p}.{q} = fcmp ogt {vec} %r.{p}.{q}, zeroinitializer",
+                          f"  %relu.{p}.{q} = select <{width} x i1> %pos.{p}.{q}, {vec} %r.{p}.{q}, {vec} zeroinitializer"]
+                result = f"%relu.{p}.{q}"
             lines += [
-                f"  %r.{p}.{q} = fadd {vec} %s.{p}.{q}.{last}, %bv.{q}",
                 f"  %oi.{p}.{q} = add i64 %ot, {p * s.out_channels + q * width}",
                 f"  %op.{p}.{q} = getelementptr float, ptr %o, i64 %oi.{p}.{q}",
-                f"  store {vec} %r.{p}.{q}, ptr %op.{p}.{q}, align 4",
+                f"  store {vec} {result}, ptr %op.{p}.{q}, align 4",
             ]
     lines += ["  ret void", "}", ""]
     return lines
@@ -249,7 +255,24 @@ def compiled(shape: ConvShape):
         return _SIGNATURE(engine.get_function_address("conv"))
 
 
-def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out):
+_BUFFERS = threading.local()
+
+
+def _padded_buffer(n, shape, pad_top, pad_left, rows, cols):
+    """This thread's zero-bordered input buffer for ``shape``, at least ``n`` images long.
+
+    Only the interior is ever written, so the border stays zero from one call
+    to the next and the buffer is not cleared (nor its pages faulted in) again.
+    """
+    cache = _BUFFERS.__dict__.setdefault("by_geometry", {})
+    key = (shape.padded_h, shape.padded_w, shape.in_channels, pad_top, pad_left, rows, cols)
+    buffer = cache.get(key)
+    if buffer is None or len(buffer) < n:
+        buffer = cache[key] = np.zeros((n, shape.padded_h, shape.padded_w, shape.in_channels), np.float32)
+    return buffer[:n]
+
+
+def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False):
     """2-D convolution ``out = conv(x, kernel) + bias`` (NHWC input, HWIO kernel).
 
     Parameters
@@ -262,17 +285,20 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out):
         columns below and right follow from ``out``'s shape.
     out : float32 [N, Oh, Ow, Co], C-contiguous
         Written in place.
+    rectify : bool
+        Apply ReLU to the result while it is in registers (the engine does
+        this when the convolution's only reader is a ReLU nobody observes).
     """
     n, h, w, ci = x.shape
     kh, kw, _, co = kernel.shape
     oh, ow = out.shape[1], out.shape[2]
     shape = ConvShape((oh - 1) * stride_h + kh, (ow - 1) * stride_w + kw, ci, kh, kw,
-                      stride_h, stride_w, oh, ow, co)
+                      stride_h, stride_w, oh, ow, co, bool(rectify))
     rows, cols = min(h, shape.padded_h - pad_top), min(w, shape.padded_w - pad_left)
     if pad_top == pad_left == 0 and (rows, cols) == (h, w) == (shape.padded_h, shape.padded_w):
         padded = np.ascontiguousarray(x, dtype=np.float32)
     else:
-        padded = np.zeros((n, shape.padded_h, shape.padded_w, ci), dtype=np.float32)
+        padded = _padded_buffer(n, shape, pad_top, pad_left, rows, cols)
         padded[:, pad_top:pad_top + rows, pad_left:pad_left + cols] = x[:, :rows, :cols]
     kernel = np.ascontiguousarray(kernel, dtype=np.float32)
     bias = np.ascontiguousarray(bias, dtype=np.float32)
