@@ -36,15 +36,15 @@ def test_conv2d_forward(benchmark, size, channels):
 @pytest.mark.benchmark(group="accumulate_activity")
 def test_accumulate_activity(benchmark):
     rng = np.random.default_rng(1)
-    bits = np.packbits(rng.random((64, 28 * 28 * 16)) > 0.5, axis=1)
+    values = rng.standard_normal((64, 28 * 28 * 16)).astype(np.float32)
     labels = rng.integers(0, 10, 64)
     concerned = np.where(rng.random(64) < 0.9, labels, -1)
     ranks = np.where(rng.random(64) < 0.2, rng.integers(0, 100, 64), -1)
-    active = np.zeros((10, bits.shape[1]), np.uint8)
-    first_rank = np.full((10, bits.shape[1] * 8), 100, np.uint16)
+    active = np.zeros((10, values.shape[1] // 8), np.uint8)
+    first_rank = np.full((10, values.shape[1]), 100, np.uint16)
     tangle = np.where(ranks >= 0, labels, -1)
-    cpu.accumulate_activity(bits, concerned, tangle, ranks, active, first_rank)
-    benchmark(cpu.accumulate_activity, bits, concerned, tangle, ranks, active, first_rank)
+    cpu.accumulate_activity(values, concerned, tangle, ranks, active, first_rank)
+    benchmark(cpu.accumulate_activity, values, concerned, tangle, ranks, active, first_rank)
 
 
 @pytest.mark.benchmark(group="window_dead_inputs")

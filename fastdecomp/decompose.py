@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -87,23 +86,25 @@ def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln"
     is_module[classes] = True
     correct = np.zeros(len(source), dtype=bool)
 
-    lock = threading.Lock()
-
     def gather(batch):
         positions, xb, yb = batch
+        known = concerned == "all"  # else concern waits for the prediction
+        roles = stats.batch_roles(yb, ranks[positions], is_module[yb] if known else None)
         bits = {}
 
         def observe(layer, values):
-            bits[layer.name] = np.packbits(values.reshape(len(values), -1) > 0, axis=1)
+            stats.update(layer.name, values, *roles)
+            if not known:
+                bits[layer.name] = np.packbits(values.reshape(len(values), -1) > 0, axis=1)
 
         probs = network.forward(xb, observe=observe, mask_at=mask_at)
         correct[positions] = probs.argmax(axis=1) == yb
-        member = is_module[yb] & (correct[positions] if concerned == "correct" else True)
-        roles = stats.batch_roles(yb, ranks[positions], member)
-        with lock:
-            stats.count(roles[0])
+        concerned_class = roles[0]
+        if not known:
+            concerned_class = np.where(is_module[yb] & correct[positions], yb, -1)
             for name, packed in bits.items():
-                stats.update(name, packed, *roles)
+                stats.update_concerned(name, packed, concerned_class)
+        stats.count(concerned_class)
         return len(positions)
 
     bar = _progress(progress, len(source), "activity statistics")

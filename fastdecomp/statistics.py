@@ -1,5 +1,7 @@
 """Per-class activity statistics gathered in one streamed pass (CI and TI)."""
 
+import threading
+
 import numpy as np
 
 from .kernels import cpu
@@ -19,7 +21,9 @@ class ActivityStatistics:
       node was active (tangling identification); ``rank_limit.max()`` where none.
 
     The result does not depend on the batch size or on the order in which
-    batches arrive.
+    batches arrive. Updates of different mask points may run concurrently
+    (each mask point has its own lock), so threads fold a layer's values in
+    while they are still in cache.
 
     Parameters
     ----------
@@ -43,25 +47,40 @@ class ActivityStatistics:
             self.active[name] = np.zeros((num_classes, (nodes + 7) // 8), dtype=np.uint8)
             self.first_rank[name] = np.full((num_classes, nodes + (-nodes) % 8), never, dtype=rank_dtype)
         self.concerned_count = np.zeros(num_classes, dtype=np.int64)
+        self._locks = {name: threading.Lock() for name in self.shapes}
+        self._count_lock = threading.Lock()
 
     def batch_roles(self, labels, ranks, concerned):
-        """(concerned_class, tangle_class, tangle_rank) arrays for a batch."""
+        """(concerned_class, tangle_class, tangle_rank) arrays for a batch.
+
+        ``concerned`` is a boolean per image, or None when it is not known yet
+        (every ``concerned_class`` is then -1; see :meth:`update_concerned`).
+        """
         labels = np.asarray(labels, dtype=np.int64)
-        concerned_class = np.where(concerned, labels, -1)
+        concerned_class = np.full(len(labels), -1) if concerned is None else np.where(concerned, labels, -1)
         in_sample = ranks < self.rank_limit[labels]
         tangle_class = np.where(in_sample, labels, -1)
         tangle_rank = np.where(in_sample, ranks, -1)
         return concerned_class, tangle_class, tangle_rank
 
-    def update(self, name, bits, concerned_class, tangle_class, tangle_rank):
-        """Fold one batch's bit-packed activity at mask point ``name`` into the statistics."""
-        cpu.accumulate_activity(bits, concerned_class, tangle_class, tangle_rank,
-                                self.active[name], self.first_rank[name])
+    def update(self, name, values, concerned_class, tangle_class, tangle_rank):
+        """Fold one batch's values ``[B] + shape`` at mask point ``name`` into the statistics."""
+        values = np.ascontiguousarray(values, dtype=np.float32).reshape(len(values), -1)
+        with self._locks[name]:
+            cpu.accumulate_activity(values, concerned_class, tangle_class, tangle_rank,
+                                    self.active[name], self.first_rank[name])
+
+    def update_concerned(self, name, bits, concerned_class):
+        """Fold bit-packed activity ``[B, nbytes]`` (``numpy.packbits`` of ``values > 0``) into
+        the concerned statistics, for images whose concern was decided after :meth:`update`."""
+        with self._locks[name]:
+            cpu.accumulate_concerned(bits, concerned_class, self.active[name])
 
     def count(self, concerned_class):
         """Count a batch's concerned inputs per class (once per batch)."""
         valid = concerned_class[concerned_class >= 0]
-        self.concerned_count += np.bincount(valid, minlength=self.num_classes)
+        with self._count_lock:
+            self.concerned_count += np.bincount(valid, minlength=self.num_classes)
 
     def keep(self, modules, counts):
         """Kept nodes of every module after CI and TI, per mask point.

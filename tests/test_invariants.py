@@ -150,3 +150,36 @@ def test_reference_observes_every_mask_point(case):
         values, probs = mask_point_values(network, x[0], mask_at)
         assert set(values) == {p.name for p in network.mask_points(mask_at)}
         assert probs.shape == (network.num_classes,)
+
+
+@pytest.mark.parametrize("mask_at", PLACEMENTS)
+def test_all_inputs_concerned_equals_reference(case, mask_at):
+    """concerned='all' folds statistics in during the forward pass; same masks as the oracle."""
+    network, x, y = case
+    fast = fd.decompose(network, x, y, mask_at=mask_at, backtrack="bln", delta=DELTA, concerned="all",
+                        batch_size=5, seed=3, progress=False, n_jobs=2)
+    for k in fast.classes:
+        expected = reference_decompose(network, x, y, k, mask_at=mask_at, backtrack="bln", delta=DELTA,
+                                       concerned="all", seed=3)
+        assert_same_masks(fast, k, *expected)
+
+
+def test_activity_kernel_matches_numpy():
+    """The fused statistics kernel against packbits/minimum, with a node count not a multiple of 8."""
+    from fastdecomp.kernels import cpu
+
+    rng = np.random.default_rng(9)
+    values = rng.standard_normal((12, 21)).astype(np.float32)
+    concerned = rng.integers(-1, 3, 12)
+    tangle = rng.integers(-1, 3, 12)
+    rank = np.where(tangle >= 0, rng.integers(0, 6, 12), -1)
+    active = np.zeros((3, 3), np.uint8)
+    first_rank = np.full((3, 24), 6, np.uint8)
+    cpu.accumulate_activity(values, concerned, tangle, rank, active, first_rank)
+    bits = np.packbits(values > 0, axis=1)
+    for c in range(3):
+        expected = np.bitwise_or.reduce(bits[concerned == c], axis=0) if (concerned == c).any() else 0
+        np.testing.assert_array_equal(active[c], expected)
+        ranks = np.where(values[tangle == c] > 0, rank[tangle == c][:, None], 6)
+        np.testing.assert_array_equal(first_rank[c, :21], ranks.min(axis=0, initial=6))
+    assert (first_rank[:, 21:] == 6).all()

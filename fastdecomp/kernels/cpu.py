@@ -87,45 +87,66 @@ def global_average_pool_forward(x, out):
 # --------------------------------------------------------------------------
 
 @jit()
-def accumulate_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank):
-    """OR a batch's activity bits into per-class statistics.
+def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank):
+    """Fold a batch's values at one mask point into per-class activity statistics.
 
     Parameters
     ----------
-    bits : uint8 [B, nbytes]
-        Bit-packed ``value > 0`` of each image at one mask point (big-endian
-        bit order, as ``numpy.packbits``).
+    values : float32 [B, nodes]
+        The images' values at the mask point; a node is active when its value > 0.
     concerned_class : int64 [B]
         Class whose concerned set the image belongs to, or -1.
     tangle_class, tangle_rank : int64 [B]
         The image's class and its rank in that class's seeded order, or -1 when
         the image is beyond every module's unconcerned sample.
-    active : uint8 [C, nbytes]
-        Per-class OR of concerned activity, updated in place.
-    first_rank : uint16 or uint32 [C, nbytes * 8]
-        Per-class minimum rank at which each node was active, updated in place.
+    active : uint8 [C, ceil(nodes / 8)]
+        Per-class OR of concerned activity, bit-packed big-endian (as
+        ``numpy.packbits``); updated in place.
+    first_rank : uint8, uint16 or uint32 [C, nodes or more]
+        Per-class minimum rank at which each node was active; updated in place.
+    """
+    n, nodes = values.shape
+    whole = nodes // 8
+    for b in range(n):
+        v = values[b]
+        k = concerned_class[b]
+        if k >= 0:
+            row = active[k]
+            for byte in range(whole):
+                at = byte * 8
+                bits = (((v[at] > 0) << 7) | ((v[at + 1] > 0) << 6) | ((v[at + 2] > 0) << 5)
+                        | ((v[at + 3] > 0) << 4) | ((v[at + 4] > 0) << 3) | ((v[at + 5] > 0) << 2)
+                        | ((v[at + 6] > 0) << 1) | (v[at + 7] > 0))
+                row[byte] |= np.uint8(bits)
+            if whole * 8 < nodes:
+                bits = 0
+                for node in range(whole * 8, nodes):
+                    if v[node] > 0:
+                        bits |= 128 >> (node - whole * 8)
+                row[whole] |= np.uint8(bits)
+        c = tangle_class[b]
+        if c >= 0:
+            r = tangle_rank[b]
+            ranks = first_rank[c]
+            for node in range(nodes):
+                if v[node] > 0 and r < ranks[node]:
+                    ranks[node] = r
+
+
+@jit()
+def accumulate_concerned(bits, concerned_class, active):
+    """OR bit-packed activity ``bits [B, nbytes]`` into ``active[concerned_class[b]]`` (skipping -1).
+
+    The deferred half of :func:`accumulate_activity`, for when an image's
+    concern is known only after its prediction.
     """
     n, nbytes = bits.shape
-    chunk = 256
-    for block in prange((nbytes + chunk - 1) // chunk):
-        lo = block * chunk
-        hi = min(lo + chunk, nbytes)
-        for b in range(n):
-            k = concerned_class[b]
-            if k >= 0:
-                for byte in range(lo, hi):
-                    active[k, byte] |= bits[b, byte]
-            c = tangle_class[b]
-            if c >= 0:
-                r = tangle_rank[b]
-                for byte in range(lo, hi):
-                    v = bits[b, byte]
-                    if v:
-                        for bit in range(8):
-                            if v & (128 >> bit):
-                                node = byte * 8 + bit
-                                if r < first_rank[c, node]:
-                                    first_rank[c, node] = r
+    for b in range(n):
+        k = concerned_class[b]
+        if k >= 0:
+            row = active[k]
+            for byte in range(nbytes):
+                row[byte] |= bits[b, byte]
 
 
 @jit(parallel=True)
