@@ -157,6 +157,11 @@ def tangling_keep(first_rank, counts, keep):
     of the first ``counts[m, c]`` inputs in class c's order, i.e. when
     ``first_rank[c, node] < counts[m, c]``.
 
+    The modules are handled as bit sets: ``reach[c, r]`` holds the modules
+    whose sample of class c includes rank r, and a node's modules are the OR
+    of ``reach[c, first_rank[c, node]]`` over the classes: ``C`` word
+    operations per node instead of ``M x C`` comparisons.
+
     Parameters
     ----------
     first_rank : uint8, uint16 or uint32 [C, nodes or more]
@@ -166,29 +171,34 @@ def tangling_keep(first_rank, counts, keep):
     """
     m, nodes = keep.shape
     classes = first_rank.shape[0]
-    block = 512
+    words = (m + 63) // 64
     most = 0
     for k in range(m):
         for c in range(classes):
             most = max(most, counts[k, c])
+    reach = np.zeros((classes, most, words), dtype=np.uint64)
+    for k in range(m):
+        bit = np.uint64(1) << np.uint64(k % 64)
+        for c in range(classes):
+            for r in range(counts[k, c]):
+                reach[c, r, k // 64] |= bit
+    block = 256
     for b in prange((nodes + block - 1) // block):
         lo = b * block
         hi = min(lo + block, nodes)
-        ranks = np.empty((hi - lo, classes), dtype=np.int64)
+        sets = np.zeros((hi - lo, words), dtype=np.uint64)
         for c in range(classes):
             for node in range(lo, hi):
-                ranks[node - lo, c] = first_rank[c, node]
-        for node in range(lo, hi):
-            row = ranks[node - lo]
-            if row.min() >= most:
-                continue  # no module's sample reaches this node's first activity
-            for k in range(m):
-                if keep[k, node]:
-                    continue
-                for c in range(classes):
-                    if row[c] < counts[k, c]:
-                        keep[k, node] = True
-                        break
+                r = first_rank[c, node]
+                if r < most:
+                    for w in range(words):
+                        sets[node - lo, w] |= reach[c, r, w]
+        for k in range(m):
+            word = k // 64
+            shift = np.uint64(k % 64)
+            for node in range(lo, hi):
+                if (sets[node - lo, word] >> shift) & np.uint64(1):
+                    keep[k, node] = True
 
 
 # --------------------------------------------------------------------------
