@@ -25,7 +25,7 @@ from fastdecomp import zoo
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def time_both(name, model, x, batch_size, repeats=2):
+def time_both(name, model, x, batch_size, repeats=3):
     network = fd.from_keras(model)
     network.predict(x[:batch_size], batch_size)
     model.predict(x[:batch_size], batch_size=batch_size, verbose=0)
