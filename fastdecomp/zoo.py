@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import InputError, ModelFileError
 
-__all__ = ["resnet_v1", "load", "available", "MODELS_DIR"]
+__all__ = ["resnet_v1", "small_cnn", "load", "available", "MODELS_DIR"]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -85,6 +85,34 @@ def resnet_v1(depth, input_shape, num_classes, batchnorm=False, seed=None):
     return keras.Model(inputs, outputs, name=f"resnet{depth}_v1")
 
 
+def small_cnn(input_shape, num_classes, seed=None):
+    """Build an untrained small CNN: two 3x3 convolution + max-pooling stages and a hidden Dense layer.
+
+    A model that trains in a minute on a CPU, for "train a small new model
+    and take its module" (the paper's motivating example).
+
+    Returns
+    -------
+    keras.Model
+        Sequential: ``conv1`` (16) ``pool1`` ``conv2`` (32) ``pool2`` ``flatten``
+        ``hidden`` (64, ReLU) ``output`` (softmax).
+    """
+    import keras
+    from keras import layers
+
+    init = (lambda k: keras.initializers.HeNormal(seed=None if seed is None else int(seed) + k))
+    return keras.Sequential([
+        keras.Input(tuple(input_shape), name="input"),
+        layers.Conv2D(16, 3, padding="same", activation="relu", kernel_initializer=init(1), name="conv1"),
+        layers.MaxPooling2D(2, name="pool1"),
+        layers.Conv2D(32, 3, padding="same", activation="relu", kernel_initializer=init(2), name="conv2"),
+        layers.MaxPooling2D(2, name="pool2"),
+        layers.Flatten(name="flatten"),
+        layers.Dense(64, activation="relu", kernel_initializer=init(3), name="hidden"),
+        layers.Dense(num_classes, activation="softmax", kernel_initializer=init(4), name="output"),
+    ], name="small_cnn")
+
+
 def available():
     """Names of the trained models shipped with fastdecomp, with their metadata.
 
@@ -105,7 +133,8 @@ def load(name):
     Parameters
     ----------
     name : str
-        ``"resnet20-fmnist"`` or ``"resnet56-fmnist"`` (see :func:`available`).
+        ``"resnet20-fmnist"``, ``"resnet56-fmnist"``, ``"resnet20-mnist"``,
+        ``"resnet20-fmnist-faulty"``, ``"smallcnn-fmnist"`` (see :func:`available`).
 
     Returns
     -------

@@ -88,6 +88,30 @@ def test_module_update_brings_back_nodes_of_new_classes(two_sets):
         assert not (a & dead_after_backtracking[name]).any()
 
 
+def test_module_update_remove_drops_nodes_only_new_classes_use(two_sets, tmp_path):
+    """mode='remove': nodes active for the new images and for no concerned input leave module 0."""
+    first, _, x, _ = two_sets
+    fresh = np.random.default_rng(8).random((12, 8, 8, 1), dtype=np.float32)
+    network, mask_at = first.network, first.options["mask_at"]
+    new, concerned = {}, {}
+    network.forward(fresh, observe=lambda layer, v: new.__setitem__(layer.name, (v > 0).any(0)), mask_at=mask_at)
+    inputs = x[first.sample_indices(0)[0]]
+    network.forward(inputs, observe=lambda layer, v: concerned.__setitem__(layer.name, (v > 0).any(0)),
+                    mask_at=mask_at)
+    reloaded = fd.load_modules(first.save(tmp_path / "m"))
+    for modules in (first, reloaded):
+        updated = modules.updated(0, fresh, mode="remove").variant(None)
+        removed_somewhere = False
+        for name, mask in updated.layer_masks(0).items():
+            before = first.variant(None).layer_masks(0)[name]
+            expected = before & ~(new[name] & ~concerned[name])
+            np.testing.assert_array_equal(mask, expected)
+            removed_somewhere |= bool((before & ~expected).any())
+        assert removed_somewhere, "the test images should make the update remove something"
+    with pytest.raises(InputError, match="mode must be"):
+        first.updated(0, fresh, mode="retrain")
+
+
 def test_save_and_load(two_sets, tmp_path):
     first, second, x, _ = two_sets
     mixed = fd.compose(first.module(0), second.module(0), first.module(2), labels=[5, 6, 7])
