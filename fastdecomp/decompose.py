@@ -17,7 +17,7 @@ from .statistics import ActivityStatistics
 
 __all__ = ["decompose"]
 
-BACKENDS = ("cpu",)
+BACKENDS = ("cpu", "auto", "cuda", "emulated-cuda")
 
 
 def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln", delta=0.5,
@@ -59,7 +59,13 @@ def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln"
     batch_size : int
     seed : int
         Seed of the tangling samples.
-    backend : {"cpu"}
+    backend : {"cpu", "auto", "cuda", "emulated-cuda"}
+        Where the pass runs. ``"cuda"`` streams batches to a GPU through
+        pinned memory and keeps the statistics there, bit-packed (needs
+        ``pip install 'fastdecomp[gpu]'``); ``"auto"`` takes the GPU when one
+        is reachable, else the CPU; ``"emulated-cuda"`` runs the GPU code path
+        with its CUDA kernels compiled for the CPU, for testing (slow). The
+        modules are bit-identical whichever backend computed them.
     progress : bool
         Show a progress bar.
     n_jobs : int, optional
@@ -81,7 +87,8 @@ def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln"
     ranks = class_ranks(labels, num_classes, seed)
     rank_limit = max_tangling_counts(class_sizes, ti_ratio, seed, classes)
     points = network.mask_points(mask_at)
-    stats = ActivityStatistics({p.name: p.shape for p in points}, num_classes, rank_limit)
+    device = _device(backend)
+    stats = ActivityStatistics({p.name: p.shape for p in points}, num_classes, rank_limit, device)
     is_module = np.zeros(num_classes, dtype=bool)
     is_module[classes] = True
     correct = np.zeros(len(source), dtype=bool)
@@ -90,26 +97,34 @@ def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln"
         positions, xb, yb = batch
         known = concerned == "all"  # else concern waits for the prediction
         roles = stats.batch_roles(yb, ranks[positions], is_module[yb] if known else None)
+        on_device = roles if device is None else [device.asarray(r) for r in roles]
         bits = {}
 
         def observe(layer, values):
-            stats.update(layer.name, values, *roles)
+            stats.update(layer.name, values, *on_device)
             if not known:
-                bits[layer.name] = np.packbits(values.reshape(len(values), -1) > 0, axis=1)
+                bits[layer.name] = stats.packed_activity(values)
 
-        probs = network.forward(xb, observe=observe, mask_at=mask_at)
+        probs = network.forward(xb, observe=observe, mask_at=mask_at, device=device)
         correct[positions] = probs.argmax(axis=1) == yb
         concerned_class = roles[0]
         if not known:
             concerned_class = np.where(is_module[yb] & correct[positions], yb, -1)
+            moved = concerned_class if device is None else device.asarray(concerned_class)
             for name, packed in bits.items():
-                stats.update_concerned(name, packed, concerned_class)
+                stats.update_concerned(name, packed, moved)
         stats.count(concerned_class)
         return len(positions)
 
     bar = _progress(progress, len(source), "activity statistics")
-    for done in map_batches(gather, source.batches(batch_size), n_jobs):
-        bar.update(done)
+    if device is None:
+        for done in map_batches(gather, source.batches(batch_size), n_jobs):
+            bar.update(done)
+    else:
+        for batch in device.streamed(source.batches(batch_size)):
+            bar.update(gather(batch))
+        device.synchronize()
+        stats = stats.to_host()
     bar.close()
     stats_seconds = time.perf_counter() - started
 
@@ -149,6 +164,12 @@ def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln"
     return modules
 
 
+def _device(backend):
+    from .kernels.gpu import get_device
+
+    return get_device(backend)
+
+
 def _check_options(network, source, classes, mask_at, backtrack, delta, bln_rule, ti_ratio,
                    concerned, batch_size, backend):
     if mask_at not in MASK_PLACEMENTS:
@@ -160,7 +181,7 @@ def _check_options(network, source, classes, mask_at, backtrack, delta, bln_rule
     if concerned not in ("correct", "all"):
         raise InputError(f"concerned must be 'correct' or 'all', got {concerned!r}")
     if backend not in BACKENDS:
-        raise InputError(f"backend must be one of {BACKENDS} (the GPU backend is not built yet), got {backend!r}")
+        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not np.isfinite(delta) or delta < 0:
         raise InputError(f"delta must be a finite number >= 0, got {delta!r}")
     if not np.isfinite(ti_ratio) or ti_ratio < 0:

@@ -20,6 +20,43 @@ KINDS = {}
 KERAS_CLASSES = {}
 
 
+class _CpuKernels:
+    """The kernels and arrays of a forward pass on the CPU."""
+
+    xp = np
+    conv2d_forward = staticmethod(direct_conv.conv2d_forward)
+    dense_forward = staticmethod(cpu.dense_forward)
+    pool2d_forward = staticmethod(cpu.pool2d_forward)
+    global_average_pool_forward = staticmethod(cpu.global_average_pool_forward)
+
+    @staticmethod
+    def weights(array):
+        return array
+
+
+class _DeviceKernels:
+    """The same kernels' device twins, bound to one device."""
+
+    def __init__(self, device):
+        from functools import partial
+
+        from .kernels import gpu
+
+        self.xp = device.xp
+        self.weights = device.weights
+        for name in ("conv2d_forward", "dense_forward", "pool2d_forward", "global_average_pool_forward"):
+            setattr(self, name, partial(getattr(gpu, name), device=device))
+
+
+def kernels(device):
+    """The kernels a forward pass runs: the CPU's, or ``device``'s twins."""
+    if device is None:
+        return _CpuKernels
+    if not hasattr(device, "_layer_kernels"):
+        device._layer_kernels = _DeviceKernels(device)
+    return device._layer_kernels
+
+
 def register(cls):
     """Add a layer kind to the registry (by ``cls.kind`` and its Keras classes)."""
     KINDS[cls.kind] = cls()
@@ -98,11 +135,13 @@ class LayerKind:
         """Output shape, without the batch axis."""
         return tuple(input_shapes[0])
 
-    def forward(self, layer, inputs, reusable=None):
+    def forward(self, layer, inputs, reusable=None, device=None):
         """The layer's output for a batch.
 
         ``reusable[i]`` is True when ``inputs[i]`` is read by no one else and
-        may be overwritten.
+        may be overwritten. With a ``device`` (:mod:`fastdecomp.kernels.gpu`)
+        the inputs and the output are that device's arrays and the layer runs
+        its kernels' device twins.
         """
         raise NotImplementedError
 
@@ -145,13 +184,12 @@ class Conv2DKind(LayerKind):
                                     config["strides"], config["padding"])
         return (oh, ow, weights["kernel"].shape[3])
 
-    def forward(self, layer, inputs, reusable=None, rectify=False):
-        x = inputs[0]
+    def forward(self, layer, inputs, reusable=None, device=None, rectify=False):
+        x, k = inputs[0], kernels(device)
         c = layer.config
-        out = np.empty((x.shape[0],) + layer.shape, dtype=np.float32)
-        direct_conv.conv2d_forward(x, layer.weights["kernel"], layer.weights["bias"],
-                                   c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2], out,
-                                   rectify=rectify)
+        out = k.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
+        k.conv2d_forward(x, k.weights(layer.weights["kernel"]), k.weights(layer.weights["bias"]),
+                         c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2], out, rectify=rectify)
         return out
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
@@ -189,10 +227,10 @@ class DenseKind(LayerKind):
     def output_shape(self, config, weights, input_shapes):
         return (weights["kernel"].shape[1],)
 
-    def forward(self, layer, inputs, reusable=None):
-        x = inputs[0]
-        out = np.empty((x.shape[0],) + layer.shape, dtype=np.float32)
-        cpu.dense_forward(x, layer.weights["kernel"], layer.weights["bias"], out)
+    def forward(self, layer, inputs, reusable=None, device=None):
+        x, k = inputs[0], kernels(device)
+        out = k.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
+        k.dense_forward(x, k.weights(layer.weights["kernel"]), k.weights(layer.weights["bias"]), out)
         return out
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
@@ -216,9 +254,9 @@ class ReLUKind(LayerKind):
             refuse("a ReLU with max_value, negative_slope or threshold; use a plain ReLU")
         return {}, {}, None
 
-    def forward(self, layer, inputs, reusable=None):
+    def forward(self, layer, inputs, reusable=None, device=None):
         out = inputs[0] if reusable and reusable[0] else None
-        return np.maximum(inputs[0], np.float32(0.0), out=out)
+        return kernels(device).xp.maximum(inputs[0], np.float32(0.0), out=out)
 
     def to_keras(self, layer):
         from keras import layers
@@ -236,8 +274,9 @@ class SoftmaxKind(LayerKind):
             refuse("softmax over an axis other than the last")
         return {}, {}, None
 
-    def forward(self, layer, inputs, reusable=None):
-        z = inputs[0] - inputs[0].max(axis=-1, keepdims=True)
+    def forward(self, layer, inputs, reusable=None, device=None):
+        x = inputs[0] if device is None else device.to_host(inputs[0])  # as on the CPU, bit for bit
+        z = x - x.max(axis=-1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)
 
@@ -257,7 +296,7 @@ class AddKind(LayerKind):
             refuse(f"inputs of different shapes {input_shapes}")
         return {}, {}, None
 
-    def forward(self, layer, inputs, reusable=None):
+    def forward(self, layer, inputs, reusable=None, device=None):
         out = inputs[0] if reusable and reusable[0] else inputs[0].copy()
         for other in inputs[1:]:
             out += other
@@ -284,12 +323,12 @@ class Pool2DKind(LayerKind):
         oh, ow, _ = window_geometry(input_shapes[0], config["pool"], config["strides"], config["padding"])
         return (oh, ow, input_shapes[0][2])
 
-    def forward(self, layer, inputs, reusable=None):
-        x = inputs[0]
+    def forward(self, layer, inputs, reusable=None, device=None):
+        x, k = inputs[0], kernels(device)
         c = layer.config
-        out = np.empty((x.shape[0],) + layer.shape, dtype=np.float32)
-        cpu.pool2d_forward(x, c["pool"][0], c["pool"][1], c["strides"][0], c["strides"][1],
-                           c["pads"][0], c["pads"][2], self.is_max, out)
+        out = k.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
+        k.pool2d_forward(x, c["pool"][0], c["pool"][1], c["strides"][0], c["strides"][1],
+                         c["pads"][0], c["pads"][2], self.is_max, out)
         return out
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
@@ -335,10 +374,10 @@ class GlobalAveragePoolKind(LayerKind):
     def output_shape(self, config, weights, input_shapes):
         return (input_shapes[0][2],)
 
-    def forward(self, layer, inputs, reusable=None):
-        x = inputs[0]
-        out = np.empty((x.shape[0], x.shape[3]), dtype=np.float32)
-        cpu.global_average_pool_forward(x, out)
+    def forward(self, layer, inputs, reusable=None, device=None):
+        x, k = inputs[0], kernels(device)
+        out = k.xp.empty((x.shape[0], x.shape[3]), dtype=np.float32)
+        k.global_average_pool_forward(x, out)
         return out
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
@@ -367,9 +406,9 @@ class ZeroPaddingKind(LayerKind):
         s = input_shapes[0]
         return (s[0] + pt + pb, s[1] + pl + pr, s[2])
 
-    def forward(self, layer, inputs, reusable=None):
+    def forward(self, layer, inputs, reusable=None, device=None):
         pt, pb, pl, pr = layer.config["pads"]
-        return np.pad(inputs[0], ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        return kernels(device).xp.pad(inputs[0], ((0, 0), (pt, pb), (pl, pr), (0, 0)))
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         pt, pb, pl, pr = layer.config["pads"]
@@ -391,7 +430,7 @@ class FlattenKind(LayerKind):
     def output_shape(self, config, weights, input_shapes):
         return (int(np.prod(input_shapes[0])),)
 
-    def forward(self, layer, inputs, reusable=None):
+    def forward(self, layer, inputs, reusable=None, device=None):
         return inputs[0].reshape(inputs[0].shape[0], -1)
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):

@@ -85,7 +85,7 @@ class Network:
                 f"images of shape {tuple(x.shape[1:])} do not fit the model's input "
                 f"{self.input_shape}; resize or reshape them (batch axis first, channels last)")
 
-    def forward(self, x, masks=None, observe=None, mask_at="conv", head=None, logits=False):
+    def forward(self, x, masks=None, observe=None, mask_at="conv", head=None, logits=False, device=None):
         """Run one batch through the network.
 
         Parameters
@@ -104,12 +104,24 @@ class Network:
             weights (a channeled output).
         logits : bool
             Return the output layer's values before the softmax.
+        device : fastdecomp.kernels.gpu.Device, optional
+            Run on this device (``x`` a host array or already the device's;
+            masks and head are copied over). ``observe`` then sees device
+            arrays. The result is a host array either way.
 
         Returns
         -------
         numpy.ndarray
             Softmax probabilities (or logits), shape ``(N, K)``.
         """
+        if device is not None:
+            if isinstance(x, np.ndarray):
+                x = np.ascontiguousarray(x, dtype=np.float32)
+                self.check_input(x)
+                x = device.asarray(x)
+            with device.compute():
+                out = self._forward(x, masks, observe, mask_at, head, logits, device)
+            return device.to_host(out)
         x = np.ascontiguousarray(x, dtype=np.float32)
         self.check_input(x)
         if threading.current_thread().name.startswith("fastdecomp"):
@@ -117,7 +129,7 @@ class Network:
         with single_threaded_blas():
             return self._forward(x, masks, observe, mask_at, head, logits)
 
-    def _forward(self, x, masks, observe, mask_at, head, logits):
+    def _forward(self, x, masks, observe, mask_at, head, logits, device=None):
         observed = {l.name for l in self.mask_points(mask_at)} if observe else ()
         remaining = {name: len(r) for name, r in self.readers.items()}
         rectified = self._rectified_convs(observed, masks)
@@ -130,17 +142,18 @@ class Network:
                 channeled = dataclasses.replace(layer, shape=(head[0].shape[1],), weights={
                     "kernel": np.ascontiguousarray(head[0], dtype=np.float32),
                     "bias": np.ascontiguousarray(head[1], dtype=np.float32)})
-                out = layer.handler.forward(channeled, inputs)
+                out = layer.handler.forward(channeled, inputs, device=device)
             elif layer.name in rectified:
-                out = layer.handler.forward(layer, inputs, rectify=True)
+                out = layer.handler.forward(layer, inputs, device=device, rectify=True)
             elif layer.kind == "relu" and layer.inputs[0] in rectified:
                 out = inputs[0]
             else:
                 reusable = [remaining[src] == 1 and layer.inputs.count(src) == 1 and src not in observed
                             for src in layer.inputs]
-                out = layer.handler.forward(layer, inputs, reusable)
+                out = layer.handler.forward(layer, inputs, reusable, device=device)
             if masks is not None and layer.name in masks:
-                out = out * masks[layer.name]
+                mask = masks[layer.name]
+                out = out * (mask if device is None else device.weights(mask))
             if layer.name in observed:
                 observe(layer, out)
             values[layer.name] = out

@@ -4,7 +4,7 @@ import threading
 
 import numpy as np
 
-from .kernels import cpu
+from .kernels import cpu, gpu
 
 __all__ = ["ActivityStatistics"]
 
@@ -32,20 +32,25 @@ class ActivityStatistics:
     num_classes : int
     rank_limit : array_like of int
         ``[C]``: ranks at or beyond it are never in any module's sample.
+    device : fastdecomp.kernels.gpu.Device, optional
+        Keep the statistics on this device, bit-packed, for the whole pass
+        (updates then take the device's arrays); :meth:`to_host` brings them back.
     """
 
-    def __init__(self, shapes, num_classes, rank_limit):
+    def __init__(self, shapes, num_classes, rank_limit, device=None):
         self.shapes = dict(shapes)
         self.num_classes = num_classes
         self.rank_limit = np.asarray(rank_limit, dtype=np.int64)
         never = int(self.rank_limit.max(initial=0))
         rank_dtype = next(t for t in (np.uint8, np.uint16, np.uint32) if never < np.iinfo(t).max)
         self.never = never
+        self.device = device
+        xp = np if device is None else device.xp
         self.active, self.first_rank = {}, {}
         for name, shape in self.shapes.items():
             nodes = int(np.prod(shape))
-            self.active[name] = np.zeros((num_classes, (nodes + 7) // 8), dtype=np.uint8)
-            self.first_rank[name] = np.full((num_classes, nodes + (-nodes) % 8), never, dtype=rank_dtype)
+            self.active[name] = xp.zeros((num_classes, (nodes + 7) // 8), dtype=np.uint8)
+            self.first_rank[name] = xp.full((num_classes, nodes + (-nodes) % 8), never, dtype=rank_dtype)
         self.concerned_count = np.zeros(num_classes, dtype=np.int64)
         self._locks = {name: threading.Lock() for name in self.shapes}
         self._count_lock = threading.Lock()
@@ -65,6 +70,10 @@ class ActivityStatistics:
 
     def update(self, name, values, concerned_class, tangle_class, tangle_rank):
         """Fold one batch's values ``[B] + shape`` at mask point ``name`` into the statistics."""
+        if self.device is not None:
+            gpu.accumulate_activity(values.reshape(len(values), -1), concerned_class, tangle_class, tangle_rank,
+                                    self.active[name], self.first_rank[name], device=self.device)
+            return
         values = np.ascontiguousarray(values, dtype=np.float32).reshape(len(values), -1)
         with self._locks[name]:
             cpu.accumulate_activity(values, concerned_class, tangle_class, tangle_rank,
@@ -73,8 +82,34 @@ class ActivityStatistics:
     def update_concerned(self, name, bits, concerned_class):
         """Fold bit-packed activity ``[B, nbytes]`` (``numpy.packbits`` of ``values > 0``) into
         the concerned statistics, for images whose concern was decided after :meth:`update`."""
+        if self.device is not None:
+            gpu.accumulate_concerned(bits, concerned_class, self.active[name], device=self.device)
+            return
         with self._locks[name]:
             cpu.accumulate_concerned(bits, concerned_class, self.active[name])
+
+    def packed_activity(self, values):
+        """``numpy.packbits(values > 0)`` per image, ``[B, nbytes]``, on the statistics' device."""
+        values = values.reshape(len(values), -1)
+        if self.device is None:
+            return np.packbits(values > 0, axis=1)
+        xp, n = self.device.xp, len(values)
+        bits = xp.zeros((n, (values.shape[1] + 7) // 8), dtype=np.uint8)
+        own = xp.arange(n, dtype=np.int64)  # each image its own "class": the OR is its own bits
+        none = xp.full(n, -1, dtype=np.int64)
+        gpu.accumulate_activity(values, own, none, none, bits, xp.zeros((1, 8), np.uint8), device=self.device)
+        return bits
+
+    def to_host(self):
+        """These statistics with every array on the host (itself when already there)."""
+        if self.device is None:
+            return self
+        host = ActivityStatistics(self.shapes, self.num_classes, self.rank_limit)
+        for name in self.shapes:
+            host.active[name] = self.device.to_host(self.active[name])
+            host.first_rank[name] = self.device.to_host(self.first_rank[name])
+        host.concerned_count = self.concerned_count.copy()
+        return host
 
     def count(self, concerned_class):
         """Count a batch's concerned inputs per class (once per batch)."""

@@ -7,13 +7,25 @@ import pytest
 
 
 def pytest_addoption(parser):
-    parser.addoption("--gpu", action="store_true", help="run tests that need a CUDA device")
+    parser.addoption("--gpu", action="store_true",
+                     help="fail, instead of skipping, the tests that need a CUDA device when none is there")
+
+
+def cuda_available():
+    from fastdecomp.errors import BackendError
+    from fastdecomp.kernels.gpu import get_device
+
+    try:
+        return get_device("cuda") is not None
+    except BackendError:
+        return False
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--gpu"):
+    """Tests marked ``gpu`` run wherever a CUDA device is reachable, and are skipped elsewhere."""
+    if config.getoption("--gpu") or not any("gpu" in item.keywords for item in items) or cuda_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device; run with --gpu where one exists")
+    skip = pytest.mark.skip(reason="needs a CUDA device (CuPy, a driver and a GPU)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

@@ -1,0 +1,350 @@
+"""CuPy twins of the CPU kernels, and the devices they run on.
+
+Every kernel here has the name and the contract of its CPU twin in
+:mod:`fastdecomp.kernels.cpu` or :mod:`fastdecomp.kernels.direct_conv`; its
+body is CUDA C++ kept as a source file in ``fastdecomp/kernels/cuda/`` and
+compiled with NVRTC through CuPy (``cupy.RawModule``, memoised per device and
+per ``-D`` definition such as the rank dtype).
+
+A :class:`Device` is where arrays live and kernels run:
+
+- :class:`CudaDevice`: CuPy arrays on a GPU;
+- :class:`EmulatedDevice`: NumPy arrays, and the *same CUDA sources* compiled
+  for the CPU by :mod:`fastdecomp.kernels.cuda_emulator`, each launch running
+  the kernel once per grid thread. It is how CI proves the GPU backend's
+  kernels and the whole device code path without a GPU (slow; for testing).
+
+Nothing here imports CuPy until a :class:`CudaDevice` is made.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import nullcontext
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError
+
+__all__ = ["SOURCES", "source", "Device", "CudaDevice", "EmulatedDevice", "get_device",
+           "conv2d_forward", "dense_forward", "pool2d_forward", "global_average_pool_forward",
+           "accumulate_activity", "accumulate_concerned", "tangling_keep", "window_dead_inputs",
+           "NVRTC_OPTIONS", "BLOCK"]
+
+CUDA_DIR = Path(__file__).resolve().parent / "cuda"
+SOURCES = {"forward": "forward.cu", "statistics": "statistics.cu", "backward": "backward.cu"}
+NVRTC_OPTIONS = ("--std=c++14", "--fmad=false")
+BLOCK = 256
+KEPT_ARRAYS = 512
+RANK_TYPES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.uint16): "unsigned short",
+              np.dtype(np.uint32): "unsigned int"}
+
+
+@lru_cache(maxsize=None)
+def source(name):
+    """The CUDA source text of ``name`` (a key of :data:`SOURCES`)."""
+    return (CUDA_DIR / SOURCES[name]).read_text()
+
+
+class Device:
+    """Where arrays live and kernels run; see the module docstring."""
+
+    name = "device"
+    xp = np
+
+    def __init__(self):
+        self._modules = {}
+        self._lock = threading.Lock()
+        self._weights = {}
+
+    def module(self, name, defines=()):
+        key = (name, tuple(defines))
+        with self._lock:
+            if key not in self._modules:
+                self._modules[key] = self._compile(source(name), tuple(defines))
+            return self._modules[key]
+
+    def launch(self, source_name, kernel, threads, args, defines=()):
+        """Run ``kernel`` of source ``source_name`` with at least ``threads`` threads."""
+        if threads <= 0:
+            return
+        grid = (int(threads) + BLOCK - 1) // BLOCK
+        self._launch(self.module(source_name, defines), kernel, grid, args)
+
+    def asarray(self, host):
+        """A device copy of a host array (C-contiguous)."""
+        return self.xp.ascontiguousarray(self.xp.asarray(host))
+
+    def to_host(self, array):
+        return np.asarray(array)
+
+    def weights(self, array):
+        """Device copy of a host weight or mask array, kept while it is among the last
+        :data:`KEPT_ARRAYS` used (the cache holds the host array, so its id stays its own)."""
+        key = id(array)
+        with self._lock:
+            entry = self._weights.pop(key, None)
+            if entry is None:
+                entry = (array, self.asarray(np.ascontiguousarray(array)))
+            self._weights[key] = entry
+            while len(self._weights) > KEPT_ARRAYS:
+                self._weights.pop(next(iter(self._weights)))
+        return entry[1]
+
+    def streamed(self, batches):
+        """``(positions, x, y)`` batches with ``x`` on the device (overlapped with compute where possible)."""
+        for positions, x, y in batches:
+            yield positions, self.asarray(np.ascontiguousarray(x, dtype=np.float32)), y
+
+    def compute(self):
+        """Context in which kernels are queued (the compute stream)."""
+        return nullcontext()
+
+    def synchronize(self):
+        pass
+
+
+class EmulatedDevice(Device):
+    """NumPy arrays; the CUDA kernels compiled for the CPU and run thread by thread."""
+
+    name = "emulated-cuda"
+
+    def _compile(self, text, defines):
+        from .cuda_emulator import EmulatedModule
+
+        return EmulatedModule(text, defines)
+
+    def _launch(self, module, kernel, grid, args):
+        module.launch(kernel, grid, BLOCK, [a for a in args])
+
+
+class CudaDevice(Device):
+    """CuPy arrays on one GPU; kernels compiled by NVRTC, batches streamed through pinned memory."""
+
+    name = "cuda"
+
+    def __init__(self, device_id=0):
+        super().__init__()
+        import cupy
+
+        self.xp = cupy
+        self.device_id = device_id
+        self._compute = cupy.cuda.Stream(non_blocking=True)
+        self._copy = cupy.cuda.Stream(non_blocking=True)
+
+    def _compile(self, text, defines):
+        import cupy
+
+        with cupy.cuda.Device(self.device_id):
+            return cupy.RawModule(code=text, options=NVRTC_OPTIONS + tuple(f"-D{d}" for d in defines))
+
+    def _launch(self, module, kernel, grid, args):
+        module.get_function(kernel)((grid,), (BLOCK,), tuple(args), stream=self._compute)
+
+    def to_host(self, array):
+        return self.xp.asnumpy(array, stream=self._compute) if hasattr(array, "device") else np.asarray(array)
+
+    def compute(self):
+        return self._compute
+
+    def synchronize(self):
+        self._compute.synchronize()
+
+    def streamed(self, batches):
+        """Double-buffered host-to-device copies: batch i+1 is copied on its own stream through
+        pinned memory while batch i computes; the compute stream waits on each copy's event."""
+        import cupy
+
+        pinned = [None, None]
+        done = [None, None]
+        slot = 0
+        for positions, x, y in batches:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            if done[slot] is not None:
+                done[slot].synchronize()  # the copy that last used this buffer has finished
+            if pinned[slot] is None or pinned[slot].nbytes < x.nbytes:
+                memory = cupy.cuda.alloc_pinned_memory(x.nbytes)
+                pinned[slot] = np.frombuffer(memory, np.float32, x.size).reshape(x.shape), memory
+            host = pinned[slot][0][:x.size].reshape(x.shape) if pinned[slot][0].size != x.size else pinned[slot][0]
+            np.copyto(host, x)
+            with self._copy:
+                device_x = cupy.empty(x.shape, dtype=np.float32)
+                device_x.set(host, stream=self._copy)
+                event = self._copy.record()
+            self._compute.wait_event(event)
+            done[slot] = event
+            slot = 1 - slot
+            yield positions, device_x, y
+
+
+_DEVICES = {}
+
+
+def get_device(backend):
+    """The device of a backend name: ``"cuda"``, ``"emulated-cuda"``, or None for ``"cpu"``.
+
+    ``"auto"`` is ``"cuda"`` when CuPy and a GPU are there, else ``"cpu"``.
+
+    Raises
+    ------
+    BackendError
+        ``"cuda"`` without CuPy, a driver or a device; the message says which
+        and how to install it.
+    """
+    if backend == "cpu":
+        return None
+    if backend == "auto":
+        try:
+            return get_device("cuda")
+        except BackendError:
+            return None
+    if backend not in ("cuda", "emulated-cuda"):
+        raise ValueError(f"unknown backend {backend!r}")
+    if backend not in _DEVICES:
+        if backend == "emulated-cuda":
+            _DEVICES[backend] = EmulatedDevice()
+        else:
+            _check_cuda()
+            _DEVICES[backend] = CudaDevice()
+    return _DEVICES[backend]
+
+
+def _check_cuda():
+    try:
+        import cupy
+    except ImportError as exc:
+        raise BackendError(
+            "backend='cuda' needs CuPy, which is not installed: pip install 'fastdecomp[gpu]' "
+            "(CuPy for CUDA 12; a machine with an NVIDIA GPU and its driver)") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError: no driver, or a driver too old
+        raise BackendError(
+            f"backend='cuda': CuPy is installed but cannot reach a GPU ({exc}). Install or update "
+            "the NVIDIA driver (CUDA 12 needs driver 525 or newer), or use backend='cpu'") from exc
+    if count == 0:
+        raise BackendError("backend='cuda': the NVIDIA driver reports no GPU on this "
+                                      "machine; use backend='cpu'")
+
+
+# --------------------------------------------------------------------------
+# forward (twins of direct_conv.conv2d_forward and cpu.*_forward)
+# --------------------------------------------------------------------------
+
+def _scalars(*values, kind=np.int32):
+    return [kind(v) for v in values]
+
+
+def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, device=None):
+    """2-D convolution ``out = conv(x, kernel) + bias`` (NHWC input, HWIO kernel); see
+    :func:`fastdecomp.kernels.direct_conv.conv2d_forward`. Bit-identical to it."""
+    device = device or get_device("cuda")
+    n, h, w, ci = x.shape
+    kh, kw, _, co = kernel.shape
+    oh, ow = out.shape[1], out.shape[2]
+    device.launch("forward", "conv2d_forward", n * oh * ow * co,
+                  [x, kernel, bias, out, np.int64(n),
+                   *_scalars(h, w, ci, kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, co, int(rectify))])
+
+
+def dense_forward(x, kernel, bias, out, device=None):
+    """``out = x @ kernel + bias``, each output summed in input order; see :func:`cpu.dense_forward`."""
+    device = device or get_device("cuda")
+    n, f = x.shape
+    device.launch("forward", "dense_forward", n * kernel.shape[1],
+                  [x, kernel, bias, out, np.int64(n), np.int64(f), np.int32(kernel.shape[1])])
+
+
+def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out, device=None):
+    """Max or average pooling; padding positions are excluded (as in Keras); see :func:`cpu.pool2d_forward`."""
+    device = device or get_device("cuda")
+    n, h, w, c = x.shape
+    oh, ow = out.shape[1], out.shape[2]
+    device.launch("forward", "pool2d_forward", n * oh * ow * c,
+                  [x, out, np.int64(n),
+                   *_scalars(h, w, c, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, oh, ow, int(is_max))])
+
+
+def global_average_pool_forward(x, out, device=None):
+    """Mean over height and width, summed in row-major order; see :func:`cpu.global_average_pool_forward`."""
+    device = device or get_device("cuda")
+    n, h, w, c = x.shape
+    device.launch("forward", "global_average_pool_forward", n * c, [x, out, np.int64(n), *_scalars(h, w, c)])
+
+
+# --------------------------------------------------------------------------
+# statistics (twins of cpu.accumulate_activity, accumulate_concerned, tangling_keep)
+# --------------------------------------------------------------------------
+
+def _rank_define(first_rank):
+    return (f"RANK_T={RANK_TYPES[np.dtype(first_rank.dtype)]}",)
+
+
+def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, device=None):
+    """Fold a batch's values at one mask point into per-class activity statistics.
+
+    Same contract as :func:`fastdecomp.kernels.cpu.accumulate_activity`: ``values``
+    float32 ``[B, nodes]``; ``active`` uint8 ``[C, ceil(nodes / 8)]`` (bit-packed
+    big-endian) and ``first_rank`` ``[C, nodes or more]`` updated in place. One
+    thread per byte of packed nodes, looping over the batch.
+    """
+    device = device or get_device("cuda")
+    n, nodes = values.shape
+    device.launch("statistics", "accumulate_activity", (nodes + 7) // 8,
+                  [values, np.int64(n), np.int64(nodes), concerned_class, tangle_class, tangle_rank,
+                   active, first_rank, np.int64(first_rank.shape[1])], _rank_define(first_rank))
+
+
+def accumulate_concerned(bits, concerned_class, active, device=None):
+    """OR bit-packed activity ``bits [B, nbytes]`` into ``active[concerned_class[b]]`` (skipping -1);
+    see :func:`cpu.accumulate_concerned`."""
+    device = device or get_device("cuda")
+    n, nbytes = bits.shape
+    device.launch("statistics", "accumulate_concerned", nbytes,
+                  [bits, np.int64(n), np.int64(nbytes), concerned_class, active])
+
+
+def module_reach(counts):
+    """``reach [C, most, words]`` uint64: bit m set where module m's sample takes class c's rank r."""
+    counts = np.asarray(counts, dtype=np.int64)
+    modules, classes = counts.shape
+    words = (modules + 63) // 64
+    most = int(counts.max(initial=0))
+    reach = np.zeros((classes, most, words), dtype=np.uint64)
+    for m in range(modules):
+        for c in range(classes):
+            reach[c, :counts[m, c], m // 64] |= np.uint64(1) << np.uint64(m % 64)
+    return reach, most, words
+
+
+def tangling_keep(first_rank, counts, keep, device=None):
+    """Add tangling identification to every module's kept nodes, in place; see
+    :func:`fastdecomp.kernels.cpu.tangling_keep` (``keep`` is uint8 or bool
+    ``[M, nodes]`` on the device). One thread per node."""
+    device = device or get_device("cuda")
+    reach, most, words = module_reach(counts)
+    modules, nodes = keep.shape
+    device.launch("statistics", "tangling_keep", nodes,
+                  [first_rank, np.int64(first_rank.shape[1]), np.int32(first_rank.shape[0]),
+                   device.asarray(reach), np.int32(most), np.int32(words), np.int32(modules),
+                   np.int64(nodes), keep.view(np.uint8)], _rank_define(first_rank))
+
+
+# --------------------------------------------------------------------------
+# backward (twin of cpu.window_dead_inputs)
+# --------------------------------------------------------------------------
+
+def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left,
+                       device=None):
+    """Input nodes of a sliding window whose every reader is dead, channel by channel; see
+    :func:`fastdecomp.kernels.cpu.window_dead_inputs`. Returns bool ``[M, in_h, in_w, C]``."""
+    device = device or get_device("cuda")
+    m, oh, ow, c = dead_out.shape
+    dead_in = device.xp.empty((m, in_h, in_w, c), dtype=np.bool_)
+    device.launch("backward", "window_dead_inputs", m * in_h * in_w * c,
+                  [device.xp.ascontiguousarray(dead_out).view(np.uint8), dead_in.view(np.uint8),
+                   *_scalars(m, oh, ow, c, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left)])
+    return dead_in
+

@@ -1,0 +1,240 @@
+"""The CUDA kernels against their CPU twins, without a GPU (and on one where it exists).
+
+Every kernel in ``fastdecomp/kernels/cuda/*.cu`` must appear in ``TWINS``
+(checked below), so no GPU kernel can exist without a test comparing it with
+its CPU twin. On this machine the kernels run through the CPU emulator (the
+same source, compiled by g++, one grid thread after another); tests marked
+``gpu`` repeat the comparison on a CUDA device wherever one is reachable.
+"""
+
+import re
+
+import numpy as np
+import pytest
+
+from fastdecomp.kernels import cpu, direct_conv, gpu
+from fastdecomp.kernels.cuda_emulator import check_source, kernel_signatures
+
+TWINS = {
+    "conv2d_forward": "test_conv2d_forward_twin",
+    "dense_forward": "test_dense_forward_twin",
+    "pool2d_forward": "test_pool2d_forward_twin",
+    "global_average_pool_forward": "test_global_average_pool_forward_twin",
+    "accumulate_activity": "test_accumulate_activity_twin",
+    "accumulate_concerned": "test_accumulate_concerned_twin",
+    "tangling_keep": "test_tangling_keep_twin",
+    "window_dead_inputs": "test_window_dead_inputs_twin",
+}
+
+
+def all_kernels():
+    return {name: src for src in gpu.SOURCES for name in kernel_signatures(gpu.source(src))}
+
+
+def test_every_cuda_kernel_has_a_twin_test():
+    assert set(all_kernels()) == set(TWINS), "a CUDA kernel without a twin test (or a stale entry)"
+    for name, test in TWINS.items():
+        assert test in globals(), f"{test} (twin test of {name}) is missing"
+        assert hasattr(gpu, name), f"fastdecomp.kernels.gpu has no wrapper for {name}"
+        twin = getattr(cpu, name, None) or getattr(direct_conv, name)
+        assert getattr(gpu, name).__doc__ and twin.__doc__
+
+
+@pytest.mark.parametrize("name", sorted(gpu.SOURCES))
+def test_sources_keep_threads_independent(name):
+    check_source(gpu.source(name), name)
+    with pytest.raises(ValueError, match="must not let threads communicate"):
+        check_source(gpu.source(name) + "\n__global__ void k(int* a) { atomicAdd(a, 1); }")
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("name", sorted(gpu.SOURCES))
+def test_nvrtc_compiles_every_source(name, arch):
+    """NVRTC (through CuPy's wrapper) compiles each source for both architectures, for every rank type."""
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    defines = [()] if name != "statistics" else [(f"RANK_T={t}",) for t in gpu.RANK_TYPES.values()]
+    for extra in defines:
+        program = nvrtc.createProgram(gpu.source(name), gpu.SOURCES[name], [], [])
+        options = [f"-arch={arch}", *gpu.NVRTC_OPTIONS, *(f"-D{d}" for d in extra)]
+        try:
+            nvrtc.compileProgram(program, options)
+        except nvrtc.NVRTCError as exc:
+            pytest.fail(f"{name} with {options}: {exc}\n{nvrtc.getProgramLog(program)}")
+        assert len(nvrtc.getCUBIN(program)) > 1000
+        nvrtc.destroyProgram(program)
+
+
+def devices():
+    params = [pytest.param("emulated-cuda", id="emulated")]
+    params.append(pytest.param("cuda", id="cuda", marks=pytest.mark.gpu))
+    return params
+
+
+@pytest.fixture(params=devices())
+def device(request):
+    return gpu.get_device(request.param)
+
+
+def to(device, *arrays):
+    return [device.asarray(np.ascontiguousarray(a)) for a in arrays]
+
+
+rng = np.random.default_rng(0)
+
+
+def floats(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("size, ci, co, k, stride, pads, rectify", [
+    ((9, 9), 3, 16, 3, 1, (1, 1), False),
+    ((9, 7), 5, 6, 3, 2, (0, 1), True),
+    ((8, 8), 4, 8, 1, 2, (0, 0), False),
+    ((6, 6), 2, 4, 2, 1, (0, 0), True),
+])
+def test_conv2d_forward_twin(device, size, ci, co, k, stride, pads, rectify):
+    x, kernel, bias = floats(3, *size, ci), floats(k, k, ci, co), floats(co)
+    padding_total = [max((-(-s // stride) - 1) * stride + k - s, 0) for s in size] if pads != (0, 0) else [0, 0]
+    oh, ow = [(-(-s // stride)) if pads != (0, 0) else (s - k) // stride + 1 for s in size]
+    expected = np.empty((3, oh, ow, co), np.float32)
+    direct_conv.conv2d_forward(x, kernel, bias, stride, stride, padding_total[0] // 2, padding_total[1] // 2,
+                               expected, rectify=rectify)
+    dx, dk, db = to(device, x, kernel, bias)
+    out = device.xp.empty(expected.shape, np.float32)
+    gpu.conv2d_forward(dx, dk, db, stride, stride, padding_total[0] // 2, padding_total[1] // 2, out,
+                       rectify=rectify, device=device)
+    np.testing.assert_array_equal(device.to_host(out), expected)
+
+
+def test_dense_forward_twin(device):
+    x, kernel, bias = floats(5, 37), floats(37, 9), floats(9)
+    expected = np.empty((5, 9), np.float32)
+    cpu.dense_forward(x, kernel, bias, expected)
+    out = device.xp.empty((5, 9), np.float32)
+    gpu.dense_forward(*to(device, x, kernel, bias), out, device=device)
+    np.testing.assert_array_equal(device.to_host(out), expected)
+
+
+@pytest.mark.parametrize("is_max", [True, False])
+def test_pool2d_forward_twin(device, is_max):
+    x = floats(2, 7, 8, 3)
+    expected = np.empty((2, 4, 4, 3), np.float32)
+    cpu.pool2d_forward(x, 3, 2, 2, 2, 1, 0, is_max, expected)
+    out = device.xp.empty(expected.shape, np.float32)
+    gpu.pool2d_forward(*to(device, x), 3, 2, 2, 2, 1, 0, is_max, out, device=device)
+    np.testing.assert_array_equal(device.to_host(out), expected)
+
+
+def test_global_average_pool_forward_twin(device):
+    x = floats(3, 5, 6, 7)
+    expected = np.empty((3, 7), np.float32)
+    cpu.global_average_pool_forward(x, expected)
+    out = device.xp.empty((3, 7), np.float32)
+    gpu.global_average_pool_forward(*to(device, x), out, device=device)
+    np.testing.assert_array_equal(device.to_host(out), expected)
+
+
+def statistics_inputs(rank_dtype, nodes=45, n=9, classes=4):
+    values = floats(n, nodes)
+    concerned = rng.integers(-1, classes, n)
+    tangle = rng.integers(-1, classes, n)
+    rank = np.where(tangle >= 0, rng.integers(0, 7, n), -1)
+    active = rng.integers(0, 256, (classes, (nodes + 7) // 8)).astype(np.uint8)
+    first_rank = rng.integers(0, 8, (classes, nodes + (-nodes) % 8)).astype(rank_dtype)
+    return values, concerned, tangle, rank, active, first_rank
+
+
+@pytest.mark.parametrize("rank_dtype", [np.uint8, np.uint16, np.uint32])
+def test_accumulate_activity_twin(device, rank_dtype):
+    values, concerned, tangle, rank, active, first_rank = statistics_inputs(rank_dtype)
+    expected_active, expected_rank = active.copy(), first_rank.copy()
+    cpu.accumulate_activity(values, concerned, tangle, rank, expected_active, expected_rank)
+    d = to(device, values, concerned, tangle, rank, active, first_rank)
+    gpu.accumulate_activity(*d, device=device)
+    np.testing.assert_array_equal(device.to_host(d[4]), expected_active)
+    np.testing.assert_array_equal(device.to_host(d[5]), expected_rank)
+
+
+def test_accumulate_concerned_twin(device):
+    bits = rng.integers(0, 256, (9, 6)).astype(np.uint8)
+    concerned = rng.integers(-1, 4, 9)
+    active = rng.integers(0, 256, (4, 6)).astype(np.uint8)
+    expected = active.copy()
+    cpu.accumulate_concerned(bits, concerned, expected)
+    d = to(device, bits, concerned, active)
+    gpu.accumulate_concerned(*d, device=device)
+    np.testing.assert_array_equal(device.to_host(d[2]), expected)
+
+
+@pytest.mark.parametrize("modules", [3, 70])  # one word of module bits, and two
+def test_tangling_keep_twin(device, modules):
+    classes, nodes = 5, 50
+    first_rank = rng.integers(0, 9, (classes, 56)).astype(np.uint8)
+    counts = rng.integers(0, 6, (modules, classes))
+    keep = rng.random((modules, nodes)) < 0.3
+    expected = keep.copy()
+    cpu.tangling_keep(first_rank, counts, expected)
+    d_rank, d_keep = to(device, first_rank, keep)
+    gpu.tangling_keep(d_rank, counts, d_keep, device=device)
+    np.testing.assert_array_equal(device.to_host(d_keep), expected)
+
+
+@pytest.mark.parametrize("window, stride, pads", [(3, 1, 1), (2, 2, 0), (3, 2, 1)])
+def test_window_dead_inputs_twin(device, window, stride, pads):
+    in_h, in_w = 9, 8
+    oh, ow = (in_h + 2 * pads - window) // stride + 1, (in_w + 2 * pads - window) // stride + 1
+    dead_out = rng.random((4, oh, ow, 3)) < 0.7
+    expected = cpu.window_dead_inputs(dead_out, in_h, in_w, window, window, stride, stride, pads, pads)
+    got = gpu.window_dead_inputs(*to(device, dead_out), in_h, in_w, window, window, stride, stride, pads, pads,
+                                 device=device)
+    np.testing.assert_array_equal(device.to_host(got), expected)
+
+
+def test_emulator_reports_compile_errors():
+    from fastdecomp.kernels.cuda_emulator import compile_for_cpu
+
+    with pytest.raises(RuntimeError, match="could not compile"):
+        compile_for_cpu('extern "C" __global__ void broken(float* x) { x[0] = undefined_name; }')
+
+
+def test_signatures_are_parsed():
+    sig = kernel_signatures(gpu.source("forward"))["dense_forward"]
+    assert sig[0] == ("const float*", "x") and sig[-1] == ("int", "units")
+    assert re.search(r"--fmad=false", " ".join(gpu.NVRTC_OPTIONS))
+
+
+@pytest.mark.parametrize("concerned", ["correct", "all"])
+@pytest.mark.parametrize("mask_at", ["relu", "conv"])
+def test_device_decomposition_equals_cpu(resnet_case, sequential_case, device, concerned, mask_at):
+    """The whole GPU code path (engine, streaming, device statistics) gives the CPU's modules bit for bit."""
+    import fastdecomp as fd
+
+    for model, x, y in (resnet_case, sequential_case):
+        network = fd.from_keras(model)
+        options = dict(mask_at=mask_at, concerned=concerned, backtrack="bln", delta=0.05, batch_size=7,
+                       seed=2, progress=False)
+        on_cpu = fd.decompose(network, x, y, **options)
+        on_device = fd.decompose(network, x, y, backend=device.name, **options)
+        for k in on_cpu.classes:
+            for name, mask in on_cpu.layer_masks(k).items():
+                np.testing.assert_array_equal(on_device.layer_masks(k)[name], mask, err_msg=f"{k} {name}")
+            for a, b in zip(on_cpu.sample_indices(k), on_device.sample_indices(k)):
+                np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(network.forward(x, device=device), network.forward(x))
+
+
+def test_cuda_backend_without_a_device_says_what_is_missing(resnet_case):
+    import fastdecomp as fd
+    from conftest import cuda_available
+    from fastdecomp.errors import BackendError
+
+    if cuda_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(BackendError, match="fastdecomp\\[gpu\\]|driver|no GPU"):
+        gpu.get_device("cuda")
+    assert gpu.get_device("auto") is None  # falls back to the CPU
+    model, x, y = resnet_case
+    with pytest.raises(BackendError):
+        fd.decompose(model, x, y, backend="cuda", progress=False)
+    with pytest.raises(fd.errors.InputError, match="backend must be one of"):
+        fd.decompose(model, x, y, backend="tpu")
