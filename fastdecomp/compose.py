@@ -95,20 +95,36 @@ class Composition:
         i = self._position(label)
         return Composition(self.refs[:i] + self.refs[i + 1:], self.labels[:i] + self.labels[i + 1:])
 
-    def predict(self, x, batch_size=256, engine="keras", margin=False):
+    def predict(self, x, batch_size=256, engine="keras", margin=False, backend="cpu"):
         """Voting scores ``[N, len(labels)]``: column j is P(concerned | x) of module j.
 
         ``margin=True`` gives each module's logit margin instead (same ranking,
-        no ties where float32 saturates P at 1); voting uses it.
+        no ties where float32 saturates P at 1); voting uses it. With
+        ``engine="fastdecomp"`` the modules of each module set run together,
+        sharing every layer computed before their masks differ
+        (:meth:`ModuleSet.modules_predict`), on ``backend``.
         """
         source = as_input_source(x, self.input_shape)
-        return np.stack([r.predict(source, batch_size, engine, margin) for r in self.refs], axis=1)
+        if engine != "fastdecomp":
+            return np.stack([r.predict(source, batch_size, engine, margin) for r in self.refs], axis=1)
+        scores = np.empty((len(source), len(self.refs)), dtype=np.float32)
+        sets = []
+        for r in self.refs:
+            if not any(r.modules is s for s in sets):
+                sets.append(r.modules)
+        for modules in sets:
+            columns = [j for j, r in enumerate(self.refs) if r.modules is modules]
+            out = modules.modules_predict([self.refs[j].k for j in columns], source, batch_size,
+                                          logits=margin, backend=backend)
+            scores[:, columns] = out[:, :, 0] - out[:, :, 1] if margin else out[:, :, 0]
+        return scores
 
-    def predict_labels(self, x, batch_size=256, engine="keras"):
+    def predict_labels(self, x, batch_size=256, engine="keras", backend="cpu"):
         """The composed classifier's label for every image (argmax of P, ties broken by the margin)."""
-        return np.asarray(self.labels)[self.predict(x, batch_size, engine, margin=True).argmax(axis=1)]
+        scores = self.predict(x, batch_size, engine, margin=True, backend=backend)
+        return np.asarray(self.labels)[scores.argmax(axis=1)]
 
-    def evaluate(self, x, y=None, batch_size=256, engine="keras"):
+    def evaluate(self, x, y=None, batch_size=256, engine="keras", backend="cpu"):
         """Top-1 and top-5 accuracy on the images whose label is one of the composition's.
 
         Returns
@@ -121,7 +137,7 @@ class Composition:
         if len(rows) == 0:
             raise InputError(f"no input has a label among {self.labels}")
         subset = Subset(source, rows)
-        scores = self.predict(subset, batch_size, engine, margin=True)
+        scores = self.predict(subset, batch_size, engine, margin=True, backend=backend)
         labels = np.asarray(self.labels)
         return {"top1": topk_accuracy(scores, subset.labels, labels, 1),
                 "top5": topk_accuracy(scores, subset.labels, labels, 5),

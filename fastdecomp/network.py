@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 from pathlib import Path
 
@@ -130,47 +131,119 @@ class Network:
             return self._forward(x, masks, observe, mask_at, head, logits)
 
     def _forward(self, x, masks, observe, mask_at, head, logits, device=None):
-        observed = {l.name for l in self.mask_points(mask_at)} if observe else ()
-        remaining = {name: len(r) for name, r in self.readers.items()}
-        rectified = self._rectified_convs(observed, masks)
-        values = {self.layers[0].name: x}
-        for layer in self.layers[1:]:
-            if logits and layer is self.layers[-1]:
-                break
-            inputs = [values[src] for src in layer.inputs]
-            if head is not None and layer.name == self.output_dense:
-                channeled = dataclasses.replace(layer, shape=(head[0].shape[1],), weights={
-                    "kernel": np.ascontiguousarray(head[0], dtype=np.float32),
-                    "bias": np.ascontiguousarray(head[1], dtype=np.float32)})
-                out = layer.handler.forward(channeled, inputs, device=device)
-            elif layer.name in rectified:
-                out = layer.handler.forward(layer, inputs, device=device, rectify=True)
-            elif layer.kind == "relu" and layer.inputs[0] in rectified:
-                out = inputs[0]
-            else:
-                reusable = [remaining[src] == 1 and layer.inputs.count(src) == 1 and src not in observed
-                            for src in layer.inputs]
-                out = layer.handler.forward(layer, inputs, reusable, device=device)
-            if masks is not None and layer.name in masks:
-                mask = masks[layer.name]
-                out = out * (mask if device is None else device.weights(mask))
-            if layer.name in observed:
-                observe(layer, out)
-            values[layer.name] = out
-            for src in layer.inputs:
-                remaining[src] -= 1
-                if remaining[src] == 0:
-                    del values[src]
-        return values[self.output_dense if logits else self.layers[-1].name]
+        return self._walk(x, [(masks, head)], observe, mask_at, logits, device)[0]
 
-    def _rectified_convs(self, observed, masks):
+    def forward_many(self, x, branches, keys=None, logits=False, device=None):
+        """Several masked variants of the network (modules) on one batch, sharing work.
+
+        Each layer is computed once for every group of variants whose masks
+        (and head) agree up to it; groups split where masks first differ. Each
+        variant's output is bit-identical to :meth:`forward` with its masks and
+        head alone (same kernels on the same values).
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+        branches : list of (dict or None, tuple or None)
+            ``(masks, head)`` of each variant, as :meth:`forward` takes them.
+        keys : dict, optional
+            Layer name -> a hashable per variant identifying its mask there
+            (or its head, at the output Dense layer). By default digests of
+            the arrays; pass cached ones when calling often.
+        logits, device :
+            As in :meth:`forward`.
+
+        Returns
+        -------
+        list of numpy.ndarray
+        """
+        if device is not None:
+            if isinstance(x, np.ndarray):
+                x = np.ascontiguousarray(x, dtype=np.float32)
+                self.check_input(x)
+                x = device.asarray(x)
+            with device.compute():
+                outs = self._walk(x, branches, None, "conv", logits, device, keys)
+            return [device.to_host(o) for o in outs]
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        self.check_input(x)
+        with single_threaded_blas():
+            return self._walk(x, branches, None, "conv", logits, None, keys)
+
+    def branch_keys(self, branches):
+        """Digests of each variant's mask at every masked layer, and of its head."""
+        keys = {}
+        for masks, _ in branches:
+            for name in masks or {}:
+                keys[name] = None
+        for name in keys:
+            keys[name] = [_digest(m.get(name)) if m else None for m, _ in branches]
+        keys[self.output_dense] = [None if h is None else _digest(h[0], h[1]) for _, h in branches]
+        return keys
+
+    def _walk(self, x, branches, observe, mask_at, logits, device, keys=None):
+        observed = {l.name for l in self.mask_points(mask_at)} if observe else ()
+        masked = {name for masks, _ in branches for name in (masks or {})}
+        rectified = self._rectified_convs(observed, masked)
+        if len(branches) > 1 and keys is None:
+            keys = self.branch_keys(branches)
+        final = self.output_dense if logits else self.layers[-1].name
+        results = [None] * len(branches)
+        pending = [(list(range(len(branches))), 1, {self.layers[0].name: x},
+                    {name: len(r) for name, r in self.readers.items()}, False)]
+        while pending:
+            group, start, values, remaining, shared = pending.pop()
+            masks, head = branches[group[0]]
+            finished = True
+            for index in range(start, len(self.layers)):
+                layer = self.layers[index]
+                if logits and layer is self.layers[-1]:
+                    break
+                if len(group) > 1 and keys is not None and layer.name in keys:
+                    parts = {}
+                    for b in group:
+                        parts.setdefault(keys[layer.name][b], []).append(b)
+                    if len(parts) > 1:  # the variants part ways: each part goes on alone
+                        pending += [(part, index, dict(values), dict(remaining), True) for part in parts.values()]
+                        finished = False
+                        break
+                inputs = [values[src] for src in layer.inputs]
+                if head is not None and layer.name == self.output_dense:
+                    channeled = dataclasses.replace(layer, shape=(head[0].shape[1],), weights={
+                        "kernel": np.ascontiguousarray(head[0], dtype=np.float32),
+                        "bias": np.ascontiguousarray(head[1], dtype=np.float32)})
+                    out = layer.handler.forward(channeled, inputs, device=device)
+                elif layer.name in rectified:
+                    out = layer.handler.forward(layer, inputs, device=device, rectify=True)
+                elif layer.kind == "relu" and layer.inputs[0] in rectified:
+                    out = inputs[0]
+                else:  # an input no one else reads may be overwritten; never once variants share it
+                    reusable = [not shared and remaining[src] == 1 and layer.inputs.count(src) == 1
+                                and src not in observed for src in layer.inputs]
+                    out = layer.handler.forward(layer, inputs, reusable, device=device)
+                if masks is not None and layer.name in masks:
+                    mask = masks[layer.name]
+                    out = out * (mask if device is None else device.weights(mask))
+                if layer.name in observed:
+                    observe(layer, out)
+                values[layer.name] = out
+                for src in layer.inputs:
+                    remaining[src] -= 1
+                    if remaining[src] == 0:
+                        del values[src]
+            if finished:
+                for b in group:
+                    results[b] = values[final]
+        return results
+
+    def _rectified_convs(self, observed, masked):
         """Convolutions whose ReLU can run in their epilogue: the ReLU is their only
         reader and nobody looks at or masks the values in between."""
         fused = set()
         for layer in self.layers:
             readers = self.readers[layer.name]
             if (layer.kind == "conv2d" and len(readers) == 1 and self.by_name[readers[0]].kind == "relu"
-                    and layer.name not in observed and not (masks and layer.name in masks)):
+                    and layer.name not in observed and layer.name not in masked):
                 fused.add(layer.name)
         return fused
 
@@ -233,6 +306,18 @@ class Network:
     def keras_name_of(self, name):
         """The Keras layer a graph layer came from."""
         return self.by_name[name].keras_name
+
+
+def _digest(*arrays):
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+        else:
+            a = np.ascontiguousarray(a)
+            h.update(str(a.dtype).encode() + str(a.shape).encode())
+            h.update(np.packbits(a).tobytes() if a.dtype == bool else a.tobytes())
+    return h.digest()
 
 
 def load_keras_model(path):

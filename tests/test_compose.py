@@ -128,3 +128,40 @@ def test_save_and_load(two_sets, tmp_path):
 def test_compose_refuses_other_things():
     with pytest.raises(InputError, match="cannot compose"):
         fd.compose("module 3")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "emulated-cuda"])
+def test_modules_run_together_equal_modules_run_alone(two_sets, backend):
+    """forward_many shares layers while masks agree; every module's output stays bit-identical."""
+    first, second, x, _ = two_sets
+    together = first.modules_predict(first.classes, x, batch_size=5, logits=True, backend=backend)
+    for j, k in enumerate(first.classes):
+        np.testing.assert_array_equal(together[:, j], first.module_predict(k, x, batch_size=5, logits=True))
+    mixed = fd.compose(first.module(0), second.module(1), first.module(2), labels=[0, 1, 2])
+    scores = mixed.predict(x, engine="fastdecomp", margin=True, backend=backend)
+    for j, ref in enumerate(mixed.refs):
+        np.testing.assert_array_equal(scores[:, j], ref.predict(x, engine="fastdecomp", margin=True))
+
+
+def test_forward_many_shares_layers_until_masks_differ(two_sets, monkeypatch):
+    """Identical modules cost one pass; a module differing only at the head shares every other layer."""
+    first, _, x, _ = two_sets
+    network = first.network
+    calls = []
+    from fastdecomp import layers
+
+    original = layers.Conv2DKind.forward
+
+    def counting(self, layer, inputs, reusable=None, device=None, rectify=False):
+        calls.append(layer.name)
+        return original(self, layer, inputs, reusable, device=device, rectify=rectify)
+
+    monkeypatch.setattr(layers.Conv2DKind, "forward", counting)
+    masks, head = first.layer_masks(0), first.head(0)
+    convs = sum(layer.kind == "conv2d" for layer in network.layers)
+    outs = network.forward_many(x, [(masks, head)] * 3, logits=True)
+    assert len(calls) == convs
+    assert all(np.array_equal(o, outs[0]) for o in outs)
+    calls.clear()
+    network.forward_many(x, [(masks, head), (masks, first.head(1))], logits=True)
+    assert len(calls) == convs
