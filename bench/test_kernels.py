@@ -43,8 +43,9 @@ def test_accumulate_activity(benchmark):
     active = np.zeros((10, values.shape[1] // 8), np.uint8)
     first_rank = np.full((10, values.shape[1]), 100, np.uint16)
     tangle = np.where(ranks >= 0, labels, -1)
-    cpu.accumulate_activity(values, concerned, tangle, ranks, active, first_rank)
-    benchmark(cpu.accumulate_activity, values, concerned, tangle, ranks, active, first_rank)
+    packed = np.empty((64, active.shape[1]), np.uint8)
+    cpu.accumulate_activity(values, concerned, tangle, ranks, active, first_rank, packed)
+    benchmark(cpu.accumulate_activity, values, concerned, tangle, ranks, active, first_rank, packed)
 
 
 @pytest.mark.benchmark(group="window_dead_inputs")

@@ -100,21 +100,23 @@ def apply_backtracking(network, classes, base_keep, backtrack, delta, bln_rule):
     Returns
     -------
     (dict, numpy.ndarray)
-        The masks (new arrays), and bool ``[M, F]``: the features of the
-        output layer's input each module keeps.
+        The masks, and bool ``[M, F]``: the features of the output layer's
+        input each module keeps. A layer where nothing is removed shares its
+        array with ``base_keep`` (no copy: at 200 modules of a ResNet-56 that
+        is hundreds of MB); treat both as read-only.
     """
     if backtrack not in BACKTRACKS:
         raise InputError(f"backtrack must be one of {BACKTRACKS}, got {backtrack!r}")
     dense = network.by_name[network.output_dense]
     kernel, bias = dense.weights["kernel"], dense.weights["bias"]
     removed = np.zeros((len(classes), kernel.shape[0]), dtype=bool)
-    keep = {name: mask.copy() for name, mask in base_keep.items()}
+    keep = dict(base_keep)
     if backtrack is None:
         return keep, ~removed
     for i, k in enumerate(classes):
         removed[i] = bln_removed_features(channel_head(kernel, bias, k)[0], delta, bln_rule)
     dead = propagate_dead(network, removed, through_conv=backtrack == "bi")
     for name in keep:
-        if name in dead:
-            keep[name] &= ~dead[name]
+        if name in dead and (keep[name] & dead[name]).any():
+            keep[name] = keep[name] & ~dead[name]
     return keep, ~removed

@@ -101,9 +101,9 @@ def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln"
         bits = {}
 
         def observe(layer, values):
-            stats.update(layer.name, values, *on_device)
+            packed = stats.update(layer.name, values, *on_device, packed=not known)
             if not known:
-                bits[layer.name] = stats.packed_activity(values)
+                bits[layer.name] = packed
 
         probs = network.forward(xb, observe=observe, mask_at=mask_at, device=device)
         correct[positions] = probs.argmax(axis=1) == yb
@@ -137,7 +137,7 @@ def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln"
 
     tangling = np.stack([tangling_counts(k, stats.concerned_count[k], class_sizes, ti_ratio, seed)
                          for k in classes])
-    base_keep = stats.keep(classes, tangling)
+    base_keep = stats.keep(classes, tangling, release=True)
 
     concerned_idx = [np.flatnonzero((labels == k) & (correct if concerned == "correct" else True))
                      for k in classes]

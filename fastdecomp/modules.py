@@ -47,6 +47,8 @@ class ModuleSet:
         self.options = dict(options)
         self.info = dict(info)
         self._base_keep = base_keep  # layer name -> bool [M] + shape, after CI and TI
+        for mask in base_keep.values():
+            mask.flags.writeable = False  # shared with the backtracked masks and with variants
         self._concerned_bits = concerned_bits  # layer name -> uint8 [M, nbytes]: CI alone, bit-packed
         self._keep, self._feature_keep = apply_backtracking(
             network, self.classes, base_keep, options["backtrack"], options["delta"], options["bln_rule"])
@@ -90,7 +92,7 @@ class ModuleSet:
             raise InputError(f"no module for class {k}; this set has modules for {self.classes}") from None
 
     def layer_masks(self, k):
-        """Mask of module ``k`` keyed by fastdecomp layer name (see :meth:`masks`)."""
+        """Mask of module ``k`` keyed by fastdecomp layer name (see :meth:`masks`; read-only views)."""
         i = self._index(k)
         return {name: keep[i] for name, keep in self._keep.items()}
 
@@ -102,7 +104,8 @@ class ModuleSet:
         dict
             Keras layer name of each mask point (the Conv2D/Dense layer for
             ``mask_at="conv"``; the ReLU layer, or the layer with the inline
-            ReLU, for ``"relu"``) -> bool array of its output shape.
+            ReLU, for ``"relu"``) -> bool array of its output shape: a read-only
+            view into the set (copy it to edit).
         """
         return {self.network.keras_name_of(name): m for name, m in self.layer_masks(k).items()}
 

@@ -68,16 +68,25 @@ class ActivityStatistics:
         tangle_rank = np.where(in_sample, ranks, -1)
         return concerned_class, tangle_class, tangle_rank
 
-    def update(self, name, values, concerned_class, tangle_class, tangle_rank):
-        """Fold one batch's values ``[B] + shape`` at mask point ``name`` into the statistics."""
+    def update(self, name, values, concerned_class, tangle_class, tangle_rank, packed=False):
+        """Fold one batch's values ``[B] + shape`` at mask point ``name`` into the statistics.
+
+        With ``packed=True`` also return each image's bit-packed activity
+        ``[B, nbytes]``, for :meth:`update_concerned` once concern is known.
+        """
+        xp = np if self.device is None else self.device.xp
+        values = values.reshape(len(values), -1)
+        nbytes = (values.shape[1] + 7) // 8
+        bits = xp.empty((len(values), nbytes) if packed else (0, 0), dtype=np.uint8)
         if self.device is not None:
-            gpu.accumulate_activity(values.reshape(len(values), -1), concerned_class, tangle_class, tangle_rank,
-                                    self.active[name], self.first_rank[name], device=self.device)
-            return
-        values = np.ascontiguousarray(values, dtype=np.float32).reshape(len(values), -1)
-        with self._locks[name]:
-            cpu.accumulate_activity(values, concerned_class, tangle_class, tangle_rank,
-                                    self.active[name], self.first_rank[name])
+            gpu.accumulate_activity(values, concerned_class, tangle_class, tangle_rank, self.active[name],
+                                    self.first_rank[name], bits, device=self.device)
+        else:
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            with self._locks[name]:
+                cpu.accumulate_activity(values, concerned_class, tangle_class, tangle_rank,
+                                        self.active[name], self.first_rank[name], bits)
+        return bits if packed else None
 
     def update_concerned(self, name, bits, concerned_class):
         """Fold bit-packed activity ``[B, nbytes]`` (``numpy.packbits`` of ``values > 0``) into
@@ -87,18 +96,6 @@ class ActivityStatistics:
             return
         with self._locks[name]:
             cpu.accumulate_concerned(bits, concerned_class, self.active[name])
-
-    def packed_activity(self, values):
-        """``numpy.packbits(values > 0)`` per image, ``[B, nbytes]``, on the statistics' device."""
-        values = values.reshape(len(values), -1)
-        if self.device is None:
-            return np.packbits(values > 0, axis=1)
-        xp, n = self.device.xp, len(values)
-        bits = xp.zeros((n, (values.shape[1] + 7) // 8), dtype=np.uint8)
-        own = xp.arange(n, dtype=np.int64)  # each image its own "class": the OR is its own bits
-        none = xp.full(n, -1, dtype=np.int64)
-        gpu.accumulate_activity(values, own, none, none, bits, xp.zeros((1, 8), np.uint8), device=self.device)
-        return bits
 
     def to_host(self):
         """These statistics with every array on the host (itself when already there)."""
@@ -117,7 +114,7 @@ class ActivityStatistics:
         with self._count_lock:
             self.concerned_count += np.bincount(valid, minlength=self.num_classes)
 
-    def keep(self, modules, counts):
+    def keep(self, modules, counts, release=False):
         """Kept nodes of every module after CI and TI, per mask point.
 
         Parameters
@@ -127,6 +124,10 @@ class ActivityStatistics:
         counts : array_like of int
             ``[M, C]``: how many inputs of each class each module's unconcerned
             sample takes (:func:`fastdecomp.sampling.tangling_counts`).
+        release : bool
+            Drop each mask point's first-rank table once used (the statistics
+            can then not give TI again), so that peak memory holds one table,
+            not all of them, beside the masks.
 
         Returns
         -------
@@ -139,7 +140,9 @@ class ActivityStatistics:
         out = {}
         for name, shape in self.shapes.items():
             nodes = int(np.prod(shape))
-            keep = np.unpackbits(self.active[name][list(modules)], axis=1, count=nodes).astype(bool)
+            keep = np.unpackbits(self.active[name][list(modules)], axis=1, count=nodes).view(bool)
             cpu.tangling_keep(self.first_rank[name], counts, keep)
+            if release:
+                del self.first_rank[name]
             out[name] = keep.reshape((len(modules),) + tuple(shape))
         return out

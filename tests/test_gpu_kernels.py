@@ -144,15 +144,20 @@ def statistics_inputs(rank_dtype, nodes=45, n=9, classes=4):
     return values, concerned, tangle, rank, active, first_rank
 
 
+@pytest.mark.parametrize("keep_bits", [False, True])
 @pytest.mark.parametrize("rank_dtype", [np.uint8, np.uint16, np.uint32])
-def test_accumulate_activity_twin(device, rank_dtype):
+def test_accumulate_activity_twin(device, rank_dtype, keep_bits):
     values, concerned, tangle, rank, active, first_rank = statistics_inputs(rank_dtype)
-    expected_active, expected_rank = active.copy(), first_rank.copy()
-    cpu.accumulate_activity(values, concerned, tangle, rank, expected_active, expected_rank)
-    d = to(device, values, concerned, tangle, rank, active, first_rank)
+    packed = np.zeros((len(values), active.shape[1]) if keep_bits else (0, 0), np.uint8)
+    expected_active, expected_rank, expected_packed = active.copy(), first_rank.copy(), packed.copy()
+    cpu.accumulate_activity(values, concerned, tangle, rank, expected_active, expected_rank, expected_packed)
+    d = to(device, values, concerned, tangle, rank, active, first_rank, packed)
     gpu.accumulate_activity(*d, device=device)
     np.testing.assert_array_equal(device.to_host(d[4]), expected_active)
     np.testing.assert_array_equal(device.to_host(d[5]), expected_rank)
+    np.testing.assert_array_equal(device.to_host(d[6]), expected_packed)
+    if keep_bits:
+        np.testing.assert_array_equal(expected_packed, np.packbits(values > 0, axis=1))
 
 
 def test_accumulate_concerned_twin(device):

@@ -175,8 +175,10 @@ def test_activity_kernel_matches_numpy():
     rank = np.where(tangle >= 0, rng.integers(0, 6, 12), -1)
     active = np.zeros((3, 3), np.uint8)
     first_rank = np.full((3, 24), 6, np.uint8)
-    cpu.accumulate_activity(values, concerned, tangle, rank, active, first_rank)
+    packed = np.zeros((12, 3), np.uint8)
+    cpu.accumulate_activity(values, concerned, tangle, rank, active, first_rank, packed)
     bits = np.packbits(values > 0, axis=1)
+    np.testing.assert_array_equal(packed, bits)
     for c in range(3):
         expected = np.bitwise_or.reduce(bits[concerned == c], axis=0) if (concerned == c).any() else 0
         np.testing.assert_array_equal(active[c], expected)

@@ -87,7 +87,7 @@ def test_physical_pruning_drops_dead_channels(resnet_case):
     model, x, y = resnet_case
     modules = fd.decompose(model, x, y, mask_at="conv", backtrack=None, progress=False)
     k = 0
-    masks = modules.layer_masks(k)
+    masks = {name: mask.copy() for name, mask in modules.layer_masks(k).items()}  # the set's own are read-only
     masks["stage1_block1_conv1"][..., [2, 5]] = False  # remove two channels at every position
     pruned = fd.export.prune(modules.network, masks, modules.head(k))
     layers = {l.name: l for l in pruned.layers}

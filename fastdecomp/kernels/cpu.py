@@ -87,7 +87,7 @@ def global_average_pool_forward(x, out):
 # --------------------------------------------------------------------------
 
 @jit()
-def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank):
+def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, packed):
     """Fold a batch's values at one mask point into per-class activity statistics.
 
     Parameters
@@ -104,26 +104,36 @@ def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, acti
         ``numpy.packbits``); updated in place.
     first_rank : uint8, uint16 or uint32 [C, nodes or more]
         Per-class minimum rank at which each node was active; updated in place.
+    packed : uint8 [B, ceil(nodes / 8)] or [0, 0]
+        When it has rows, also receives each image's bit-packed activity
+        (``numpy.packbits(values > 0, axis=1)``), for a concern decided later
+        (:func:`accumulate_concerned`).
     """
     n, nodes = values.shape
     whole = nodes // 8
+    keep_bits = packed.shape[0] > 0
     for b in range(n):
         v = values[b]
         k = concerned_class[b]
-        if k >= 0:
-            row = active[k]
+        if k >= 0 or keep_bits:
             for byte in range(whole):
                 at = byte * 8
                 bits = (((v[at] > 0) << 7) | ((v[at + 1] > 0) << 6) | ((v[at + 2] > 0) << 5)
                         | ((v[at + 3] > 0) << 4) | ((v[at + 4] > 0) << 3) | ((v[at + 5] > 0) << 2)
                         | ((v[at + 6] > 0) << 1) | (v[at + 7] > 0))
-                row[byte] |= np.uint8(bits)
+                if k >= 0:
+                    active[k, byte] |= np.uint8(bits)
+                if keep_bits:
+                    packed[b, byte] = np.uint8(bits)
             if whole * 8 < nodes:
                 bits = 0
                 for node in range(whole * 8, nodes):
                     if v[node] > 0:
                         bits |= 128 >> (node - whole * 8)
-                row[whole] |= np.uint8(bits)
+                if k >= 0:
+                    active[k, whole] |= np.uint8(bits)
+                if keep_bits:
+                    packed[b, whole] = np.uint8(bits)
         c = tangle_class[b]
         if c >= 0:
             r = tangle_rank[b]

@@ -282,19 +282,23 @@ def _rank_define(first_rank):
     return (f"RANK_T={RANK_TYPES[np.dtype(first_rank.dtype)]}",)
 
 
-def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, device=None):
+def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, packed,
+                        device=None):
     """Fold a batch's values at one mask point into per-class activity statistics.
 
     Same contract as :func:`fastdecomp.kernels.cpu.accumulate_activity`: ``values``
     float32 ``[B, nodes]``; ``active`` uint8 ``[C, ceil(nodes / 8)]`` (bit-packed
-    big-endian) and ``first_rank`` ``[C, nodes or more]`` updated in place. One
-    thread per byte of packed nodes, looping over the batch.
+    big-endian) and ``first_rank`` ``[C, nodes or more]`` updated in place;
+    ``packed`` ``[B, ceil(nodes / 8)]`` receives each image's packed activity
+    when it has rows. One thread per byte of packed nodes, looping over the batch.
     """
     device = device or get_device("cuda")
     n, nodes = values.shape
+    keep_bits = packed.shape[0] > 0
     device.launch("statistics", "accumulate_activity", (nodes + 7) // 8,
                   [values, np.int64(n), np.int64(nodes), concerned_class, tangle_class, tangle_rank,
-                   active, first_rank, np.int64(first_rank.shape[1])], _rank_define(first_rank))
+                   active, first_rank, np.int64(first_rank.shape[1]),
+                   packed if keep_bits else active, np.int32(keep_bits)], _rank_define(first_rank))
 
 
 def accumulate_concerned(bits, concerned_class, active, device=None):

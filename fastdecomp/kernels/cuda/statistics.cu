@@ -14,7 +14,8 @@ extern "C" __global__ void accumulate_activity(
     const float* __restrict__ values, long long n, long long nodes,
     const long long* __restrict__ concerned_class, const long long* __restrict__ tangle_class,
     const long long* __restrict__ tangle_rank, unsigned char* __restrict__ active,
-    RANK_T* __restrict__ first_rank, long long rank_stride)
+    RANK_T* __restrict__ first_rank, long long rank_stride, unsigned char* __restrict__ packed,
+    int keep_bits)
 {
     long long byte = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     long long nbytes = (nodes + 7) / 8;
@@ -28,6 +29,7 @@ extern "C" __global__ void accumulate_activity(
         }
         long long k = concerned_class[b];
         if (k >= 0) active[k * nbytes + byte] |= (unsigned char)bits;
+        if (keep_bits) packed[b * nbytes + byte] = (unsigned char)bits;
         long long c = tangle_class[b];
         if (c >= 0 && bits) {
             long long r = tangle_rank[b];
