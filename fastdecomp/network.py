@@ -115,23 +115,23 @@ class Network:
         numpy.ndarray
             Softmax probabilities (or logits), shape ``(N, K)``.
         """
+        return self._run(x, device, lambda x: self._walk(x, [(masks, head)], observe, mask_at, logits, device))[0]
+
+    def _run(self, x, device, walk):
+        """Check ``x``, place it where ``walk`` runs, and bring ``walk(x)``'s outputs to the host."""
         if device is not None:
             if isinstance(x, np.ndarray):
                 x = np.ascontiguousarray(x, dtype=np.float32)
                 self.check_input(x)
                 x = device.asarray(x)
             with device.compute():
-                out = self._forward(x, masks, observe, mask_at, head, logits, device)
-            return device.to_host(out)
+                return [device.to_host(out) for out in walk(x)]
         x = np.ascontiguousarray(x, dtype=np.float32)
         self.check_input(x)
         if threading.current_thread().name.startswith("fastdecomp"):
-            return self._forward(x, masks, observe, mask_at, head, logits)
+            return walk(x)
         with single_threaded_blas():
-            return self._forward(x, masks, observe, mask_at, head, logits)
-
-    def _forward(self, x, masks, observe, mask_at, head, logits, device=None):
-        return self._walk(x, [(masks, head)], observe, mask_at, logits, device)[0]
+            return walk(x)
 
     def forward_many(self, x, branches, keys=None, logits=False, device=None):
         """Several masked variants of the network (modules) on one batch, sharing work.
@@ -157,18 +157,7 @@ class Network:
         -------
         list of numpy.ndarray
         """
-        if device is not None:
-            if isinstance(x, np.ndarray):
-                x = np.ascontiguousarray(x, dtype=np.float32)
-                self.check_input(x)
-                x = device.asarray(x)
-            with device.compute():
-                outs = self._walk(x, branches, None, "conv", logits, device, keys)
-            return [device.to_host(o) for o in outs]
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        self.check_input(x)
-        with single_threaded_blas():
-            return self._walk(x, branches, None, "conv", logits, None, keys)
+        return self._run(x, device, lambda x: self._walk(x, branches, None, "conv", logits, device, keys))
 
     def branch_keys(self, branches):
         """Digests of each variant's mask at every masked layer, and of its head."""

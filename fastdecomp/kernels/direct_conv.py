@@ -176,11 +176,7 @@ def _tile_function(s, pixels, group, width):
     lines += ["  %xc = add i64 %xt, %c", f"  %wc0 = mul i64 %c, {s.out_channels}", "  %wc = add i64 %wc0, %co"]
     for t, (dy, dx) in enumerate(taps):
         for q in range(group):
-            lines += [
-                f"  %wi.{t}.{q} = add i64 %wc, {t * s.in_channels * s.out_channels + q * width}",
-                f"  %wp.{t}.{q} = getelementptr float, ptr %w, i64 %wi.{t}.{q}",
-                f"  %wv.{t}.{q} = load {vec}, ptr %wp.{t}.{q}, align 4",
-            ]
+            lines += _load_vector(f"wv.{t}.{q}", "%w", "%wc", t * s.in_channels * s.out_channels + q * width, vec)
         for p in range(pixels):
             offset = (dy * s.padded_w + p * s.stride_w + dx) * s.in_channels
             lines += [
@@ -200,11 +196,7 @@ def _tile_function(s, pixels, group, width):
         "store:",
     ]
     for q in range(group):
-        lines += [
-            f"  %bi.{q} = add i64 %co, {q * width}",
-            f"  %bp.{q} = getelementptr float, ptr %bias, i64 %bi.{q}",
-            f"  %bv.{q} = load {vec}, ptr %bp.{q}, align 4",
-        ]
+        lines += _load_vector(f"bv.{q}", "%bias", "%co", q * width, vec)
     for p in range(pixels):
         for q in range(group):
             lines.append(f"  %r.{p}.{q} = fadd {vec} %s.{p}.{q}.{last}, %bv.{q}")
@@ -220,6 +212,13 @@ def _tile_function(s, pixels, group, width):
             ]
     lines += ["  ret void", "}", ""]
     return lines
+
+
+def _load_vector(name, pointer, index, offset, vec):
+    """IR loading ``vec`` from ``pointer[index + offset]`` into ``%name``."""
+    return [f"  %{name}.i = add i64 {index}, {offset}",
+            f"  %{name}.p = getelementptr float, ptr {pointer}, i64 %{name}.i",
+            f"  %{name} = load {vec}, ptr %{name}.p, align 4"]
 
 
 _COMPILE_LOCK = threading.Lock()
