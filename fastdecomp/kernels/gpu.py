@@ -117,7 +117,7 @@ class EmulatedDevice(Device):
         return EmulatedModule(text, defines)
 
     def _launch(self, module, kernel, grid, args):
-        module.launch(kernel, grid, BLOCK, [a for a in args])
+        module.launch(kernel, grid, BLOCK, args)
 
 
 class CudaDevice(Device):
@@ -141,10 +141,13 @@ class CudaDevice(Device):
             return cupy.RawModule(code=text, options=NVRTC_OPTIONS + tuple(f"-D{d}" for d in defines))
 
     def _launch(self, module, kernel, grid, args):
-        module.get_function(kernel)((grid,), (BLOCK,), tuple(args), stream=self._compute)
+        with self._compute:  # RawKernel launches on the current stream
+            module.get_function(kernel)((grid,), (BLOCK,), tuple(args))
 
     def to_host(self, array):
-        return self.xp.asnumpy(array, stream=self._compute) if hasattr(array, "device") else np.asarray(array)
+        if isinstance(array, self.xp.ndarray):
+            return self.xp.asnumpy(array, stream=self._compute)
+        return np.asarray(array)
 
     def compute(self):
         return self._compute
@@ -153,30 +156,38 @@ class CudaDevice(Device):
         self._compute.synchronize()
 
     def streamed(self, batches):
-        """Double-buffered host-to-device copies: batch i+1 is copied on its own stream through
-        pinned memory while batch i computes; the compute stream waits on each copy's event."""
+        """Double-buffered host-to-device copies: batch i+1's copy is issued on its own stream,
+        through pinned memory, before batch i is handed out to compute; the compute stream waits
+        on each copy's event."""
         import cupy
 
-        pinned = [None, None]
-        done = [None, None]
-        slot = 0
+        buffers = [None, None]  # per slot: (pinned memory, a float32 view of it)
+        done = [None, None]  # per slot: the event of the copy that last read the buffer
+        slot, pending = 0, None
         for positions, x, y in batches:
             x = np.ascontiguousarray(x, dtype=np.float32)
             if done[slot] is not None:
-                done[slot].synchronize()  # the copy that last used this buffer has finished
-            if pinned[slot] is None or pinned[slot].nbytes < x.nbytes:
+                done[slot].synchronize()
+            if buffers[slot] is None or buffers[slot][1].size < x.size:
                 memory = cupy.cuda.alloc_pinned_memory(x.nbytes)
-                pinned[slot] = np.frombuffer(memory, np.float32, x.size).reshape(x.shape), memory
-            host = pinned[slot][0][:x.size].reshape(x.shape) if pinned[slot][0].size != x.size else pinned[slot][0]
+                buffers[slot] = (memory, np.frombuffer(memory, np.float32, x.size))
+            host = buffers[slot][1][:x.size].reshape(x.shape)
             np.copyto(host, x)
             with self._copy:
                 device_x = cupy.empty(x.shape, dtype=np.float32)
                 device_x.set(host, stream=self._copy)
                 event = self._copy.record()
-            self._compute.wait_event(event)
             done[slot] = event
             slot = 1 - slot
-            yield positions, device_x, y
+            if pending is not None:
+                yield self._handed_out(*pending)
+            pending = positions, device_x, y, event
+        if pending is not None:
+            yield self._handed_out(*pending)
+
+    def _handed_out(self, positions, device_x, y, copied):
+        self._compute.wait_event(copied)  # compute reads the batch only once its copy is done
+        return positions, device_x, y
 
 
 _DEVICES = {}
