@@ -466,6 +466,11 @@ def plot_all(folder, rq1, intra, inter_update, replacement, options, scratch, on
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save(fig, path):
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(10, 4))
     positions = np.arange(len(rq1))
     ax.bar(positions - 0.2, [100 * m for _, m, _ in rq1], 0.4, label="model")
@@ -475,9 +480,7 @@ def plot_all(folder, rq1, intra, inter_update, replacement, options, scratch, on
     ax.set_ylabel("top-1 %")
     ax.set_title("RQ1: model vs composed modules")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "rq1.png", dpi=120)
-    plt.close(fig)
+    save(fig, folder / "rq1.png")
 
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, marker in ((STRONG, "o"), (WEAK, "^")):
@@ -488,9 +491,7 @@ def plot_all(folder, rq1, intra, inter_update, replacement, options, scratch, on
     ax.set_ylabel("composed pair top-1 %")
     ax.set_title("RQ2: intra-dataset reuse, every class pair")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "rq2_intra_reuse.png", dpi=120)
-    plt.close(fig)
+    save(fig, folder / "rq2_intra_reuse.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     keys = ["source models", "none", "add", "remove"]
@@ -504,9 +505,7 @@ def plot_all(folder, rq1, intra, inter_update, replacement, options, scratch, on
     ax.set_ylim(max(0, min(values) - 10), 100)
     ax.set_ylabel("top-1 %")
     ax.set_title("RQ2: inter-dataset reuse (Fashion-MNIST + MNIST)")
-    fig.tight_layout()
-    fig.savefig(folder / "rq2_inter_reuse.png", dpi=120)
-    plt.close(fig)
+    save(fig, folder / "rq2_inter_reuse.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar([str(k) for k, _, _ in replacement], [100 * d for _, d, _ in replacement])
@@ -514,9 +513,7 @@ def plot_all(folder, rq1, intra, inter_update, replacement, options, scratch, on
     ax.set_xlabel("class whose ResNet-56 module is replaced by ResNet-20's")
     ax.set_ylabel("composed top-1 change (points)")
     ax.set_title("RQ2: intra-dataset replacement")
-    fig.tight_layout()
-    fig.savefig(folder / "rq2_replacement.png", dpi=120)
-    plt.close(fig)
+    save(fig, folder / "rq2_replacement.png")
 
     fig, ax = plt.subplots(figsize=(8, 4))
     short = ["faulty model", "its modules", "1. better model's", "2. small model's", "3. remove", "4. re-verify"]
@@ -527,9 +524,7 @@ def plot_all(folder, rq1, intra, inter_update, replacement, options, scratch, on
     ax.set_ylabel("top-1 %")
     ax.set_title("Motivating example: fixing a faulty class")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(folder / "motivating_example.png", dpi=120)
-    plt.close(fig)
+    save(fig, folder / "motivating_example.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     decompose = sum(c.cpu for c in once.values())
@@ -539,9 +534,7 @@ def plot_all(folder, rq1, intra, inter_update, replacement, options, scratch, on
     ax.set_yscale("log")
     ax.set_ylabel(f"lbs CO2e ({watts:g} W a core)")
     ax.set_title("RQ3: reuse vs training from scratch")
-    fig.tight_layout()
-    fig.savefig(folder / "rq3_co2e.png", dpi=120)
-    plt.close(fig)
+    save(fig, folder / "rq3_co2e.png")
 
 
 if __name__ == "__main__":
