@@ -10,15 +10,8 @@ import numpy as np
 import pytest
 
 from fastdecomp.kernels import cpu, direct_conv
-from fastdecomp.parallel import single_threaded_blas
 
 SHAPES = [(28, 16), (14, 32), (7, 64)]
-
-
-@pytest.fixture(autouse=True)
-def one_blas_thread():
-    with single_threaded_blas():
-        yield
 
 
 @pytest.mark.benchmark(group="conv2d_forward")

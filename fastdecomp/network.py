@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import numpy as np
 from .data import as_input_source
 from .errors import InputError, ModelFileError, UnsupportedLayerError
 from .layers import KERAS_CLASSES, KINDS, BatchNormKind, Layer, refuser
-from .parallel import map_batches, single_threaded_blas
+from .parallel import map_batches
 
 __all__ = ["Network", "from_keras", "MASK_PLACEMENTS"]
 
@@ -128,10 +127,7 @@ class Network:
                 return [device.to_host(out) for out in walk(x)]
         x = np.ascontiguousarray(x, dtype=np.float32)
         self.check_input(x)
-        if threading.current_thread().name.startswith("fastdecomp"):
-            return walk(x)
-        with single_threaded_blas():
-            return walk(x)
+        return walk(x)
 
     def forward_many(self, x, branches, keys=None, logits=False, device=None):
         """Several masked variants of the network (modules) on one batch, sharing work.

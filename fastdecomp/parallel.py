@@ -1,9 +1,10 @@
 """Batches spread over threads: the engine's parallelism.
 
-Every kernel runs single-threaded (Numba serial, BLAS limited to one
-thread), and whole batches run concurrently on ``n_jobs`` threads. Each image
-is therefore computed by exactly the same sequence of operations whichever
-thread or batch it lands in, which keeps values (and masks) bit-identical.
+Every forward kernel runs single-threaded (serial Numba loops, the generated
+convolution; no BLAS), and whole batches run concurrently on ``n_jobs``
+threads. Each image is therefore computed by exactly the same sequence of
+operations whichever thread or batch it lands in, which keeps values (and
+masks) bit-identical.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
-__all__ = ["map_batches", "default_jobs", "single_threaded_blas", "CHUNK_IMAGES"]
+__all__ = ["map_batches", "default_jobs", "CHUNK_IMAGES"]
 
 CHUNK_IMAGES = 64  # images a thread works on at a time: their activations stay in cache
 
@@ -24,15 +24,6 @@ def default_jobs():
     if env:
         return max(1, int(env))
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-@contextmanager
-def single_threaded_blas():
-    """Limit BLAS to one thread for the duration (threads are ours to spend)."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def chunks(batches, size):
@@ -52,16 +43,15 @@ def map_batches(fn, batches, n_jobs=None, chunk=None):
     """
     n_jobs = n_jobs or default_jobs()
     batches = chunks(batches, chunk or CHUNK_IMAGES)
-    with single_threaded_blas():
-        if n_jobs == 1:
-            for item in batches:
-                yield fn(item)
-            return
-        with ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="fastdecomp") as pool:
-            pending = deque()
-            for item in batches:
-                pending.append(pool.submit(fn, item))
-                if len(pending) >= 2 * n_jobs:
-                    yield pending.popleft().result()
-            while pending:
+    if n_jobs == 1:
+        for item in batches:
+            yield fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="fastdecomp") as pool:
+        pending = deque()
+        for item in batches:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * n_jobs:
                 yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
