@@ -195,9 +195,8 @@ class ModuleSet:
 
     def _module_keys(self, k):
         if k not in self._key_cache:
-            masks, head = self.layer_masks(k), self.head(k)
-            self._key_cache[k] = self.network.branch_keys([(masks, head)])
-            self._key_cache[k] = {name: digests[0] for name, digests in self._key_cache[k].items()}
+            keys = self.network.branch_keys([(self.layer_masks(k), self.head(k))])
+            self._key_cache[k] = {name: digests[0] for name, digests in keys.items()}
         return self._key_cache[k]
 
     def to_keras(self, k):
