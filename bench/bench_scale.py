@@ -6,6 +6,8 @@ Usage::
 
     python bench/bench_scale.py --curve 500,2000,8000   # one process per size; writes bench/results/scale.md
 
+    python bench/bench_scale.py --memory 100000   # decomposition only; writes bench/results/memory.md
+
 Synthetic, seeded images (no Tiny-ImageNet here) and an untrained ResNet-56
 (random weights, so every class's images are taken as concerned:
 ``concerned="all"``). Prints the time of decomposing all 200 modules, of the
@@ -15,17 +17,22 @@ interleaved and best of ``--repeats`` (this machine's speed drifts), their
 ratios, and peak memory: NumPy's (tracemalloc) and the process's resident set
 right after the decomposition (it includes TensorFlow and Keras, loaded to
 build the model).
+
+``--memory N`` decomposes N images once, without the predict baselines, and
+samples the resident set every second, to show that memory does not grow
+with the number of images.
 """
 
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
-from pathlib import Path
-import resource
+import threading
 import time
 import tracemalloc
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -40,9 +47,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs of each, best taken")
     parser.add_argument("--curve", help="comma-separated image counts, one process each")
     parser.add_argument("--json", action="store_true", help="print one JSON line of results")
+    parser.add_argument("--memory", type=int, metavar="N", help="decompose N images once, sampling memory")
     args = parser.parse_args()
     if args.curve:
         return curve([int(n) for n in args.curve.split(",")], args.repeats)
+    if args.memory:
+        return memory_run(args.memory)
     model = fd.zoo.resnet_v1(56, (64, 64, 3), 200, seed=1)
     network = fd.from_keras(model)
     source = fd.data.SyntheticTinyImageNet(args.images, seed=1)
@@ -81,6 +91,50 @@ def main():
     print(f"decompose / TF predict {decompose_s / tf_s:.2f}x; decompose / engine predict "
           f"{decompose_s / engine_s:.2f}x; peak NumPy memory {peak_mb:.0f} MB; "
           f"max RSS after decomposing {rss_mb:.0f} MB")
+
+
+def resident_mb():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_run(images):
+    """Decompose ``images`` synthetic images once; resident memory sampled every second."""
+    model = fd.zoo.resnet_v1(56, (64, 64, 3), 200, seed=1)
+    network = fd.from_keras(model)
+    source = fd.data.SyntheticTinyImageNet(images, seed=1)
+    classes = sorted(set(source.labels.tolist()))
+    samples, done = [], threading.Event()
+    started = time.perf_counter()
+
+    def sample():
+        while not done.wait(1.0):
+            samples.append((time.perf_counter() - started, resident_mb()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    tracemalloc.start()
+    modules = fd.decompose(network, source, classes=classes, concerned="all", backtrack="bi", progress=False)
+    peak_numpy = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    pass_seconds = modules.info["statistics_seconds"]
+    quartiles = [next(rss for t, rss in samples if t >= q * pass_seconds) for q in (0.25, 0.5, 0.75, 0.99)]
+    print(f"{len(classes)} modules from {images} images: {seconds:.0f} s ({images / seconds:.0f} img/s); "
+          f"peak NumPy {peak_numpy:.0f} MB; max RSS {peak_rss:.0f} MB; RSS at 25/50/75/99% of the pass "
+          + " / ".join(f"{rss:.0f}" for rss in quartiles) + " MB")
+    results = Path(__file__).resolve().parent / "results"
+    (results / "memory.md").write_text(
+        f"# Memory of one decomposition: ResNet-56, 64x64x3, 200 modules, {images:,} images\n\n"
+        "| images | seconds | img/s | peak NumPy MB | max RSS MB | RSS at 25% / 50% / 75% / 99% of the pass MB |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| {images} | {seconds:.0f} | {images / seconds:.0f} | {peak_numpy:.0f} | {peak_rss:.0f} | "
+        + " / ".join(f"{rss:.0f}" for rss in quartiles) + " |\n\n"
+        f"`python bench/bench_scale.py --memory {images}` on {os.cpu_count()} cores; RSS includes TensorFlow "
+        "and Keras (loaded to build the model), NumPy peak from tracemalloc.\n")
 
 
 def curve(sizes, repeats):
