@@ -169,7 +169,13 @@ class Network:
     def _walk(self, x, branches, observe, mask_at, logits, device, keys=None):
         observed = {l.name for l in self.mask_points(mask_at)} if observe else ()
         masked = {name for masks, _ in branches for name in (masks or {})}
-        rectified = self._rectified_convs(observed, masked)
+        residuals, rectified = self._epilogue_fusions(observed, masked)
+
+        def overwritable(src, shared, remaining):
+            """A value one reader is left to read, that no variant shares, nobody observes and
+            the caller did not pass in, may be overwritten."""
+            return not shared and remaining[src] == 1 and src not in observed and src != self.layers[0].name
+
         if len(branches) > 1 and keys is None:
             keys = self.branch_keys(branches)
         final = self.output_dense if logits else self.layers[-1].name
@@ -198,13 +204,20 @@ class Network:
                         "kernel": np.ascontiguousarray(head[0], dtype=np.float32),
                         "bias": np.ascontiguousarray(head[1], dtype=np.float32)})
                     out = layer.handler.forward(channeled, inputs, device=device)
-                elif layer.name in rectified:
+                elif layer.name in residuals:
+                    add, shortcut = residuals[layer.name]
+                    out = layer.handler.forward(layer, inputs, device=device, rectify=add in rectified,
+                                                residual=values[shortcut],
+                                                in_place=overwritable(shortcut, shared, remaining))
+                elif layer.name in rectified and layer.kind == "conv2d":
                     out = layer.handler.forward(layer, inputs, device=device, rectify=True)
+                elif layer.kind == "add" and any(src in residuals for src in layer.inputs):
+                    out = next(values[src] for src in layer.inputs if src in residuals)
                 elif layer.kind == "relu" and layer.inputs[0] in rectified:
                     out = inputs[0]
-                else:  # an input no one else reads may be overwritten; never once variants share it
-                    reusable = [not shared and remaining[src] == 1 and layer.inputs.count(src) == 1
-                                and src not in observed for src in layer.inputs]
+                else:
+                    reusable = [overwritable(src, shared, remaining) and layer.inputs.count(src) == 1
+                                for src in layer.inputs]
                     out = layer.handler.forward(layer, inputs, reusable, device=device)
                 if masks is not None and layer.name in masks:
                     mask = masks[layer.name]
@@ -221,16 +234,40 @@ class Network:
                     results[b] = values[final]
         return results
 
-    def _rectified_convs(self, observed, masked):
-        """Convolutions whose ReLU can run in their epilogue: the ReLU is their only
-        reader and nobody looks at or masks the values in between."""
-        fused = set()
-        for layer in self.layers:
+    def _epilogue_fusions(self, observed, masked):
+        """What the convolution epilogue computes in place of the layers after it.
+
+        Returns ``(residuals, rectified)``. ``residuals`` maps a convolution to
+        ``(add, shortcut)`` when it is the only input of a two-input ``Add``
+        that it alone feeds, and ``shortcut`` is computed before it: the
+        convolution then adds ``shortcut`` itself and the ``Add`` passes its
+        result on. ``rectified`` holds the convolutions (and fused ``Add``\ s)
+        whose only reader is a ReLU, which then runs in the epilogue too. No
+        value that is observed or masked is skipped.
+        """
+        position = {layer.name: i for i, layer in enumerate(self.layers)}
+        untouched = set(observed) | set(masked)
+
+        def sole_reader(layer, kind):
             readers = self.readers[layer.name]
-            if (layer.kind == "conv2d" and len(readers) == 1 and self.by_name[readers[0]].kind == "relu"
-                    and layer.name not in observed and layer.name not in masked):
-                fused.add(layer.name)
-        return fused
+            if len(readers) == 1 and self.by_name[readers[0]].kind == kind and layer.name not in untouched:
+                return self.by_name[readers[0]]
+            return None
+
+        residuals, rectified = {}, set()
+        for layer in self.layers:
+            if layer.kind != "conv2d":
+                continue
+            after = layer
+            add = sole_reader(layer, "add")
+            if add is not None and len(add.inputs) == 2 and add.inputs[0] != add.inputs[1]:
+                shortcut = next(src for src in add.inputs if src != layer.name)
+                if position[shortcut] < position[layer.name]:
+                    residuals[layer.name] = (add.name, shortcut)
+                    after = add
+            if sole_reader(after, "relu") is not None:
+                rectified.add(after.name)
+        return residuals, rectified
 
     def predict(self, x, batch_size=256, n_jobs=None):
         """Softmax outputs of the model, streamed over batches.

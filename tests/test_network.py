@@ -96,6 +96,50 @@ def test_mask_point_values_stream_batch_by_batch(resnet_case):
             np.testing.assert_allclose(v, expected[name][positions], atol=1e-5)
 
 
+def test_epilogue_fusion_changes_no_value(resnet_case, monkeypatch):
+    """Convolutions that add their residual and apply the ReLU in their epilogue give the
+    unfused layers' values bit for bit, at the output and at every observed mask point."""
+    model, x, _ = resnet_case
+    network = fd.from_keras(model)
+    blocks = sum(layer.kind == "add" for layer in network.layers)
+    residuals, rectified = network._epilogue_fusions((), ())
+    assert len(residuals) == blocks and {add for add, _ in residuals.values()} <= rectified
+    assert network._epilogue_fusions({l.name for l in network.mask_points("conv")}, ()) == ({}, set())
+
+    def run():
+        seen = {}
+        logits = network.forward(x, logits=True)
+        probs = network.forward(x, observe=lambda layer, v: seen.__setitem__(layer.name, v.copy()),
+                                mask_at="relu")
+        return logits, probs, seen
+
+    fused = run()
+    monkeypatch.setattr(fd.Network, "_epilogue_fusions", lambda self, observed, masked: ({}, set()))
+    plain = run()
+    np.testing.assert_array_equal(fused[0], plain[0])
+    np.testing.assert_array_equal(fused[1], plain[1])
+    for name, values in plain[2].items():
+        np.testing.assert_array_equal(fused[2][name], values)
+
+
+def test_callers_input_is_never_overwritten():
+    """A residual whose shortcut is the model's input: the epilogue must not add into the caller's array."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((8, 8, 4))
+    conv = layers.Conv2D(4, 3, padding="same")(layers.Conv2D(4, 3, padding="same", activation="relu")(inputs))
+    out = layers.ReLU()(layers.Add()([conv, inputs]))
+    out = layers.Dense(3, activation="softmax")(layers.Flatten()(out))
+    model = keras.Model(inputs, out)
+    x = np.random.default_rng(2).normal(size=(5, 8, 8, 4)).astype(np.float32)
+    before = x.copy()
+    network = assert_engine_matches_keras(model, x)
+    assert network._epilogue_fusions((), ())[0]  # the fusion does apply here
+    network.forward(x)
+    np.testing.assert_array_equal(x, before)
+
+
 def keras_mask_point_values(model, x):
     """The ReLU outputs of a zoo ResNet computed by Keras itself."""
     import keras
@@ -224,6 +268,33 @@ def test_direct_conv_matches_tensorflow_and_is_batch_invariant(size, ci, co, ker
     alone = np.empty_like(out[:1])
     direct_conv.conv2d_forward(x[3:4], weights, bias, stride, stride, pads[0], pads[1], alone)
     np.testing.assert_array_equal(alone[0], out[3])
+
+
+@pytest.mark.parametrize("size, ci, co, stride", [((28, 28), 1, 16, 1), ((9, 7), 4, 6, 2), ((8, 8), 16, 32, 1)])
+def test_residual_epilogue_equals_add_then_relu(size, ci, co, stride):
+    """conv + residual (+ ReLU) in the epilogue, in place or not, is the unfused sequence bit for bit."""
+    from fastdecomp.kernels import direct_conv
+
+    rng = np.random.default_rng(co)
+    x = rng.standard_normal((4,) + size + (ci,)).astype(np.float32)
+    weights = rng.standard_normal((3, 3, ci, co)).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    oh, ow = -(-size[0] // stride), -(-size[1] // stride)
+    plain = np.empty((4, oh, ow, co), np.float32)
+    direct_conv.conv2d_forward(x, weights, bias, stride, stride, 1, 1, plain)
+    shortcut = rng.standard_normal(plain.shape).astype(np.float32)
+    for rectify in (False, True):
+        expected = plain + shortcut
+        if rectify:
+            expected = np.maximum(expected, np.float32(0))
+        fused = np.empty_like(plain)
+        direct_conv.conv2d_forward(x, weights, bias, stride, stride, 1, 1, fused, rectify, residual=shortcut)
+        np.testing.assert_array_equal(fused, expected)
+        in_place = shortcut.copy()
+        direct_conv.conv2d_forward(x, weights, bias, stride, stride, 1, 1, in_place, rectify, residual=in_place)
+        np.testing.assert_array_equal(in_place, expected)
+    with pytest.raises(ValueError, match="residual of shape"):
+        direct_conv.conv2d_forward(x, weights, bias, stride, stride, 1, 1, fused, residual=shortcut[:2])
 
 
 def test_unbuilt_model_is_refused():

@@ -7,6 +7,11 @@ ResNet (16 output channels). This kernel instead keeps a tile of
 input channels past them, one fused multiply-add per tap, so nothing is
 unfolded and the weights of a tap are loaded once for the whole tile.
 
+Padding is never materialised: rows and tiles at the border get their own
+tile functions in which the taps that fall on padding are left out (adding
+``0 * w`` to a sum never changes it, so values are those of a zero-padded
+input), and the kernel reads the caller's array as it is.
+
 Numba cannot express the register tile (its auto-vectoriser keeps the
 accumulators in memory), so the kernel is written in LLVM IR with explicit
 vector types and compiled through llvmlite, the compiler Numba itself uses,
@@ -16,9 +21,9 @@ called through :mod:`ctypes`, which releases the GIL, so the engine's threads
 run it concurrently.
 
 Each output sums its terms in one fixed order (input channel, then kernel
-row, then kernel column, then the bias), whatever the batch, the image's
-position in it or the thread: values are bit-identical however the data is
-batched.
+row, then kernel column, then the bias, then the residual), whatever the
+batch, the image's position in it or the thread: values are bit-identical
+however the data is batched.
 """
 
 from __future__ import annotations
@@ -37,19 +42,22 @@ ACCUMULATORS = 16  # vector registers kept for the output tile (AVX-512 has 32, 
 
 @dataclass(frozen=True)
 class ConvShape:
-    """Everything the compiled kernel bakes in; ``padded_h/w`` are the input rows/columns it reads."""
+    """Everything the compiled kernel bakes in."""
 
-    padded_h: int
-    padded_w: int
+    in_h: int
+    in_w: int
     in_channels: int
     kernel_h: int
     kernel_w: int
     stride_h: int
     stride_w: int
+    pad_top: int
+    pad_left: int
     out_h: int
     out_w: int
     out_channels: int
     rectify: bool = False
+    residual: bool = False
 
 
 def tiling(out_channels, out_w):
@@ -68,127 +76,157 @@ def tiling(out_channels, out_w):
     return width, group, pixels
 
 
-def conv_ir(shape: ConvShape, name="conv"):
-    """LLVM IR of ``void name(i64 x, i64 kernel, i64 bias, i64 out, i64 images)``.
+def _runs(keys):
+    """``[(start, stop, key)]``: maximal runs of equal consecutive ``keys``."""
+    runs = []
+    for index, key in enumerate(keys):
+        if runs and runs[-1][2] == key:
+            runs[-1][1] = index + 1
+        else:
+            runs.append([index, index + 1, key])
+    return [tuple(run) for run in runs]
 
-    ``x`` is an NHWC float32 input already padded to ``padded_h x padded_w``,
-    ``kernel`` HWIO float32, ``out`` NHWC float32; all addresses of C-contiguous
-    arrays. With ``shape.rectify`` the epilogue also applies ReLU.
+
+def _border_classes(s, pixels):
+    """Rows and tiles of a layer, grouped by which taps fall inside the input.
+
+    Returns ``(row_runs, tile_runs)``: ``row_runs`` are ``(first, stop, rows)``
+    with ``rows`` the kernel rows inside the input for those output rows;
+    ``tile_runs`` are ``(first, stop, (size, taps))`` over the tiles of a row
+    (the last may be shorter), ``taps`` the ``(pixel, kernel column)`` pairs
+    inside the input.
+    """
+    rows = [tuple(dy for dy in range(s.kernel_h) if 0 <= i * s.stride_h - s.pad_top + dy < s.in_h)
+            for i in range(s.out_h)]
+    starts = range(0, s.out_w, pixels)
+    tiles = []
+    for start in starts:
+        size = min(pixels, s.out_w - start)
+        tiles.append((size, frozenset(
+            (p, dx) for p in range(size) for dx in range(s.kernel_w)
+            if 0 <= (start + p) * s.stride_w - s.pad_left + dx < s.in_w)))
+    return _runs(rows), _runs(tiles)
+
+
+def conv_ir(shape: ConvShape, name="conv"):
+    """LLVM IR of ``void name(i64 x, i64 kernel, i64 bias, i64 out, i64 images, i64 residual)``.
+
+    ``x`` is an NHWC float32 input (unpadded), ``kernel`` HWIO float32,
+    ``out`` and ``residual`` NHWC float32 of the output's shape; all addresses
+    of C-contiguous arrays. With ``shape.residual`` the epilogue adds
+    ``residual`` (which may be ``out`` itself), then with ``shape.rectify``
+    applies ReLU.
     """
     s = shape
     width, group, pixels = tiling(s.out_channels, s.out_w)
     groups = s.out_channels // (width * group)
-    full, rest = divmod(s.out_w, pixels)
+    row_runs, tile_runs = _border_classes(s, pixels)
     vec = f"<{width} x float>"
-    fma = f"@llvm.fma.v{width}f32"
-    ir = [f"declare {vec} {fma}({vec}, {vec}, {vec})", ""]
-    for tile_pixels in sorted({pixels, rest} - {0}):
-        ir += _tile_function(s, tile_pixels, group, width)
-    ir += [
-        f"define void @{name}(i64 %xa, i64 %wa, i64 %ba, i64 %oa, i64 %images) {{",
-        "entry:",
-        "  %x = inttoptr i64 %xa to ptr", "  %w = inttoptr i64 %wa to ptr",
-        "  %bias = inttoptr i64 %ba to ptr", "  %o = inttoptr i64 %oa to ptr",
-        "  %none = icmp eq i64 %images, 0",
-        "  br i1 %none, label %exit, label %image",
-        "image:",
-        "  %b = phi i64 [0, %entry], [%b.next, %image.end]",
-        f"  %x.image = mul i64 %b, {s.padded_h * s.padded_w * s.in_channels}",
+    ir = [f"declare {vec} @llvm.fma.v{width}f32({vec}, {vec}, {vec})", ""]
+    functions = {}
+    for _, _, rows in row_runs:
+        for _, _, (size, taps) in tile_runs:
+            if (size, rows, taps) not in functions:
+                functions[size, rows, taps] = f"@tile{len(functions)}"
+                ir += _tile_function(s, functions[size, rows, taps], size, group, width, rows, taps)
+    loops = ["b", "g"] + [f"i{r}" for r in range(len(row_runs))] + [f"t{r}.{t}" for r in range(len(row_runs))
+                                                                     for t in range(len(tile_runs))]
+    body = [f"define void @{name}(i64 %xa, i64 %wa, i64 %ba, i64 %oa, i64 %images, i64 %ra) {{", "entry:",
+            "  %x = inttoptr i64 %xa to ptr", "  %w = inttoptr i64 %wa to ptr",
+            "  %bias = inttoptr i64 %ba to ptr", "  %o = inttoptr i64 %oa to ptr", "  %res = inttoptr i64 %ra to ptr"]
+    body += [f"  %{loop}.var = alloca i64" for loop in loops]
+
+    def tiles(r):
+        lines = []
+        for t, (first, stop, key) in enumerate(tile_runs):
+            loop = f"t{r}.{t}"
+            lines += _counted_loop(loop, first, stop, [
+                f"  %{loop}.px = mul i64 %{loop}, {pixels}",
+                f"  %{loop}.xcol = mul i64 %{loop}.px, {s.stride_w}",
+                f"  %{loop}.xoff0 = sub i64 %{loop}.xcol, {s.pad_left}",
+                f"  %{loop}.xoff = mul i64 %{loop}.xoff0, {s.in_channels}",
+                f"  %{loop}.xt = add i64 %i{r}.xrow, %{loop}.xoff",
+                f"  %{loop}.ooff = mul i64 %{loop}.px, {s.out_channels}",
+                f"  %{loop}.ot0 = add i64 %i{r}.orow, %{loop}.ooff",
+                f"  %{loop}.ot = add i64 %{loop}.ot0, %co",
+                f"  call void {functions[key[0], row_runs[r][2], key[1]]}(ptr %x, ptr %w, ptr %bias, ptr %o, "
+                f"ptr %res, i64 %{loop}.xt, i64 %{loop}.ot, i64 %co)",
+            ])
+        return lines
+
+    rows_code = []
+    for r, (first, stop, _) in enumerate(row_runs):
+        rows_code += _counted_loop(f"i{r}", first, stop, [
+            f"  %i{r}.y = mul i64 %i{r}, {s.stride_h}",
+            f"  %i{r}.y0 = sub i64 %i{r}.y, {s.pad_top}",
+            f"  %i{r}.xoff = mul i64 %i{r}.y0, {s.in_w * s.in_channels}",
+            f"  %i{r}.xrow = add i64 %x.image, %i{r}.xoff",
+            f"  %i{r}.ooff = mul i64 %i{r}, {s.out_w * s.out_channels}",
+            f"  %i{r}.orow = add i64 %o.image, %i{r}.ooff",
+        ] + tiles(r))
+    body += _counted_loop("b", 0, "%images", [
+        f"  %x.image = mul i64 %b, {s.in_h * s.in_w * s.in_channels}",
         f"  %o.image = mul i64 %b, {s.out_h * s.out_w * s.out_channels}",
-        "  br label %row",
-        "row:",
-        "  %i = phi i64 [0, %image], [%i.next, %row.end]",
-        f"  %x.row.off = mul i64 %i, {s.stride_h * s.padded_w * s.in_channels}",
-        "  %x.row = add i64 %x.image, %x.row.off",
-        f"  %o.row.off = mul i64 %i, {s.out_w * s.out_channels}",
-        "  %o.row = add i64 %o.image, %o.row.off",
-        "  br label %group",
-        "group:",
-        "  %g = phi i64 [0, %row], [%g.next, %group.end]",
-        f"  %co = mul i64 %g, {width * group}",
-    ]
-    ir += _tile_calls(s, pixels, full, rest)
-    ir += [
-        "  %g.next = add i64 %g, 1",
-        f"  %g.done = icmp eq i64 %g.next, {groups}",
-        "  br i1 %g.done, label %row.end, label %group",
-        "row.end:",
-        "  %i.next = add i64 %i, 1",
-        f"  %i.done = icmp eq i64 %i.next, {s.out_h}",
-        "  br i1 %i.done, label %image.end, label %row",
-        "image.end:",
-        "  %b.next = add i64 %b, 1",
-        "  %b.done = icmp eq i64 %b.next, %images",
-        "  br i1 %b.done, label %exit, label %image",
-        "exit:",
-        "  ret void",
-        "}",
-    ]
-    return "\n".join(ir)
+    ] + _counted_loop("g", 0, groups, [f"  %co = mul i64 %g, {width * group}"] + rows_code))
+    body += ["  ret void", "}"]
+    return "\n".join(ir + body)
 
 
-def _tile_calls(s, pixels, full, rest):
-    """Body of the ``group`` block: the row's full tiles in a loop, then the short one."""
-    lines = [
-        "  br label %tile",
-        "tile:",
-        "  %t = phi i64 [0, %group], [%t.next, %tile]",
-        f"  %x.tile.off = mul i64 %t, {pixels * s.stride_w * s.in_channels}",
-        "  %x.tile = add i64 %x.row, %x.tile.off",
-        f"  %o.tile.off = mul i64 %t, {pixels * s.out_channels}",
-        "  %o.tile0 = add i64 %o.row, %o.tile.off",
-        "  %o.tile = add i64 %o.tile0, %co",
-        f"  call void @tile{pixels}(ptr %x, ptr %w, ptr %bias, ptr %o, i64 %x.tile, i64 %o.tile, i64 %co)",
-        "  %t.next = add i64 %t, 1",
-        f"  %t.done = icmp eq i64 %t.next, {full}",
-        "  br i1 %t.done, label %tile.rest, label %tile",
-        "tile.rest:",
-    ]
-    if rest:
-        lines += [
-            f"  %x.rest = add i64 %x.row, {full * pixels * s.stride_w * s.in_channels}",
-            f"  %o.rest0 = add i64 %o.row, {full * pixels * s.out_channels}",
-            "  %o.rest = add i64 %o.rest0, %co",
-            f"  call void @tile{rest}(ptr %x, ptr %w, ptr %bias, ptr %o, i64 %x.rest, i64 %o.rest, i64 %co)",
-        ]
-    lines.append("  br label %group.end")
-    lines.append("group.end:")
-    return lines
+def _counted_loop(loop, first, stop, body):
+    """IR of ``for (%loop = first; %loop < stop; ++%loop) body``, its counter in ``%loop.var``
+    (promoted to a register by the optimiser)."""
+    return [f"  store i64 {first}, ptr %{loop}.var", f"  br label %{loop}.test", f"{loop}.test:",
+            f"  %{loop} = load i64, ptr %{loop}.var", f"  %{loop}.more = icmp slt i64 %{loop}, {stop}",
+            f"  br i1 %{loop}.more, label %{loop}.body, label %{loop}.end", f"{loop}.body:",
+            *body,
+            f"  %{loop}.next = add i64 %{loop}, 1", f"  store i64 %{loop}.next, ptr %{loop}.var",
+            f"  br label %{loop}.test", f"{loop}.end:"]
 
 
-def _tile_function(s, pixels, group, width):
-    """``tile<pixels>``: ``pixels`` outputs of one row times ``group`` channel blocks, in registers."""
+def _tile_function(s, name, pixels, group, width, rows, taps):
+    """``pixels`` outputs of one row times ``group`` channel blocks, in registers.
+
+    Only kernel rows ``rows`` and ``(pixel, kernel column)`` pairs ``taps``
+    are inside the input; the others read padding and are left out.
+    """
     vec = f"<{width} x float>"
     fma = f"@llvm.fma.v{width}f32"
-    taps = [(dy, dx) for dy in range(s.kernel_h) for dx in range(s.kernel_w)]
-    last = len(taps) - 1
     lines = [
-        f"define internal void @tile{pixels}(ptr %x, ptr %w, ptr %bias, ptr %o, i64 %xt, i64 %ot, i64 %co)"
+        f"define internal void {name}(ptr %x, ptr %w, ptr %bias, ptr %o, ptr %res, i64 %xt, i64 %ot, i64 %co)"
         " alwaysinline {",
         "entry:",
         "  br label %channel",
         "channel:",
         "  %c = phi i64 [0, %entry], [%c.next, %channel]",
     ]
+    body = []
+    current = {(p, q): f"%acc.{p}.{q}" for p in range(pixels) for q in range(group)}
+    body += ["  %xc = add i64 %xt, %c", f"  %wc0 = mul i64 %c, {s.out_channels}", "  %wc = add i64 %wc0, %co"]
+    for dy in rows:
+        for dx in range(s.kernel_w):
+            inside = [p for p in range(pixels) if (p, dx) in taps]
+            if not inside:
+                continue
+            t = dy * s.kernel_w + dx
+            for q in range(group):
+                body += _load_vector(f"wv.{t}.{q}", "%w", "%wc", t * s.in_channels * s.out_channels + q * width, vec)
+            for p in inside:
+                offset = (dy * s.in_w + p * s.stride_w + dx) * s.in_channels
+                body += [
+                    f"  %xi.{t}.{p} = add i64 %xc, {offset}",
+                    f"  %xp.{t}.{p} = getelementptr float, ptr %x, i64 %xi.{t}.{p}",
+                    f"  %xs.{t}.{p} = load float, ptr %xp.{t}.{p}, align 4",
+                    f"  %xe.{t}.{p} = insertelement {vec} poison, float %xs.{t}.{p}, i32 0",
+                    f"  %xv.{t}.{p} = shufflevector {vec} %xe.{t}.{p}, {vec} poison, <{width} x i32> zeroinitializer",
+                ]
+                for q in range(group):
+                    body.append(f"  %s.{p}.{q}.{t} = call {vec} {fma}({vec} %xv.{t}.{p}, {vec} %wv.{t}.{q}, "
+                                f"{vec} {current[p, q]})")
+                    current[p, q] = f"%s.{p}.{q}.{t}"
     for p in range(pixels):
         for q in range(group):
-            lines.append(f"  %acc.{p}.{q} = phi {vec} [zeroinitializer, %entry], [%s.{p}.{q}.{last}, %channel]")
-    lines += ["  %xc = add i64 %xt, %c", f"  %wc0 = mul i64 %c, {s.out_channels}", "  %wc = add i64 %wc0, %co"]
-    for t, (dy, dx) in enumerate(taps):
-        for q in range(group):
-            lines += _load_vector(f"wv.{t}.{q}", "%w", "%wc", t * s.in_channels * s.out_channels + q * width, vec)
-        for p in range(pixels):
-            offset = (dy * s.padded_w + p * s.stride_w + dx) * s.in_channels
-            lines += [
-                f"  %xi.{t}.{p} = add i64 %xc, {offset}",
-                f"  %xp.{t}.{p} = getelementptr float, ptr %x, i64 %xi.{t}.{p}",
-                f"  %xs.{t}.{p} = load float, ptr %xp.{t}.{p}, align 4",
-                f"  %xe.{t}.{p} = insertelement {vec} poison, float %xs.{t}.{p}, i32 0",
-                f"  %xv.{t}.{p} = shufflevector {vec} %xe.{t}.{p}, {vec} poison, <{width} x i32> zeroinitializer",
-            ]
-            for q in range(group):
-                previous = f"%acc.{p}.{q}" if t == 0 else f"%s.{p}.{q}.{t - 1}"
-                lines.append(f"  %s.{p}.{q}.{t} = call {vec} {fma}({vec} %xv.{t}.{p}, {vec} %wv.{t}.{q}, {vec} {previous})")
+            lines.append(f"  %acc.{p}.{q} = phi {vec} [zeroinitializer, %entry], [{current[p, q]}, %channel]")
+    lines += body
     lines += [
         "  %c.next = add i64 %c, 1",
         f"  %c.done = icmp eq i64 %c.next, {s.in_channels}",
@@ -199,14 +237,19 @@ def _tile_function(s, pixels, group, width):
         lines += _load_vector(f"bv.{q}", "%bias", "%co", q * width, vec)
     for p in range(pixels):
         for q in range(group):
-            lines.append(f"  %r.{p}.{q} = fadd {vec} %s.{p}.{q}.{last}, %bv.{q}")
+            lines.append(f"  %r.{p}.{q} = fadd {vec} {current[p, q]}, %bv.{q}")
             result = f"%r.{p}.{q}"
+            lines.append(f"  %oi.{p}.{q} = add i64 %ot, {p * s.out_channels + q * width}")
+            if s.residual:
+                lines += _load_vector(f"rv.{p}.{q}", "%res", f"%oi.{p}.{q}", 0, vec)
+                lines.append(f"  %sum.{p}.{q} = fadd {vec} {result}, %rv.{p}.{q}")
+                result = f"%sum.{p}.{q}"
             if s.rectify:
-                lines += [f"  %pos.{p}.{q} = fcmp ogt {vec} %r.{p}.{q}, zeroinitializer",
-                          f"  %relu.{p}.{q} = select <{width} x i1> %pos.{p}.{q}, {vec} %r.{p}.{q}, {vec} zeroinitializer"]
+                lines += [f"  %pos.{p}.{q} = fcmp ogt {vec} {result}, zeroinitializer",
+                          f"  %relu.{p}.{q} = select <{width} x i1> %pos.{p}.{q}, {vec} {result}, "
+                          f"{vec} zeroinitializer"]
                 result = f"%relu.{p}.{q}"
             lines += [
-                f"  %oi.{p}.{q} = add i64 %ot, {p * s.out_channels + q * width}",
                 f"  %op.{p}.{q} = getelementptr float, ptr %o, i64 %oi.{p}.{q}",
                 f"  store {vec} {result}, ptr %op.{p}.{q}, align 4",
             ]
@@ -223,7 +266,7 @@ def _load_vector(name, pointer, index, offset, vec):
 
 _COMPILE_LOCK = threading.Lock()
 _ENGINES = []  # compiled code lives as long as its execution engine
-_SIGNATURE = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 5)
+_SIGNATURE = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 6)
 
 
 @lru_cache(maxsize=None)
@@ -254,25 +297,8 @@ def compiled(shape: ConvShape):
         return _SIGNATURE(engine.get_function_address("conv"))
 
 
-_BUFFERS = threading.local()
-
-
-def _padded_buffer(n, shape, pad_top, pad_left, rows, cols):
-    """This thread's zero-bordered input buffer for ``shape``, at least ``n`` images long.
-
-    Only the interior is ever written, so the border stays zero from one call
-    to the next and the buffer is not cleared (nor its pages faulted in) again.
-    """
-    cache = _BUFFERS.__dict__.setdefault("by_geometry", {})
-    key = (shape.padded_h, shape.padded_w, shape.in_channels, pad_top, pad_left, rows, cols)
-    buffer = cache.get(key)
-    if buffer is None or len(buffer) < n:
-        buffer = cache[key] = np.zeros((n, shape.padded_h, shape.padded_w, shape.in_channels), np.float32)
-    return buffer[:n]
-
-
-def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False):
-    """2-D convolution ``out = conv(x, kernel) + bias`` (NHWC input, HWIO kernel).
+def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, residual=None):
+    """2-D convolution ``out = conv(x, kernel) + bias [+ residual]`` (NHWC input, HWIO kernel).
 
     Parameters
     ----------
@@ -287,20 +313,25 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
     rectify : bool
         Apply ReLU to the result while it is in registers (the engine does
         this when the convolution's only reader is a ReLU nobody observes).
+    residual : float32 [N, Oh, Ow, Co], optional
+        Added to the result before the ReLU, as a residual connection's
+        ``Add`` would (the engine fuses an ``Add`` fed by a convolution); it
+        may be ``out`` itself. The sum ``(conv + bias) + residual`` is the one
+        the unfused layers compute, so values are unchanged.
     """
     n, h, w, ci = x.shape
     kh, kw, _, co = kernel.shape
     oh, ow = out.shape[1], out.shape[2]
-    shape = ConvShape((oh - 1) * stride_h + kh, (ow - 1) * stride_w + kw, ci, kh, kw,
-                      stride_h, stride_w, oh, ow, co, bool(rectify))
-    rows, cols = min(h, shape.padded_h - pad_top), min(w, shape.padded_w - pad_left)
-    if pad_top == pad_left == 0 and (rows, cols) == (h, w) == (shape.padded_h, shape.padded_w):
-        padded = np.ascontiguousarray(x, dtype=np.float32)
-    else:
-        padded = _padded_buffer(n, shape, pad_top, pad_left, rows, cols)
-        padded[:, pad_top:pad_top + rows, pad_left:pad_left + cols] = x[:, :rows, :cols]
+    shape = ConvShape(h, w, ci, kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, co,
+                      bool(rectify), residual is not None)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     kernel = np.ascontiguousarray(kernel, dtype=np.float32)
     bias = np.ascontiguousarray(bias, dtype=np.float32)
     if not (out.flags.c_contiguous and out.dtype == np.float32):
         raise ValueError("conv2d_forward writes into a C-contiguous float32 array")
-    compiled(shape)(padded.ctypes.data, kernel.ctypes.data, bias.ctypes.data, out.ctypes.data, n)
+    if residual is not None:
+        residual = np.ascontiguousarray(residual, dtype=np.float32)
+        if residual.shape != out.shape:
+            raise ValueError(f"residual of shape {residual.shape} for an output of shape {out.shape}")
+    compiled(shape)(x.ctypes.data, kernel.ctypes.data, bias.ctypes.data, out.ctypes.data, n,
+                    out.ctypes.data if residual is None else residual.ctypes.data)

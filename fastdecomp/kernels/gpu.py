@@ -248,16 +248,20 @@ def _scalars(*values, kind=np.int32):
     return [kind(v) for v in values]
 
 
-def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, device=None):
-    """2-D convolution ``out = conv(x, kernel) + bias`` (NHWC input, HWIO kernel); see
+def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, residual=None,
+                   device=None):
+    """2-D convolution ``out = conv(x, kernel) + bias [+ residual]`` (NHWC input, HWIO kernel); see
     :func:`fastdecomp.kernels.direct_conv.conv2d_forward`. Bit-identical to it."""
     device = device or get_device("cuda")
     n, h, w, ci = x.shape
     kh, kw, _, co = kernel.shape
     oh, ow = out.shape[1], out.shape[2]
+    if residual is not None and residual.shape != out.shape:
+        raise ValueError(f"residual of shape {residual.shape} for an output of shape {out.shape}")
     device.launch("forward", "conv2d_forward", n * oh * ow * co,
-                  [x, kernel, bias, out, np.int64(n),
-                   *_scalars(h, w, ci, kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, co, int(rectify))])
+                  [x, kernel, bias, out, out if residual is None else residual, np.int64(n),
+                   *_scalars(h, w, ci, kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, co,
+                             int(residual is not None), int(rectify))])
 
 
 def dense_forward(x, kernel, bias, out, device=None):
