@@ -26,8 +26,19 @@ def test_conv2d_forward(benchmark, size, channels):
     benchmark(direct_conv.conv2d_forward, x, kernel, bias, 1, 1, 1, 1, out)
 
 
-@pytest.mark.benchmark(group="accumulate_activity")
-def test_accumulate_activity(benchmark):
+@pytest.mark.benchmark(group="conv2d_forward")
+def test_conv2d_forward_fused_epilogue(benchmark):
+    """A ResNet block's second convolution in a decomposition: residual, ReLU and packed bits."""
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 28, 28, 16), dtype=np.float32)
+    kernel = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
+    bias, shortcut = np.zeros(16, np.float32), rng.random(x.shape, dtype=np.float32)
+    out, bits = np.empty_like(x), np.empty((32, 28 * 28 * 16 // 8), np.uint8)
+    direct_conv.conv2d_forward(x, kernel, bias, 1, 1, 1, 1, out, True, shortcut, bits)
+    benchmark(direct_conv.conv2d_forward, x, kernel, bias, 1, 1, 1, 1, out, True, shortcut, bits)
+
+
+def activity_case():
     rng = np.random.default_rng(1)
     values = rng.standard_normal((64, 28 * 28 * 16)).astype(np.float32)
     labels = rng.integers(0, 10, 64)
@@ -36,9 +47,36 @@ def test_accumulate_activity(benchmark):
     active = np.zeros((10, values.shape[1] // 8), np.uint8)
     first_rank = np.full((10, values.shape[1]), 100, np.uint16)
     tangle = np.where(ranks >= 0, labels, -1)
-    packed = np.empty((64, active.shape[1]), np.uint8)
-    cpu.accumulate_activity(values, concerned, tangle, ranks, active, first_rank, packed)
-    benchmark(cpu.accumulate_activity, values, concerned, tangle, ranks, active, first_rank, packed)
+    return values, concerned, tangle, ranks, active, first_rank
+
+
+@pytest.mark.benchmark(group="accumulate_activity")
+def test_accumulate_activity(benchmark):
+    values, *roles_and_statistics = activity_case()
+    packed = np.empty((64, values.shape[1] // 8), np.uint8)
+    cpu.accumulate_activity(values, *roles_and_statistics, packed)
+    benchmark(cpu.accumulate_activity, values, *roles_and_statistics, packed)
+
+
+@pytest.mark.benchmark(group="accumulate_activity")
+def test_accumulate_packed_activity(benchmark):
+    values, *roles_and_statistics = activity_case()
+    bits = np.packbits(values > 0, axis=1)
+    cpu.accumulate_packed_activity(bits, *roles_and_statistics)
+    benchmark(cpu.accumulate_packed_activity, bits, *roles_and_statistics)
+
+
+@pytest.mark.benchmark(group="tangling_keep")
+@pytest.mark.parametrize("kernel", ["tangling_keep", "tangling_keep_by_rows"])
+def test_tangling_keep(benchmark, kernel):
+    rng = np.random.default_rng(3)
+    first_rank = rng.integers(0, 3, (200, 16 * 16 * 64)).astype(np.uint8)
+    counts = np.zeros((200, 200), np.int64)
+    for k in range(200):
+        counts[k, rng.choice(200, 10, replace=False)] = 1
+    keep = rng.random((200, first_rank.shape[1])) < 0.5
+    getattr(cpu, kernel)(first_rank, counts, keep.copy())
+    benchmark(getattr(cpu, kernel), first_rank, counts, keep)
 
 
 @pytest.mark.benchmark(group="window_dead_inputs")

@@ -100,12 +100,13 @@ def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln"
         on_device = roles if device is None else [device.asarray(r) for r in roles]
         bits = {}
 
-        def observe(layer, values):
-            packed = stats.update(layer.name, values, *on_device, packed=not known)
+        def observe(layer, values, packed_activity):
+            packed = stats.update(layer.name, values, *on_device, packed=not known, bits=packed_activity)
             if not known:
                 bits[layer.name] = packed
 
-        probs = network.forward(xb, observe=observe, mask_at=mask_at, device=device)
+        probs = network.forward(xb, observe=observe, mask_at=mask_at, device=device, packed_activity=True,
+                                observed_reusable=True)
         correct[positions] = probs.argmax(axis=1) == yb
         concerned_class = roles[0]
         if not known:

@@ -184,15 +184,18 @@ class Conv2DKind(LayerKind):
                                     config["strides"], config["padding"])
         return (oh, ow, weights["kernel"].shape[3])
 
-    def forward(self, layer, inputs, reusable=None, device=None, rectify=False, residual=None, in_place=False):
+    def forward(self, layer, inputs, reusable=None, device=None, rectify=False, residual=None, in_place=False,
+                activity=None):
         """See :meth:`LayerKind.forward`; ``residual`` is added (then ``rectify``
-        applies ReLU) in the epilogue, into ``residual`` itself when ``in_place``."""
+        applies ReLU) in the epilogue, into ``residual`` itself when ``in_place``;
+        ``activity`` receives the output's packed ``> 0`` bits (CPU only)."""
         x, k = inputs[0], kernels(device)
         c = layer.config
         out = residual if in_place else k.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
+        extra = {} if activity is None else {"activity": activity}
         k.conv2d_forward(x, k.weights(layer.weights["kernel"]), k.weights(layer.weights["bias"]),
                          c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2], out, rectify=rectify,
-                         residual=residual)
+                         residual=residual, **extra)
         return out
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):

@@ -85,7 +85,8 @@ class Network:
                 f"images of shape {tuple(x.shape[1:])} do not fit the model's input "
                 f"{self.input_shape}; resize or reshape them (batch axis first, channels last)")
 
-    def forward(self, x, masks=None, observe=None, mask_at="conv", head=None, logits=False, device=None):
+    def forward(self, x, masks=None, observe=None, mask_at="conv", head=None, logits=False, device=None,
+                packed_activity=False, observed_reusable=False):
         """Run one batch through the network.
 
         Parameters
@@ -108,13 +109,22 @@ class Network:
             Run on this device (``x`` a host array or already the device's;
             masks and head are copied over). ``observe`` then sees device
             arrays. The result is a host array either way.
+        packed_activity : bool
+            Call ``observe(layer, values, bits)`` instead, ``bits`` being
+            ``numpy.packbits(values.reshape(N, -1) > 0, axis=1)`` where the
+            convolution producing the values wrote them in its epilogue, else None.
+        observed_reusable : bool
+            ``observe`` keeps no reference to the values it is passed, so the
+            engine may write later results over them (less memory traffic).
 
         Returns
         -------
         numpy.ndarray
             Softmax probabilities (or logits), shape ``(N, K)``.
         """
-        return self._run(x, device, lambda x: self._walk(x, [(masks, head)], observe, mask_at, logits, device))[0]
+        return self._run(x, device, lambda x: self._walk(x, [(masks, head)], observe, mask_at, logits, device,
+                                                         packed_activity=packed_activity,
+                                                         observed_reusable=observed_reusable))[0]
 
     def _run(self, x, device, walk):
         """Check ``x``, place it where ``walk`` runs, and bring ``walk(x)``'s outputs to the host."""
@@ -166,15 +176,22 @@ class Network:
         keys[self.output_dense] = [None if h is None else _digest(h[0], h[1]) for _, h in branches]
         return keys
 
-    def _walk(self, x, branches, observe, mask_at, logits, device, keys=None):
+    def _walk(self, x, branches, observe, mask_at, logits, device, keys=None, packed_activity=False,
+              observed_reusable=False):
         observed = {l.name for l in self.mask_points(mask_at)} if observe else ()
         masked = {name for masks, _ in branches for name in (masks or {})}
         residuals, rectified = self._epilogue_fusions(observed, masked)
+        bits_for = {}  # convolution -> the observed layer whose packed activity its epilogue writes
+        if packed_activity and device is None:
+            bits_for = self._activity_sources(observed, masked, residuals, rectified)
+        bits = {}
+
+        kept = () if observed_reusable else observed
 
         def overwritable(src, shared, remaining):
-            """A value one reader is left to read, that no variant shares, nobody observes and
+            """A value one reader is left to read, that no variant shares, no observer keeps and
             the caller did not pass in, may be overwritten."""
-            return not shared and remaining[src] == 1 and src not in observed and src != self.layers[0].name
+            return not shared and remaining[src] == 1 and src not in kept and src != self.layers[0].name
 
         if len(branches) > 1 and keys is None:
             keys = self.branch_keys(branches)
@@ -204,13 +221,18 @@ class Network:
                         "kernel": np.ascontiguousarray(head[0], dtype=np.float32),
                         "bias": np.ascontiguousarray(head[1], dtype=np.float32)})
                     out = layer.handler.forward(channeled, inputs, device=device)
-                elif layer.name in residuals:
-                    add, shortcut = residuals[layer.name]
-                    out = layer.handler.forward(layer, inputs, device=device, rectify=add in rectified,
-                                                residual=values[shortcut],
-                                                in_place=overwritable(shortcut, shared, remaining))
-                elif layer.name in rectified and layer.kind == "conv2d":
-                    out = layer.handler.forward(layer, inputs, device=device, rectify=True)
+                elif layer.kind == "conv2d":
+                    options = {}
+                    if layer.name in bits_for:
+                        options["activity"] = bits[bits_for[layer.name]] = np.empty(
+                            (len(x), int(np.prod(layer.shape)) // 8), np.uint8)
+                    if layer.name in residuals:
+                        add, shortcut = residuals[layer.name]
+                        options.update(rectify=add in rectified, residual=values[shortcut],
+                                       in_place=overwritable(shortcut, shared, remaining))
+                    else:
+                        options["rectify"] = layer.name in rectified
+                    out = layer.handler.forward(layer, inputs, device=device, **options)
                 elif layer.kind == "add" and any(src in residuals for src in layer.inputs):
                     out = next(values[src] for src in layer.inputs if src in residuals)
                 elif layer.kind == "relu" and layer.inputs[0] in rectified:
@@ -223,7 +245,10 @@ class Network:
                     mask = masks[layer.name]
                     out = out * (mask if device is None else device.weights(mask))
                 if layer.name in observed:
-                    observe(layer, out)
+                    if packed_activity:
+                        observe(layer, out, bits.pop(layer.name, None))
+                    else:
+                        observe(layer, out)
                 values[layer.name] = out
                 for src in layer.inputs:
                     remaining[src] -= 1
@@ -268,6 +293,25 @@ class Network:
             if sole_reader(after, "relu") is not None:
                 rectified.add(after.name)
         return residuals, rectified
+
+    def _activity_sources(self, observed, masked, residuals, rectified):
+        """Convolutions whose output (through a fused Add and ReLU) is an observed, unmasked
+        value, and with a vector width the epilogue can pack bits from: conv -> that layer."""
+        from .kernels.direct_conv import tiling
+
+        sources = {}
+        for layer in self.layers:
+            if layer.kind != "conv2d" or tiling(layer.shape[-1], layer.shape[1])[0] < 8:
+                continue
+            chain = [layer.name]
+            if layer.name in residuals:
+                chain.append(residuals[layer.name][0])
+            if chain[-1] in rectified:
+                chain.append(self.readers[chain[-1]][0])
+            seen = [name for name in chain if name in observed]
+            if seen and seen[-1] not in masked:
+                sources[layer.name] = seen[-1]
+        return sources
 
     def predict(self, x, batch_size=256, n_jobs=None):
         """Softmax outputs of the model, streamed over batches.

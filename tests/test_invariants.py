@@ -185,3 +185,69 @@ def test_activity_kernel_matches_numpy():
         ranks = np.where(values[tangle == c] > 0, rank[tangle == c][:, None], 6)
         np.testing.assert_array_equal(first_rank[c, :21], ranks.min(axis=0, initial=6))
     assert (first_rank[:, 21:] == 6).all()
+
+
+def test_packed_activity_kernel_matches_the_value_kernel():
+    """Statistics folded from the epilogue's packed bits equal those folded from the values."""
+    from fastdecomp.kernels import cpu
+
+    rng = np.random.default_rng(10)
+    values = rng.standard_normal((12, 40)).astype(np.float32)
+    concerned, tangle = rng.integers(-1, 3, 12), rng.integers(-1, 3, 12)
+    rank = np.where(tangle >= 0, rng.integers(0, 6, 12), -1)
+    from_values = [rng.integers(0, 256, (3, 5)).astype(np.uint8), np.full((3, 40), 6, np.uint16)]
+    from_bits = [array.copy() for array in from_values]
+    cpu.accumulate_activity(values, concerned, tangle, rank, *from_values, np.zeros((0, 0), np.uint8))
+    cpu.accumulate_packed_activity(np.packbits(values > 0, axis=1), concerned, tangle, rank, *from_bits)
+    for got, expected in zip(from_bits, from_values):
+        np.testing.assert_array_equal(got, expected)
+    assert (from_bits[1] < 6).any()
+
+
+def test_epilogue_bits_feed_the_statistics(case, monkeypatch):
+    """The decomposition reads the convolution epilogue's bits (not the values) wherever it can,
+    and its masks are those of a decomposition that reads the values everywhere."""
+    from fastdecomp import statistics
+
+    network, x, y = case
+    source = ArraySource(x, y)
+    used = []
+    original = statistics.ActivityStatistics.update
+
+    def recording(self, name, values, *roles, packed=False, bits=None):
+        used.append(bits is not None)
+        return original(self, name, values, *roles, packed=packed, bits=bits)
+
+    monkeypatch.setattr(statistics.ActivityStatistics, "update", recording)
+    with_bits = fd.decompose(network, source, mask_at="relu", batch_size=7, progress=False, n_jobs=2)
+    if any(layer.kind == "conv2d" and layer.shape[-1] % 8 == 0 for layer in network.layers):
+        assert sum(used) > len(used) // 2  # the ResNet: every mask point but the dense layer's
+    else:
+        assert not any(used)  # the small CNN's 4 and 6 channels leave no whole bytes of bits
+    monkeypatch.setattr(fd.Network, "_activity_sources", lambda self, *args: {})
+    used.clear()
+    from_values = fd.decompose(network, source, mask_at="relu", batch_size=7, progress=False, n_jobs=2)
+    assert not any(used)
+    for k in with_bits.classes:
+        for name, mask in from_values.layer_masks(k).items():
+            np.testing.assert_array_equal(with_bits.layer_masks(k)[name], mask)
+
+
+@pytest.mark.parametrize("sampled", [3, 39])
+def test_tangling_row_scan_equals_bit_sets(sampled):
+    """Both TI kernels keep the same nodes, with sparse and with dense samples."""
+    from fastdecomp.kernels import cpu
+
+    rng = np.random.default_rng(sampled)
+    classes, modules, nodes = 40, 70, 300
+    first_rank = rng.integers(0, 4, (classes, nodes)).astype(np.uint16)
+    counts = np.zeros((modules, classes), np.int64)
+    for k in range(modules):
+        counts[k, rng.choice(classes, sampled, replace=False)] = rng.integers(1, 4, sampled)
+    kept = rng.random((modules, nodes)) < 0.3
+    bit_sets, rows = kept.copy(), kept.copy()
+    cpu.tangling_keep(first_rank, counts, bit_sets)
+    cpu.tangling_keep_by_rows(first_rank, counts, rows)
+    np.testing.assert_array_equal(rows, bit_sets)
+    expected = kept | (first_rank[None, :, :] < counts[:, :, None]).any(axis=1)
+    np.testing.assert_array_equal(rows, expected)

@@ -304,3 +304,27 @@ def test_unbuilt_model_is_refused():
     model = keras.Sequential([layers.Conv2D(2, 3), layers.Flatten(), layers.Dense(2, activation="softmax")])
     with pytest.raises(InputError, match="not built"):
         fd.from_keras(model)
+
+
+@pytest.mark.parametrize("size, ci, co, stride, rectify, residual", [
+    ((9, 7), 3, 16, 1, False, False), ((9, 9), 4, 8, 2, True, False), ((8, 8), 16, 32, 1, True, True),
+    ((5, 5), 3, 24, 1, False, True)])
+def test_epilogue_packs_activity_bits(size, ci, co, stride, rectify, residual):
+    """The convolution writes ``packbits(out > 0)`` beside its values, which it leaves unchanged."""
+    from fastdecomp.kernels import direct_conv
+
+    rng = np.random.default_rng(ci + co)
+    x = rng.standard_normal((3,) + size + (ci,)).astype(np.float32)
+    weights = rng.standard_normal((3, 3, ci, co)).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    shape = (3, -(-size[0] // stride), -(-size[1] // stride), co)
+    shortcut = rng.standard_normal(shape).astype(np.float32) if residual else None
+    expected, out = np.empty(shape, np.float32), np.empty(shape, np.float32)
+    bits = np.zeros((3, int(np.prod(shape[1:])) // 8), np.uint8)
+    direct_conv.conv2d_forward(x, weights, bias, stride, stride, 1, 1, expected, rectify, shortcut)
+    direct_conv.conv2d_forward(x, weights, bias, stride, stride, 1, 1, out, rectify, shortcut, activity=bits)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(bits, np.packbits(expected.reshape(3, -1) > 0, axis=1))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        direct_conv.conv2d_forward(x, weights[..., :4], bias[:4], stride, stride, 1, 1,
+                                   np.empty(shape[:3] + (4,), np.float32), activity=bits[:, :1])

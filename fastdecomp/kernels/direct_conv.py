@@ -14,11 +14,8 @@ input), and the kernel reads the caller's array as it is.
 
 Numba cannot express the register tile (its auto-vectoriser keeps the
 accumulators in memory), so the kernel is written in LLVM IR with explicit
-vector types and compiled through llvmlite, the compiler Numba itself uses,
-for the host CPU's features. Every shape constant is baked in, one compiled
-function per layer shape (memoised). The function takes raw addresses and is
-called through :mod:`ctypes`, which releases the GIL, so the engine's threads
-run it concurrently.
+vector types and compiled for the host CPU (:mod:`.llvm_jit`). Every shape
+constant is baked in, one compiled function per layer shape (memoised).
 
 Each output sums its terms in one fixed order (input channel, then kernel
 row, then kernel column, then the bias, then the residual), whatever the
@@ -28,12 +25,12 @@ however the data is batched.
 
 from __future__ import annotations
 
-import ctypes
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+from .llvm_jit import compile_ir, counted_loop
 
 __all__ = ["conv2d_forward", "ConvShape", "tiling", "conv_ir"]
 
@@ -58,6 +55,7 @@ class ConvShape:
     out_channels: int
     rectify: bool = False
     residual: bool = False
+    activity: bool = False
 
 
 def tiling(out_channels, out_w):
@@ -109,13 +107,15 @@ def _border_classes(s, pixels):
 
 
 def conv_ir(shape: ConvShape, name="conv"):
-    """LLVM IR of ``void name(i64 x, i64 kernel, i64 bias, i64 out, i64 images, i64 residual)``.
+    """LLVM IR of ``void name(i64 x, i64 kernel, i64 bias, i64 out, i64 images, i64 residual, i64 activity)``.
 
     ``x`` is an NHWC float32 input (unpadded), ``kernel`` HWIO float32,
     ``out`` and ``residual`` NHWC float32 of the output's shape; all addresses
     of C-contiguous arrays. With ``shape.residual`` the epilogue adds
     ``residual`` (which may be ``out`` itself), then with ``shape.rectify``
-    applies ReLU.
+    applies ReLU. With ``shape.activity`` it also writes ``activity``, uint8
+    ``[images, nodes / 8]``: the output's ``> 0`` bits packed as
+    ``numpy.packbits`` does (needs a vector width of 8 or 16).
     """
     s = shape
     width, group, pixels = tiling(s.out_channels, s.out_w)
@@ -131,16 +131,17 @@ def conv_ir(shape: ConvShape, name="conv"):
                 ir += _tile_function(s, functions[size, rows, taps], size, group, width, rows, taps)
     loops = ["b", "g"] + [f"i{r}" for r in range(len(row_runs))] + [f"t{r}.{t}" for r in range(len(row_runs))
                                                                      for t in range(len(tile_runs))]
-    body = [f"define void @{name}(i64 %xa, i64 %wa, i64 %ba, i64 %oa, i64 %images, i64 %ra) {{", "entry:",
-            "  %x = inttoptr i64 %xa to ptr", "  %w = inttoptr i64 %wa to ptr",
-            "  %bias = inttoptr i64 %ba to ptr", "  %o = inttoptr i64 %oa to ptr", "  %res = inttoptr i64 %ra to ptr"]
+    body = [f"define void @{name}(i64 %xa, i64 %wa, i64 %ba, i64 %oa, i64 %images, i64 %ra, i64 %pa) {{",
+            "entry:", "  %x = inttoptr i64 %xa to ptr", "  %w = inttoptr i64 %wa to ptr",
+            "  %bias = inttoptr i64 %ba to ptr", "  %o = inttoptr i64 %oa to ptr",
+            "  %res = inttoptr i64 %ra to ptr", "  %bits = inttoptr i64 %pa to ptr"]
     body += [f"  %{loop}.var = alloca i64" for loop in loops]
 
     def tiles(r):
         lines = []
         for t, (first, stop, key) in enumerate(tile_runs):
             loop = f"t{r}.{t}"
-            lines += _counted_loop(loop, first, stop, [
+            lines += counted_loop(loop, first, stop, [
                 f"  %{loop}.px = mul i64 %{loop}, {pixels}",
                 f"  %{loop}.xcol = mul i64 %{loop}.px, {s.stride_w}",
                 f"  %{loop}.xoff0 = sub i64 %{loop}.xcol, {s.pad_left}",
@@ -150,13 +151,13 @@ def conv_ir(shape: ConvShape, name="conv"):
                 f"  %{loop}.ot0 = add i64 %i{r}.orow, %{loop}.ooff",
                 f"  %{loop}.ot = add i64 %{loop}.ot0, %co",
                 f"  call void {functions[key[0], row_runs[r][2], key[1]]}(ptr %x, ptr %w, ptr %bias, ptr %o, "
-                f"ptr %res, i64 %{loop}.xt, i64 %{loop}.ot, i64 %co)",
+                f"ptr %res, ptr %bits, i64 %{loop}.xt, i64 %{loop}.ot, i64 %co)",
             ])
         return lines
 
     rows_code = []
     for r, (first, stop, _) in enumerate(row_runs):
-        rows_code += _counted_loop(f"i{r}", first, stop, [
+        rows_code += counted_loop(f"i{r}", first, stop, [
             f"  %i{r}.y = mul i64 %i{r}, {s.stride_h}",
             f"  %i{r}.y0 = sub i64 %i{r}.y, {s.pad_top}",
             f"  %i{r}.xoff = mul i64 %i{r}.y0, {s.in_w * s.in_channels}",
@@ -164,23 +165,12 @@ def conv_ir(shape: ConvShape, name="conv"):
             f"  %i{r}.ooff = mul i64 %i{r}, {s.out_w * s.out_channels}",
             f"  %i{r}.orow = add i64 %o.image, %i{r}.ooff",
         ] + tiles(r))
-    body += _counted_loop("b", 0, "%images", [
+    body += counted_loop("b", 0, "%images", [
         f"  %x.image = mul i64 %b, {s.in_h * s.in_w * s.in_channels}",
         f"  %o.image = mul i64 %b, {s.out_h * s.out_w * s.out_channels}",
-    ] + _counted_loop("g", 0, groups, [f"  %co = mul i64 %g, {width * group}"] + rows_code))
+    ] + counted_loop("g", 0, groups, [f"  %co = mul i64 %g, {width * group}"] + rows_code))
     body += ["  ret void", "}"]
     return "\n".join(ir + body)
-
-
-def _counted_loop(loop, first, stop, body):
-    """IR of ``for (%loop = first; %loop < stop; ++%loop) body``, its counter in ``%loop.var``
-    (promoted to a register by the optimiser)."""
-    return [f"  store i64 {first}, ptr %{loop}.var", f"  br label %{loop}.test", f"{loop}.test:",
-            f"  %{loop} = load i64, ptr %{loop}.var", f"  %{loop}.more = icmp slt i64 %{loop}, {stop}",
-            f"  br i1 %{loop}.more, label %{loop}.body, label %{loop}.end", f"{loop}.body:",
-            *body,
-            f"  %{loop}.next = add i64 %{loop}, 1", f"  store i64 %{loop}.next, ptr %{loop}.var",
-            f"  br label %{loop}.test", f"{loop}.end:"]
 
 
 def _tile_function(s, name, pixels, group, width, rows, taps):
@@ -192,7 +182,8 @@ def _tile_function(s, name, pixels, group, width, rows, taps):
     vec = f"<{width} x float>"
     fma = f"@llvm.fma.v{width}f32"
     lines = [
-        f"define internal void {name}(ptr %x, ptr %w, ptr %bias, ptr %o, ptr %res, i64 %xt, i64 %ot, i64 %co)"
+        f"define internal void {name}(ptr %x, ptr %w, ptr %bias, ptr %o, ptr %res, ptr %bits, i64 %xt, i64 %ot, "
+        "i64 %co)"
         " alwaysinline {",
         "entry:",
         "  br label %channel",
@@ -244,6 +235,8 @@ def _tile_function(s, name, pixels, group, width, rows, taps):
                 lines += _load_vector(f"rv.{p}.{q}", "%res", f"%oi.{p}.{q}", 0, vec)
                 lines.append(f"  %sum.{p}.{q} = fadd {vec} {result}, %rv.{p}.{q}")
                 result = f"%sum.{p}.{q}"
+            if s.activity:
+                lines += _store_bits(f"{p}.{q}", result, f"%oi.{p}.{q}", width)
             if s.rectify:
                 lines += [f"  %pos.{p}.{q} = fcmp ogt {vec} {result}, zeroinitializer",
                           f"  %relu.{p}.{q} = select <{width} x i1> %pos.{p}.{q}, {vec} {result}, "
@@ -257,6 +250,23 @@ def _tile_function(s, name, pixels, group, width, rows, taps):
     return lines
 
 
+def _store_bits(tag, values, index, width):
+    """IR storing ``values > 0`` as ``width / 8`` bytes of packbits order at bit ``index``.
+
+    The lanes are reversed within each group of 8 before the comparison, so
+    that the mask's bits come out in packbits order (first lane in a byte's
+    top bit) with no bit reversal after it.
+    """
+    vec = f"<{width} x float>"
+    order = ", ".join(f"i32 {group + 7 - lane}" for group in range(0, width, 8) for lane in range(8))
+    return [f"  %perm.{tag} = shufflevector {vec} {values}, {vec} poison, <{width} x i32> <{order}>",
+            f"  %on.{tag} = fcmp ogt {vec} %perm.{tag}, zeroinitializer",
+            f"  %mask.{tag} = bitcast <{width} x i1> %on.{tag} to i{width}",
+            f"  %byte.{tag} = lshr exact i64 {index}, 3",
+            f"  %bp.{tag} = getelementptr i8, ptr %bits, i64 %byte.{tag}",
+            f"  store i{width} %mask.{tag}, ptr %bp.{tag}, align 1"]
+
+
 def _load_vector(name, pointer, index, offset, vec):
     """IR loading ``vec`` from ``pointer[index + offset]`` into ``%name``."""
     return [f"  %{name}.i = add i64 {index}, {offset}",
@@ -264,40 +274,14 @@ def _load_vector(name, pointer, index, offset, vec):
             f"  %{name} = load {vec}, ptr %{name}.p, align 4"]
 
 
-_COMPILE_LOCK = threading.Lock()
-_ENGINES = []  # compiled code lives as long as its execution engine
-_SIGNATURE = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 6)
-
-
-@lru_cache(maxsize=None)
-def _target_machine():
-    import llvmlite.binding as llvm
-
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    target = llvm.Target.from_default_triple()
-    return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
-                                        features=llvm.get_host_cpu_features().flatten(), opt=3)
-
-
 @lru_cache(maxsize=None)
 def compiled(shape: ConvShape):
     """The compiled kernel for ``shape``, as a ctypes function (compiled once per process)."""
-    import llvmlite.binding as llvm
-
-    with _COMPILE_LOCK:
-        machine = _target_machine()
-        module = llvm.parse_assembly(conv_ir(shape))
-        module.verify()
-        builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
-        builder.getModulePassManager().run(module, builder)
-        engine = llvm.create_mcjit_compiler(module, machine)
-        engine.finalize_object()
-        _ENGINES.append(engine)
-        return _SIGNATURE(engine.get_function_address("conv"))
+    return compile_ir(conv_ir(shape), "conv", 7)
 
 
-def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, residual=None):
+def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, residual=None,
+                   activity=None):
     """2-D convolution ``out = conv(x, kernel) + bias [+ residual]`` (NHWC input, HWIO kernel).
 
     Parameters
@@ -318,12 +302,16 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
         ``Add`` would (the engine fuses an ``Add`` fed by a convolution); it
         may be ``out`` itself. The sum ``(conv + bias) + residual`` is the one
         the unfused layers compute, so values are unchanged.
+    activity : uint8 [N, Oh * Ow * Co / 8], optional
+        Receives ``numpy.packbits(out.reshape(N, -1) > 0, axis=1)``, computed
+        while the values are in registers (the activity statistics read these
+        bits instead of the values). Needs ``Co`` to be a multiple of 8.
     """
     n, h, w, ci = x.shape
     kh, kw, _, co = kernel.shape
     oh, ow = out.shape[1], out.shape[2]
     shape = ConvShape(h, w, ci, kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, co,
-                      bool(rectify), residual is not None)
+                      bool(rectify), residual is not None, activity is not None)
     x = np.ascontiguousarray(x, dtype=np.float32)
     kernel = np.ascontiguousarray(kernel, dtype=np.float32)
     bias = np.ascontiguousarray(bias, dtype=np.float32)
@@ -333,5 +321,11 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
         residual = np.ascontiguousarray(residual, dtype=np.float32)
         if residual.shape != out.shape:
             raise ValueError(f"residual of shape {residual.shape} for an output of shape {out.shape}")
+    if activity is not None:
+        if co % 8 or tiling(co, ow)[0] < 8:
+            raise ValueError(f"packed activity needs output channels in multiples of 8, not {co}")
+        if activity.shape != (n, oh * ow * co // 8) or activity.dtype != np.uint8 or not activity.flags.c_contiguous:
+            raise ValueError(f"activity must be a C-contiguous uint8 array of shape {(n, oh * ow * co // 8)}")
     compiled(shape)(x.ctypes.data, kernel.ctypes.data, bias.ctypes.data, out.ctypes.data, n,
-                    out.ctypes.data if residual is None else residual.ctypes.data)
+                    out.ctypes.data if residual is None else residual.ctypes.data,
+                    0 if activity is None else activity.ctypes.data)
