@@ -145,13 +145,10 @@ class ActivityStatistics:
         if (counts > self.rank_limit).any():
             raise ValueError("a tangling sample exceeds the ranks gathered in the pass")
         out = {}
-        # Row scans cost ~nonzero(counts) / 140 of the bit-set method's per-node gathers (measured).
-        by_rows = np.count_nonzero(counts) <= 100 * len(self.rank_limit)
-        tangle = cpu.tangling_keep_by_rows if by_rows else cpu.tangling_keep
         for name, shape in self.shapes.items():
             nodes = int(np.prod(shape))
             keep = np.unpackbits(self.active[name][list(modules)], axis=1, count=nodes).view(bool)
-            tangle(self.first_rank[name], counts, keep)
+            cpu.tangling_keep(self.first_rank[name], counts, keep)
             if release:
                 del self.first_rank[name]
             out[name] = keep.reshape((len(modules),) + tuple(shape))

@@ -200,10 +200,14 @@ def tangling_keep(first_rank, counts, keep):
     of the first ``counts[m, c]`` inputs in class c's order, i.e. when
     ``first_rank[c, node] < counts[m, c]``.
 
-    The modules are handled as bit sets: ``reach[c, r]`` holds the modules
-    whose sample of class c includes rank r, and a node's modules are the OR
-    of ``reach[c, first_rank[c, node]]`` over the classes: ``C`` word
-    operations per node instead of ``M x C`` comparisons.
+    Samples take nearly the same number of inputs from every class (at least
+    one from each), so each module has a *floor*: the fewest it takes from any
+    sampled class other than its own. A node whose smallest rank over the
+    other sampled classes is below the floor is kept; that smallest rank comes
+    from each node's two smallest ranks and the class of the first, computed
+    once for all modules. Only the classes a module takes more than its floor
+    from are then scanned row by row. Every step is a vectorised pass over
+    the nodes: no per-node loop over modules and classes.
 
     Parameters
     ----------
@@ -214,59 +218,57 @@ def tangling_keep(first_rank, counts, keep):
     """
     m, nodes = keep.shape
     classes = first_rank.shape[0]
-    words = (m + 63) // 64
-    most = 0
+    sampled = np.zeros(classes, dtype=np.bool_)
     for k in range(m):
         for c in range(classes):
-            most = max(most, counts[k, c])
-    reach = np.zeros((classes, most, words), dtype=np.uint64)
+            if counts[k, c] > 0:
+                sampled[c] = True
+    floor = np.zeros(m, dtype=np.int64)
     for k in range(m):
-        bit = np.uint64(1) << np.uint64(k % 64)
+        lowest = -1
         for c in range(classes):
-            for r in range(counts[k, c]):
-                reach[c, r, k // 64] |= bit
-    block = 256
+            if sampled[c] and c != k and (lowest < 0 or counts[k, c] < lowest):
+                lowest = counts[k, c]
+        floor[k] = max(lowest, 0)
+    block = 4096
+    smallest = np.empty(nodes, dtype=first_rank.dtype)
+    second = np.empty(nodes, dtype=first_rank.dtype)
+    owner = np.full(nodes, -1, dtype=np.int32)
+    top = np.iinfo(first_rank.dtype).max
     for b in prange((nodes + block - 1) // block):
         lo = b * block
         hi = min(lo + block, nodes)
-        sets = np.zeros((hi - lo, words), dtype=np.uint64)
+        least, next_least, least_class = smallest[lo:hi], second[lo:hi], owner[lo:hi]
+        least[:] = top
+        next_least[:] = top
         for c in range(classes):
-            for node in range(lo, hi):
-                r = first_rank[c, node]
-                if r < most:
-                    for w in range(words):
-                        sets[node - lo, w] |= reach[c, r, w]
-        for k in range(m):
-            word = k // 64
-            shift = np.uint64(k % 64)
-            for node in range(lo, hi):
-                if (sets[node - lo, word] >> shift) & np.uint64(1):
-                    keep[k, node] = True
-
-
-@jit(parallel=True)
-def tangling_keep_by_rows(first_rank, counts, keep):
-    """:func:`tangling_keep` as one vectorised row scan per (module, sampled class).
-
-    Module m keeps every node with ``first_rank[c, node] < counts[m, c]``, for
-    each class c it samples. The work is ``nonzero(counts) x nodes`` byte
-    comparisons, which SIMD takes 64 at a time: far less than the bit-set
-    method's ``C x nodes`` gathers when modules sample few classes (200
-    classes, 10 each: ~10x faster), more when they sample nearly all.
-    """
-    m, nodes = keep.shape
-    classes = first_rank.shape[0]
-    for k in prange(m):
-        bound = np.empty(1, dtype=first_rank.dtype)  # the limit in the ranks' own type
-        out = keep[k]
-        for c in range(classes):
-            if counts[k, c] == 0:
+            if not sampled[c]:
                 continue
-            bound[0] = counts[k, c]
+            row = first_rank[c, lo:hi]
+            cls = np.int32(c)
+            for j in range(hi - lo):  # branch-free on slices, so that it vectorises
+                v = row[j]
+                low = least[j]
+                next_least[j] = min(next_least[j], max(low, v))
+                least_class[j] = cls if v < low else least_class[j]
+                least[j] = min(low, v)
+    for k in prange(m):
+        out = keep[k]
+        bound = np.empty(1, dtype=first_rank.dtype)  # limits in the ranks' own type
+        if floor[k] > 0:
+            bound[0] = floor[k]
             limit = bound[0]
-            row = first_rank[c]
+            own = np.int32(k)
             for node in range(nodes):
-                out[node] |= row[node] < limit
+                others = second[node] if owner[node] == own else smallest[node]
+                out[node] |= others < limit
+        for c in range(classes):
+            if counts[k, c] > floor[k] or (c == k and counts[k, c] > 0):
+                bound[0] = counts[k, c]
+                limit = bound[0]
+                row = first_rank[c]
+                for node in range(nodes):
+                    out[node] |= row[node] < limit
 
 
 # --------------------------------------------------------------------------
