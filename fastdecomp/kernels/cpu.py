@@ -170,13 +170,9 @@ def accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank,
     statistics are updated exactly as :func:`accumulate_activity` would from
     the values, reading an eighth of a float's bytes per node.
     """
+    accumulate_concerned(bits, concerned_class, active)
     n, nbytes = bits.shape
     for b in range(n):
-        k = concerned_class[b]
-        if k >= 0:
-            row = active[k]
-            for byte in range(nbytes):
-                row[byte] |= bits[b, byte]
         c = tangle_class[b]
         if c < 0:
             continue
