@@ -495,6 +495,12 @@ def from_keras(model_or_path):
                 layers.append(Layer(f"{op.name}/softmax", "softmax", [out_name], act.shape, keras_name=op.name))
             out_name = layers[-1].name
         alias[op.name] = out_name
+    for layer in layers:  # after BatchNorm folding, which can also overflow
+        broken = [key for key, w in layer.weights.items() if not np.isfinite(w).all()]
+        if broken:
+            raise InputError(
+                f"layer {layer.keras_name!r} of model {model.name!r} has NaN or infinite {' and '.join(broken)} "
+                "weights (did training diverge?); fix or retrain the model before decomposing it")
     return Network(layers, name=model.name)
 
 

@@ -297,6 +297,16 @@ def test_residual_epilogue_equals_add_then_relu(size, ci, co, stride):
         direct_conv.conv2d_forward(x, weights, bias, stride, stride, 1, 1, fused, residual=shortcut[:2])
 
 
+def test_non_finite_weights_are_refused():
+    model = small_sequential()
+    kernel = model.get_layer("c2").kernel
+    broken = kernel.numpy()
+    broken[0, 0, 0, 0] = np.nan
+    kernel.assign(broken)
+    with pytest.raises(InputError, match="'c2'.*NaN or infinite kernel"):
+        fd.from_keras(model)
+
+
 def test_unbuilt_model_is_refused():
     import keras
     from keras import layers
@@ -328,3 +338,41 @@ def test_epilogue_packs_activity_bits(size, ci, co, stride, rectify, residual):
     with pytest.raises(ValueError, match="multiples of 8"):
         direct_conv.conv2d_forward(x, weights[..., :4], bias[:4], stride, stride, 1, 1,
                                    np.empty(shape[:3] + (4,), np.float32), activity=bits[:, :1])
+
+
+def test_compiled_kernels_are_cached_on_disk(tmp_path, monkeypatch):
+    """The second compilation of a kernel loads it from disk; a corrupt or unwritable
+    cache falls back to compiling, and the kernel computes the same values every way."""
+    import llvmlite.binding as llvm
+
+    from fastdecomp.kernels import direct_conv
+
+    optimised = []
+    create = llvm.create_pass_builder
+    monkeypatch.setattr(llvm, "create_pass_builder", lambda *a: optimised.append(1) or create(*a))
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 6, 5, 3)).astype(np.float32)
+    weights = rng.standard_normal((3, 3, 3, 8)).astype(np.float32)
+    bias = rng.standard_normal(8).astype(np.float32)
+
+    def convolve():
+        direct_conv.compiled.cache_clear()
+        out = np.empty((2, 6, 5, 8), np.float32)
+        direct_conv.conv2d_forward(x, weights, bias, 1, 1, 1, 1, out, rectify=True)
+        return out
+
+    monkeypatch.setenv("FASTDECOMP_CACHE_DIR", str(tmp_path / "cache"))
+    expected = convolve()
+    files = list((tmp_path / "cache").iterdir())
+    assert len(optimised) == 1 and len(files) == 1
+    np.testing.assert_array_equal(convolve(), expected)
+    assert len(optimised) == 1  # loaded, not compiled
+    files[0].write_bytes(files[0].read_bytes()[:100])  # a truncated file
+    np.testing.assert_array_equal(convolve(), expected)
+    assert len(optimised) == 2
+    np.testing.assert_array_equal(convolve(), expected)
+    assert len(optimised) == 2  # the rewritten file is whole again
+    (tmp_path / "not-a-directory").write_text("")
+    monkeypatch.setenv("FASTDECOMP_CACHE_DIR", str(tmp_path / "not-a-directory" / "cache"))
+    np.testing.assert_array_equal(convolve(), expected)
+    assert len(optimised) == 3

@@ -8,9 +8,11 @@ input channels past them, one fused multiply-add per tap, so nothing is
 unfolded and the weights of a tap are loaded once for the whole tile.
 
 Padding is never materialised: rows and tiles at the border get their own
-tile functions in which the taps that fall on padding are left out (adding
-``0 * w`` to a sum never changes it, so values are those of a zero-padded
-input), and the kernel reads the caller's array as it is.
+tile functions in which the taps that fall on padding are left out, and the
+kernel reads the caller's array as it is. Values are those of a zero-padded
+input bit for bit: a sum starts at +0.0, so under round-to-nearest it is never
+-0.0, and adding ``0 * w`` (``w`` finite: the import refuses other weights)
+leaves such a sum unchanged.
 
 Numba cannot express the register tile (its auto-vectoriser keeps the
 accumulators in memory), so the kernel is written in LLVM IR with explicit

@@ -2,29 +2,79 @@
 
 The kernels that Numba cannot express well (a register tile of SIMD
 accumulators, vector compares turned into bit masks) are written as LLVM IR
-text, compiled here once per process and called through :mod:`ctypes`, which
-releases the GIL, so the engine's threads run them concurrently.
+text, compiled here and called through :mod:`ctypes`, which releases the GIL,
+so the engine's threads run them concurrently.
+
+Compiled machine code is kept on disk, as Numba's ``cache=True`` keeps its
+own: a ResNet-56 needs two dozen kernel variants, half a second each to
+optimise. The cache lives in ``FASTDECOMP_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/fastdecomp`` or ``~/.cache/fastdecomp``), one file per
+kernel, keyed by the IR text, the CPU's name and features, and the llvmlite
+version; a file that fails its checksum is compiled again and replaced, and a
+directory that cannot be written just means no caching.
 """
 
 import ctypes
+import hashlib
+import os
+import tempfile
 import threading
 from functools import lru_cache
+from pathlib import Path
 
-__all__ = ["compile_ir", "counted_loop"]
+__all__ = ["compile_ir", "counted_loop", "cache_dir"]
 
 _LOCK = threading.Lock()
-_ENGINES = []  # compiled code lives as long as its execution engine
+_ENGINES = []  # loaded code lives as long as its execution engine
+_CHECKSUM = hashlib.sha256().digest_size
+
+
+def cache_dir():
+    """Where compiled kernels are kept (``FASTDECOMP_CACHE_DIR``, else the user's cache directory)."""
+    if os.environ.get("FASTDECOMP_CACHE_DIR"):
+        return Path(os.environ["FASTDECOMP_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastdecomp"
 
 
 @lru_cache(maxsize=None)
-def _target_machine():
+def _target():
+    import llvmlite
     import llvmlite.binding as llvm
 
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
-    target = llvm.Target.from_default_triple()
-    return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
-                                        features=llvm.get_host_cpu_features().flatten(), opt=3)
+    cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+    machine = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features=features, opt=3)
+    return machine, f"{llvm.get_default_triple()}|{cpu}|{features}|{llvmlite.__version__}"
+
+
+def _object_code(ir):
+    """Machine code of ``ir`` for this CPU, from the cache or compiled (and then cached)."""
+    import llvmlite.binding as llvm
+
+    machine, target_key = _target()
+    key = hashlib.sha256(f"{target_key}\n{ir}".encode()).hexdigest()
+    path = cache_dir() / f"{key}.o"
+    try:
+        stored = path.read_bytes()
+        if hashlib.sha256(stored[_CHECKSUM:]).digest() == stored[:_CHECKSUM]:
+            return stored[_CHECKSUM:]
+    except OSError:
+        pass
+    module = llvm.parse_assembly(ir)
+    module.verify()
+    builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
+    builder.getModulePassManager().run(module, builder)
+    code = machine.emit_object(module)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as out:
+            out.write(hashlib.sha256(code).digest() + code)
+        os.replace(out.name, path)  # readers see the whole file or none
+    except OSError:
+        pass
+    return code
 
 
 def compile_ir(ir, name, arguments):
@@ -36,15 +86,15 @@ def compile_ir(ir, name, arguments):
     import llvmlite.binding as llvm
 
     with _LOCK:
-        machine = _target_machine()
-        module = llvm.parse_assembly(ir)
-        module.verify()
-        builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
-        builder.getModulePassManager().run(module, builder)
-        engine = llvm.create_mcjit_compiler(module, machine)
+        code = _object_code(ir)
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target()[0])
+        engine.add_object_file(llvm.ObjectFileRef.from_data(code))
         engine.finalize_object()
         _ENGINES.append(engine)
-        return ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * arguments)(engine.get_function_address(name))
+        address = engine.get_function_address(name)
+        if not address:
+            raise RuntimeError(f"compiled kernel has no function {name!r}")
+        return ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * arguments)(address)
 
 
 def counted_loop(loop, first, stop, body):
