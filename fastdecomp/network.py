@@ -10,7 +10,7 @@ import numpy as np
 
 from .data import as_input_source
 from .errors import InputError, ModelFileError, UnsupportedLayerError
-from .layers import KERAS_CLASSES, KINDS, BatchNormKind, Layer, refuser
+from .layers import KERAS_CLASSES, KINDS, BatchNormKind, Layer, kernels, refuser
 from .parallel import map_batches
 
 __all__ = ["Network", "from_keras", "MASK_PLACEMENTS"]
@@ -188,17 +188,21 @@ class Network:
 
         kept = () if observed_reusable else observed
 
+        def owned(src, shared):
+            """The array of ``src`` belongs to this walk alone: computed after the variants parted
+            (``shared`` holds what was computed before), kept by no observer, not the caller's."""
+            return src not in shared and src not in kept and src != self.layers[0].name
+
         def overwritable(src, shared, remaining):
-            """A value one reader is left to read, that no variant shares, no observer keeps and
-            the caller did not pass in, may be overwritten."""
-            return not shared and remaining[src] == 1 and src not in kept and src != self.layers[0].name
+            """A value only one reader is left to read, and owned, may be overwritten."""
+            return remaining[src] == 1 and owned(src, shared)
 
         if len(branches) > 1 and keys is None:
             keys = self.branch_keys(branches)
         final = self.output_dense if logits else self.layers[-1].name
         results = [None] * len(branches)
         pending = [(list(range(len(branches))), 1, {self.layers[0].name: x},
-                    {name: len(r) for name, r in self.readers.items()}, False)]
+                    {name: len(r) for name, r in self.readers.items()}, frozenset())]
         while pending:
             group, start, values, remaining, shared = pending.pop()
             masks, head = branches[group[0]]
@@ -212,10 +216,12 @@ class Network:
                     for b in group:
                         parts.setdefault(keys[layer.name][b], []).append(b)
                     if len(parts) > 1:  # the variants part ways: each part goes on alone
-                        pending += [(part, index, dict(values), dict(remaining), True) for part in parts.values()]
+                        pending += [(part, index, dict(values), dict(remaining), frozenset(values))
+                                    for part in parts.values()]
                         finished = False
                         break
                 inputs = [values[src] for src in layer.inputs]
+                alias = None  # the layer whose array this layer's output is, when it computes nothing
                 if head is not None and layer.name == self.output_dense:
                     channeled = dataclasses.replace(layer, shape=(head[0].shape[1],), weights={
                         "kernel": np.ascontiguousarray(head[0], dtype=np.float32),
@@ -234,16 +240,19 @@ class Network:
                         options["rectify"] = layer.name in rectified
                     out = layer.handler.forward(layer, inputs, device=device, **options)
                 elif layer.kind == "add" and any(src in residuals for src in layer.inputs):
-                    out = next(values[src] for src in layer.inputs if src in residuals)
+                    alias = next(src for src in layer.inputs if src in residuals)
+                    out = values[alias]
                 elif layer.kind == "relu" and layer.inputs[0] in rectified:
+                    alias = layer.inputs[0]
                     out = inputs[0]
                 else:
                     reusable = [overwritable(src, shared, remaining) and layer.inputs.count(src) == 1
                                 for src in layer.inputs]
                     out = layer.handler.forward(layer, inputs, reusable, device=device)
                 if masks is not None and layer.name in masks:
-                    mask = masks[layer.name]
-                    out = out * (mask if device is None else device.weights(mask))
+                    mask = masks[layer.name] if device is None else device.weights(masks[layer.name])
+                    fresh = alias is None or (remaining[alias] == 1 and owned(alias, shared))
+                    out = kernels(device).xp.multiply(out, mask, out=out if fresh else None)
                 if layer.name in observed:
                     if packed_activity:
                         observe(layer, out, bits.pop(layer.name, None))
