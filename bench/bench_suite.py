@@ -241,24 +241,21 @@ def curves(args, report, folder):
     report += [f"| ResNet-{d} | {s:.1f} | {t:.1f} | {s / t:.2f}x |" for d, s, t in by_depth]
     report.append("")
 
+    def panel(ax, rows, xlabel, title):
+        """fastdecomp's seconds (column 1) and, where measured, TensorFlow's (column 2) against column 0."""
+        ax.plot([r[0] for r in rows], [r[1] for r in rows], "o-", label="fastdecomp decompose")
+        if len(rows[0]) > 2:
+            ax.plot([r[0] for r in rows], [r[2] for r in rows], "s--", label="TensorFlow predict")
+            ax.legend()
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("seconds")
+        ax.set_ylim(bottom=0)
+        ax.set_title(title)
+
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    axes[0].plot([r[0] for r in by_images], [r[1] for r in by_images], "o-", label="fastdecomp decompose")
-    axes[0].plot([r[0] for r in by_images], [r[2] for r in by_images], "s--", label="TensorFlow predict")
-    axes[0].set_xlabel("images")
-    axes[0].set_ylabel("seconds")
-    axes[0].legend()
-    axes[0].set_title("cost vs images")
-    axes[1].plot([r[0] for r in by_modules], [r[1] for r in by_modules], "o-")
-    axes[1].set_xlabel("modules")
-    axes[1].set_ylabel("seconds")
-    axes[1].set_ylim(bottom=0)
-    axes[1].set_title(f"cost vs modules ({sizes[-1]} images)")
-    axes[2].plot([r[0] for r in by_depth], [r[1] for r in by_depth], "o-", label="fastdecomp decompose")
-    axes[2].plot([r[0] for r in by_depth], [r[2] for r in by_depth], "s--", label="TensorFlow predict")
-    axes[2].set_xlabel("ResNet depth")
-    axes[2].set_ylabel("seconds")
-    axes[2].legend()
-    axes[2].set_title("cost vs depth")
+    panel(axes[0], by_images, "images", "cost vs images")
+    panel(axes[1], by_modules, "modules", f"cost vs modules ({sizes[-1]} images)")
+    panel(axes[2], by_depth, "ResNet depth", "cost vs depth")
     fig.tight_layout()
     fig.savefig(folder / "suite_curves.png", dpi=120)
     plt.close(fig)

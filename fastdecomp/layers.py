@@ -192,10 +192,9 @@ class Conv2DKind(LayerKind):
         x, k = inputs[0], kernels(device)
         c = layer.config
         out = residual if in_place else k.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
-        extra = {} if activity is None else {"activity": activity}
         k.conv2d_forward(x, k.weights(layer.weights["kernel"]), k.weights(layer.weights["bias"]),
                          c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2], out, rectify=rectify,
-                         residual=residual, **extra)
+                         residual=residual, activity=activity)
         return out
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):

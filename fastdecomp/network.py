@@ -10,6 +10,7 @@ import numpy as np
 
 from .data import as_input_source
 from .errors import InputError, ModelFileError, UnsupportedLayerError
+from .kernels.direct_conv import tiling
 from .layers import KERAS_CLASSES, KINDS, BatchNormKind, Layer, kernels, refuser
 from .parallel import map_batches
 
@@ -306,8 +307,6 @@ class Network:
     def _activity_sources(self, observed, masked, residuals, rectified):
         """Convolutions whose output (through a fused Add and ReLU) is an observed, unmasked
         value, and with a vector width the epilogue can pack bits from: conv -> that layer."""
-        from .kernels.direct_conv import tiling
-
         sources = {}
         for layer in self.layers:
             if layer.kind != "conv2d" or tiling(layer.shape[-1], layer.shape[1])[0] < 8:

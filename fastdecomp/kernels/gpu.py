@@ -44,8 +44,9 @@ RANK_TYPES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.uint16): "unsigne
 
 @lru_cache(maxsize=None)
 def source(name):
-    """The CUDA source text of ``name`` (a key of :data:`SOURCES`)."""
-    return (CUDA_DIR / SOURCES[name]).read_text()
+    """The CUDA source text of ``name`` (a key of :data:`SOURCES`), after the shared
+    ``common.cuh`` (index helpers every kernel file uses)."""
+    return (CUDA_DIR / "common.cuh").read_text() + "\n" + (CUDA_DIR / SOURCES[name]).read_text()
 
 
 class Device:
@@ -249,9 +250,12 @@ def _scalars(*values, kind=np.int32):
 
 
 def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, residual=None,
-                   device=None):
+                   activity=None, device=None):
     """2-D convolution ``out = conv(x, kernel) + bias [+ residual]`` (NHWC input, HWIO kernel); see
-    :func:`fastdecomp.kernels.direct_conv.conv2d_forward`. Bit-identical to it."""
+    :func:`fastdecomp.kernels.direct_conv.conv2d_forward`. Bit-identical to it. The packed
+    ``activity`` bits are a CPU epilogue only (the device statistics read the values)."""
+    if activity is not None:
+        raise ValueError("the device convolution does not write packed activity; pass activity=None")
     device = device or get_device("cuda")
     n, h, w, ci = x.shape
     kh, kw, _, co = kernel.shape

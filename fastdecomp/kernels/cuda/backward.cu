@@ -8,12 +8,9 @@ extern "C" __global__ void window_dead_inputs(
 {
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= (long long)modules * in_h * in_w * c) return;
-    int ch = (int)(t % c);
-    long long p = t / c;
-    int w = (int)(p % in_w);
-    p /= in_w;
-    int h = (int)(p % in_h);
-    long long m = p / in_h;
+    NhwcIndex at = nhwc_index(t, in_h, in_w, c);
+    long long m = at.b;
+    int h = at.i, w = at.j, ch = at.ch;
     unsigned char dead = 1;
     for (int dy = 0; dy < window_h && dead; ++dy) {
         int num_y = h + pad_top - dy;

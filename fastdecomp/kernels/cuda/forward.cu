@@ -17,12 +17,9 @@ extern "C" __global__ void conv2d_forward(
 {
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n * oh * ow * co) return;
-    int o = (int)(t % co);
-    long long p = t / co;
-    int j = (int)(p % ow);
-    p /= ow;
-    int i = (int)(p % oh);
-    long long b = p / oh;
+    NhwcIndex at = nhwc_index(t, oh, ow, co);
+    long long b = at.b;
+    int i = at.i, j = at.j, o = at.ch;
     float acc = 0.0f;
     for (int c = 0; c < ci; ++c) {
         for (int dy = 0; dy < kh; ++dy) {
@@ -60,12 +57,9 @@ extern "C" __global__ void pool2d_forward(
 {
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n * oh * ow * c) return;
-    int ch = (int)(t % c);
-    long long p = t / c;
-    int j = (int)(p % ow);
-    p /= ow;
-    int i = (int)(p % oh);
-    long long b = p / oh;
+    NhwcIndex at = nhwc_index(t, oh, ow, c);
+    long long b = at.b;
+    int i = at.i, j = at.j, ch = at.ch;
     float acc = is_max ? -INFINITY : 0.0f;
     int count = 0;
     for (int dy = 0; dy < pool_h; ++dy) {
