@@ -11,8 +11,8 @@ saves. Importing fastdecomp never needs TensorFlow, CuPy or a GPU.
 from . import data, zoo
 from .compose import Composition, compose, load_composition
 from .decompose import decompose
-from .errors import (BackendError, DatasetNotFoundError, FastDecompError, InputError,
-                     ModelFileError, UnsupportedLayerError)
+from .errors import (BackendError, ConfigError, DatasetNotFoundError, FastDecompError, InputError,
+                     ModelFileError, TargetError, UnsupportedLayerError)
 from .modules import ModuleSet, load_modules
 from .network import Network, from_keras
 
@@ -21,5 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "decompose", "compose", "Composition", "load_composition", "from_keras", "Network", "ModuleSet", "load_modules", "data", "zoo",
     "FastDecompError", "UnsupportedLayerError", "InputError", "ModelFileError",
-    "DatasetNotFoundError", "BackendError", "__version__",
+    "DatasetNotFoundError", "BackendError", "ConfigError", "TargetError", "__version__",
 ]

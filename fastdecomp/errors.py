@@ -28,3 +28,11 @@ class DatasetNotFoundError(FastDecompError, FileNotFoundError):
 
 class BackendError(FastDecompError, RuntimeError):
     """A requested compute backend is not available."""
+
+
+class ConfigError(FastDecompError, ValueError):
+    """A setting (an environment variable or an argument) has a value fastdecomp cannot use."""
+
+
+class TargetError(FastDecompError, RuntimeError):
+    """Kernels were asked for a CPU that is unknown, or that this machine cannot execute."""

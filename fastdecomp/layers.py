@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import UnsupportedLayerError
 from .kernels import cpu, direct_conv
+from .kernels import target as targets
 
 KINDS = {}
 KERAS_CLASSES = {}
@@ -51,6 +52,7 @@ class _DeviceKernels:
 def kernels(device):
     """The kernels a forward pass runs: the CPU's, or ``device``'s twins."""
     if device is None:
+        targets.current().check_runnable()
         return _CpuKernels
     if not hasattr(device, "_layer_kernels"):
         device._layer_kernels = _DeviceKernels(device)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .data import as_input_source
 from .errors import InputError, ModelFileError, UnsupportedLayerError
-from .kernels.direct_conv import tiling
+from .kernels.direct_conv import packs_activity
 from .layers import KERAS_CLASSES, KINDS, BatchNormKind, Layer, kernels, refuser
 from .parallel import map_batches
 
@@ -309,7 +309,7 @@ class Network:
         value, and with a vector width the epilogue can pack bits from: conv -> that layer."""
         sources = {}
         for layer in self.layers:
-            if layer.kind != "conv2d" or tiling(layer.shape[-1], layer.shape[1])[0] < 8:
+            if layer.kind != "conv2d" or not packs_activity(layer.shape[-1]):
                 continue
             chain = [layer.name]
             if layer.name in residuals:

@@ -9,9 +9,10 @@ masks) bit-identical.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+
+from . import config
 
 __all__ = ["map_batches", "default_jobs", "CHUNK_IMAGES"]
 
@@ -20,10 +21,7 @@ CHUNK_IMAGES = 64  # images a thread works on at a time: their activations stay 
 
 def default_jobs():
     """Threads to use: ``FASTDECOMP_JOBS`` if set, else every core this process may use."""
-    env = os.environ.get("FASTDECOMP_JOBS")
-    if env:
-        return max(1, int(env))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return config.jobs()
 
 
 def chunks(batches, size):
@@ -41,7 +39,7 @@ def map_batches(fn, batches, n_jobs=None, chunk=None):
     yielded in order. At most ``2 * n_jobs`` pieces are in flight, so memory
     stays bounded by the batch size, not by the number of images.
     """
-    n_jobs = n_jobs or default_jobs()
+    n_jobs = config.jobs(n_jobs)
     batches = chunks(batches, chunk or CHUNK_IMAGES)
     if n_jobs == 1:
         for item in batches:

@@ -94,3 +94,12 @@ def sequential_case():
     x = np.random.default_rng(2).random((40, 12, 12, 2), dtype=np.float32)
     balance_output_bias(model, x)
     return model, x, labelled_like_model(model, x, flip_every=5)
+
+
+@pytest.fixture(autouse=True)
+def _settings_read_afresh():
+    """Settings a test changed through the environment are forgotten after it."""
+    yield
+    from fastdecomp import config
+
+    config._reset()

@@ -345,6 +345,7 @@ def test_compiled_kernels_are_cached_on_disk(tmp_path, monkeypatch):
     cache falls back to compiling, and the kernel computes the same values every way."""
     import llvmlite.binding as llvm
 
+    from fastdecomp import config
     from fastdecomp.kernels import direct_conv
 
     optimised = []
@@ -362,6 +363,7 @@ def test_compiled_kernels_are_cached_on_disk(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setenv("FASTDECOMP_CACHE_DIR", str(tmp_path / "cache"))
+    config._reset()
     expected = convolve()
     files = list((tmp_path / "cache").iterdir())
     assert len(optimised) == 1 and len(files) == 1
@@ -374,5 +376,6 @@ def test_compiled_kernels_are_cached_on_disk(tmp_path, monkeypatch):
     assert len(optimised) == 2  # the rewritten file is whole again
     (tmp_path / "not-a-directory").write_text("")
     monkeypatch.setenv("FASTDECOMP_CACHE_DIR", str(tmp_path / "not-a-directory" / "cache"))
+    config._reset()
     np.testing.assert_array_equal(convolve(), expected)
     assert len(optimised) == 3

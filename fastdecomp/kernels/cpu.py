@@ -10,8 +10,35 @@ kernels are serial: the engine runs whole batches on several threads
 decomposition, use every core themselves.
 """
 
+import os
+
 import numpy as np
-from numba import njit, prange
+
+from ..errors import TargetError
+from . import target as targets
+
+
+def _point_numba_at_the_target():
+    """Make Numba generate code for ``FASTDECOMP_TARGET_CPU`` too (before it compiles anything).
+
+    Only a target this machine can run is applied; for any other, the kernels
+    refuse to run (:meth:`.target.Target.check_runnable`).
+    """
+    try:
+        target = targets.current()
+    except TargetError:
+        return
+    if target.name != "native" and target.runnable:
+        os.environ["NUMBA_CPU_NAME"] = target.cpu
+        os.environ["NUMBA_CPU_FEATURES"] = target.features
+
+
+_point_numba_at_the_target()
+
+from numba import njit, prange  # noqa: E402  (after the target is set)
+from numba.core import config as _numba_config  # noqa: E402
+
+_numba_config.reload_config()
 
 
 def jit(parallel=False):

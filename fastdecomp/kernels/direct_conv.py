@@ -16,8 +16,17 @@ leaves such a sum unchanged.
 
 Numba cannot express the register tile (its auto-vectoriser keeps the
 accumulators in memory), so the kernel is written in LLVM IR with explicit
-vector types and compiled for the host CPU (:mod:`.llvm_jit`). Every shape
-constant is baked in, one compiled function per layer shape (memoised).
+vector types and compiled for the target CPU (:mod:`.llvm_jit`). Every shape
+constant is baked in, one compiled function per layer shape and tiling
+(memoised).
+
+The tiling fits the target's register file (:mod:`.target`): a tile of
+accumulators that does not fit spills, and a spilling tile runs several
+times slower (16 accumulators of 16 floats fill AVX-512's 32 registers
+but need 32 of AVX2's 16). :func:`candidates` lists the tilings that fit;
+:mod:`.tuning` times them on the real shape the first time it is seen and
+keeps the fastest, or, with ``FASTDECOMP_TUNE=off``, :func:`rule_tiling`
+picks one without measuring.
 
 Each output sums its terms in one fixed order (input channel, then kernel
 row, then kernel column, then the bias, then the residual), whatever the
@@ -27,16 +36,16 @@ however the data is batched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from functools import lru_cache
 
 import numpy as np
 
+from . import target as targets
 from .llvm_jit import compile_ir, counted_loop
 
-__all__ = ["conv2d_forward", "ConvShape", "tiling", "conv_ir"]
-
-ACCUMULATORS = 16  # vector registers kept for the output tile (AVX-512 has 32, AVX2 16)
+__all__ = ["conv2d_forward", "ConvShape", "Tiling", "candidates", "rule_tiling", "conv_ir", "packs_activity"]
 
 
 @dataclass(frozen=True)
@@ -59,21 +68,99 @@ class ConvShape:
     residual: bool = False
     activity: bool = False
 
+    @property
+    def geometry(self):
+        """The shape without its epilogue: what a tiling is chosen for."""
+        return ConvShape(*[getattr(self, f.name) for f in fields(self)][:12])
 
-def tiling(out_channels, out_w):
-    """Vector width, channel blocks per tile and pixels per tile for one layer.
+    @property
+    def flops(self):
+        """Floating-point operations per image (two per multiply-add)."""
+        return 2 * self.out_h * self.out_w * self.out_channels * self.kernel_h * self.kernel_w * self.in_channels
 
-    The vector width is the widest of 16, 8, 4, 2, 1 floats dividing the
-    output channels; a tile holds at most :data:`ACCUMULATORS` vectors:
-    ``group`` channel blocks (at most two) for each of ``pixels`` outputs of
-    one row. A row whose width is not a multiple of ``pixels`` ends with one
-    shorter tile.
+
+@dataclass(frozen=True, order=True)
+class Tiling:
+    """How the output is cut into register tiles.
+
+    Attributes
+    ----------
+    width : int
+        Floats per vector (a vector wider than the target's registers takes
+        several of them).
+    group : int
+        Channel blocks of ``width`` per tile.
+    pixels : int
+        Output pixels of one row per tile; a row whose width is not a
+        multiple of it ends with one shorter tile.
     """
-    width = next(v for v in (16, 8, 4, 2, 1) if out_channels % v == 0)
-    blocks = out_channels // width
-    group = 2 if blocks % 2 == 0 else 1
-    pixels = min(out_w, ACCUMULATORS // group)
-    return width, group, pixels
+
+    width: int
+    group: int
+    pixels: int
+
+    def registers(self, target):
+        """Vector registers the tile needs on ``target``: accumulators, weights and the broadcast input."""
+        per_vector = math.ceil(self.width / target.vector_floats)
+        return (self.pixels + 1) * self.group * per_vector + 1
+
+
+def packs_activity(out_channels):
+    """Whether the epilogue can pack the output's ``> 0`` bits (whole bytes per vector)."""
+    return out_channels % 8 == 0
+
+
+def _widths(out_channels, target):
+    """Vector widths worth trying: 8 or 16 floats when the channels allow (the packed
+    activity bits need whole bytes), at most two registers wide; else the widest
+    power of two dividing the channels that fits one register."""
+    if packs_activity(out_channels):
+        return [w for w in (16, 8) if out_channels % w == 0 and w <= max(8, 2 * target.vector_floats)]
+    return [next(w for w in (8, 4, 2, 1) if out_channels % w == 0 and w <= target.vector_floats)]
+
+
+ACCUMULATOR_CAP = 16  # accumulator registers per tile beyond which no ResNet shape ran faster (AVX-512, AVX2)
+
+
+def _pixel_counts(width, group, shape, target):
+    """``(capped, options)``: the pixels per tile that keep the accumulators within
+    :data:`ACCUMULATOR_CAP` registers, and the counts worth timing (down to half of
+    it, and the most the register file holds)."""
+    per_vector = math.ceil(width / target.vector_floats)
+    most = (target.isa.registers - 1) // (group * per_vector) - 1
+    capped = min(most, ACCUMULATOR_CAP // (group * per_vector))
+    options = {min(p, shape.out_w) for p in (capped, most, capped * 3 // 4, capped // 2) if p >= 1}
+    return min(capped, shape.out_w), sorted(options, reverse=True)
+
+
+def candidates(shape, target=None):
+    """Every tiling worth timing for ``shape`` on ``target`` (default: the current target).
+
+    For each vector width and channel grouping, the pixel counts whose tile fits
+    the register file (:func:`_pixel_counts`). The first is :func:`rule_tiling`'s.
+    """
+    target = target or targets.current()
+    rule = rule_tiling(shape, target)
+    found = [rule]
+    for width in _widths(shape.out_channels, target):
+        for group in (1, 2, 4):
+            if (shape.out_channels // width) % group == 0:
+                found += [Tiling(width, group, pixels) for pixels in _pixel_counts(width, group, shape, target)[1]
+                          if pixels >= 1]
+    return list(dict.fromkeys(found))
+
+
+def rule_tiling(shape, target=None):
+    """The tiling chosen without measuring: the widest vector that fits one register
+    (else the narrowest offered), two channel blocks when they divide evenly, and as
+    many pixels as :data:`ACCUMULATOR_CAP` allows."""
+    target = target or targets.current()
+    widths = _widths(shape.out_channels, target)
+    fitting = [w for w in widths if w <= target.vector_floats]
+    width = max(fitting) if fitting else min(widths)
+    group = 2 if (shape.out_channels // width) % 2 == 0 else 1
+    pixels, _ = _pixel_counts(width, group, shape, target)
+    return Tiling(width, group, max(1, pixels))
 
 
 def _runs(keys):
@@ -108,7 +195,7 @@ def _border_classes(s, pixels):
     return _runs(rows), _runs(tiles)
 
 
-def conv_ir(shape: ConvShape, name="conv"):
+def conv_ir(shape: ConvShape, tiling: Tiling, name="conv"):
     """LLVM IR of ``void name(i64 x, i64 kernel, i64 bias, i64 out, i64 images, i64 residual, i64 activity)``.
 
     ``x`` is an NHWC float32 input (unpadded), ``kernel`` HWIO float32,
@@ -117,10 +204,11 @@ def conv_ir(shape: ConvShape, name="conv"):
     ``residual`` (which may be ``out`` itself), then with ``shape.rectify``
     applies ReLU. With ``shape.activity`` it also writes ``activity``, uint8
     ``[images, nodes / 8]``: the output's ``> 0`` bits packed as
-    ``numpy.packbits`` does (needs a vector width of 8 or 16).
+    ``numpy.packbits`` does (needs a vector width of 8 or 16). ``tiling``
+    decides the speed, never the values.
     """
     s = shape
-    width, group, pixels = tiling(s.out_channels, s.out_w)
+    width, group, pixels = tiling.width, tiling.group, tiling.pixels
     groups = s.out_channels // (width * group)
     row_runs, tile_runs = _border_classes(s, pixels)
     vec = f"<{width} x float>"
@@ -277,9 +365,18 @@ def _load_vector(name, pointer, index, offset, vec):
 
 
 @lru_cache(maxsize=None)
-def compiled(shape: ConvShape):
-    """The compiled kernel for ``shape``, as a ctypes function (compiled once per process)."""
-    return compile_ir(conv_ir(shape), "conv", 7)
+def compiled(shape: ConvShape, tiling: Tiling, target_key: str):
+    """The compiled kernel for ``shape`` and ``tiling`` on the current target, as a ctypes
+    function (compiled once per process and target)."""
+    return compile_ir(conv_ir(shape, tiling), "conv", 7)
+
+
+def kernel_for(shape: ConvShape):
+    """The compiled kernel for ``shape``, with the tiling :mod:`.tuning` chose for it."""
+    from . import tuning
+
+    target = targets.current()
+    return compiled(shape, tuning.choose(shape.geometry, target), target.key)
 
 
 def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, residual=None,
@@ -309,9 +406,18 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
         while the values are in registers (the activity statistics read these
         bits instead of the values). Needs ``Co`` to be a multiple of 8.
     """
+    if x.ndim != 4 or kernel.ndim != 4 or out.ndim != 4:
+        raise ValueError(f"conv2d_forward takes 4-D input, kernel and output, not {x.shape}, {kernel.shape}, "
+                         f"{out.shape}")
     n, h, w, ci = x.shape
-    kh, kw, _, co = kernel.shape
+    kh, kw, kernel_ci, co = kernel.shape
     oh, ow = out.shape[1], out.shape[2]
+    if kernel_ci != ci or np.shape(bias) != (co,) or out.shape != (n, oh, ow, co):
+        raise ValueError(f"a kernel of shape {kernel.shape} and a bias of shape {np.shape(bias)} do not fit an "
+                         f"input of shape {x.shape} and an output of shape {out.shape}")
+    if min(stride_h, stride_w, kh, kw) < 1 or 0 in x.shape[1:] or 0 in out.shape[1:]:
+        raise ValueError(f"strides {stride_h, stride_w}, a kernel {kh}x{kw} and the shapes {x.shape} -> "
+                         f"{out.shape} describe no convolution")
     shape = ConvShape(h, w, ci, kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, co,
                       bool(rectify), residual is not None, activity is not None)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -324,10 +430,10 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
         if residual.shape != out.shape:
             raise ValueError(f"residual of shape {residual.shape} for an output of shape {out.shape}")
     if activity is not None:
-        if co % 8 or tiling(co, ow)[0] < 8:
+        if not packs_activity(co):
             raise ValueError(f"packed activity needs output channels in multiples of 8, not {co}")
         if activity.shape != (n, oh * ow * co // 8) or activity.dtype != np.uint8 or not activity.flags.c_contiguous:
             raise ValueError(f"activity must be a C-contiguous uint8 array of shape {(n, oh * ow * co // 8)}")
-    compiled(shape)(x.ctypes.data, kernel.ctypes.data, bias.ctypes.data, out.ctypes.data, n,
-                    out.ctypes.data if residual is None else residual.ctypes.data,
-                    0 if activity is None else activity.ctypes.data)
+    kernel_for(shape)(x.ctypes.data, kernel.ctypes.data, bias.ctypes.data, out.ctypes.data, n,
+                      out.ctypes.data if residual is None else residual.ctypes.data,
+                      0 if activity is None else activity.ctypes.data)

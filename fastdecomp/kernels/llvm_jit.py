@@ -1,4 +1,4 @@
-"""Compiling LLVM IR text for this CPU through llvmlite (the compiler Numba itself uses).
+"""Compiling LLVM IR text for the target CPU through llvmlite (the compiler Numba itself uses).
 
 The kernels that Numba cannot express well (a register tile of SIMD
 accumulators, vector compares turned into bit masks) are written as LLVM IR
@@ -9,9 +9,10 @@ Compiled machine code is kept on disk, as Numba's ``cache=True`` keeps its
 own: a ResNet-56 needs two dozen kernel variants, half a second each to
 optimise. The cache lives in ``FASTDECOMP_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/fastdecomp`` or ``~/.cache/fastdecomp``), one file per
-kernel, keyed by the IR text, the CPU's name and features, and the llvmlite
-version; a file that fails its checksum is compiled again and replaced, and a
-directory that cannot be written just means no caching.
+kernel, keyed by the IR text, the target CPU's name and features
+(:mod:`.target`), and the llvmlite version; a file that fails its checksum is
+compiled again and replaced, and a directory that cannot be written just
+means no caching.
 """
 
 import ctypes
@@ -20,53 +21,41 @@ import os
 import tempfile
 import threading
 from functools import lru_cache
-from pathlib import Path
 
-__all__ = ["compile_ir", "counted_loop", "cache_dir"]
+from .. import config
+from . import target as targets
+
+__all__ = ["compile_ir", "object_code", "assembly", "counted_loop"]
 
 _LOCK = threading.Lock()
 _ENGINES = []  # loaded code lives as long as its execution engine
 _CHECKSUM = hashlib.sha256().digest_size
 
 
-def cache_dir():
-    """Where compiled kernels are kept (``FASTDECOMP_CACHE_DIR``, else the user's cache directory)."""
-    if os.environ.get("FASTDECOMP_CACHE_DIR"):
-        return Path(os.environ["FASTDECOMP_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fastdecomp"
-
-
 @lru_cache(maxsize=None)
-def _target():
+def _machine(target):
+    """llvmlite's target machine for ``target``, and the key its compiled code is stored under."""
     import llvmlite
     import llvmlite.binding as llvm
 
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
-    machine = llvm.Target.from_default_triple().create_target_machine(cpu=cpu, features=features, opt=3)
-    return machine, f"{llvm.get_default_triple()}|{cpu}|{features}|{llvmlite.__version__}"
+    machine = llvm.Target.from_triple(target.triple).create_target_machine(
+        cpu=target.cpu, features=target.features, opt=3)
+    return machine, f"{target.key}|{llvmlite.__version__}"
 
 
-def _object_code(ir):
-    """Machine code of ``ir`` for this CPU, from the cache or compiled (and then cached)."""
-    import llvmlite.binding as llvm
-
-    machine, target_key = _target()
+def object_code(ir, target=None):
+    """Machine code of ``ir`` for ``target`` (default: :func:`.target.current`), from the cache or
+    compiled (and then cached). Works for targets this machine cannot execute."""
+    machine, target_key = _machine(target or targets.current())
     key = hashlib.sha256(f"{target_key}\n{ir}".encode()).hexdigest()
-    path = cache_dir() / f"{key}.o"
+    path = config.cache_dir() / f"{key}.o"
     try:
         stored = path.read_bytes()
         if hashlib.sha256(stored[_CHECKSUM:]).digest() == stored[:_CHECKSUM]:
             return stored[_CHECKSUM:]
     except OSError:
         pass
-    module = llvm.parse_assembly(ir)
-    module.verify()
-    builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
-    builder.getModulePassManager().run(module, builder)
-    code = machine.emit_object(module)
+    code = machine.emit_object(_optimised(ir, machine))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as out:
@@ -77,17 +66,40 @@ def _object_code(ir):
     return code
 
 
+def _optimised(ir, machine):
+    import llvmlite.binding as llvm
+
+    module = llvm.parse_assembly(ir)
+    module.verify()
+    builder = llvm.create_pass_builder(machine, llvm.create_pipeline_tuning_options(speed_level=3))
+    builder.getModulePassManager().run(module, builder)
+    return module
+
+
+def assembly(ir, target=None):
+    """The assembly text ``ir`` compiles to for ``target`` (default: the current one), for inspection."""
+    machine, _ = _machine(target or targets.current())
+    return machine.emit_assembly(_optimised(ir, machine))
+
+
 def compile_ir(ir, name, arguments):
-    """Function ``name`` of the IR module ``ir``, optimised for the host CPU.
+    """Function ``name`` of the IR module ``ir``, optimised for the target CPU and loaded.
 
     Returns a ctypes function of ``arguments`` 64-bit integer arguments
     (addresses and counts) returning nothing.
+
+    Raises
+    ------
+    TargetError
+        When the target CPU is one this machine cannot execute.
     """
     import llvmlite.binding as llvm
 
+    target = targets.current()
+    target.check_runnable()
     with _LOCK:
-        code = _object_code(ir)
-        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target()[0])
+        code = object_code(ir, target)
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _machine(target)[0])
         engine.add_object_file(llvm.ObjectFileRef.from_data(code))
         engine.finalize_object()
         _ENGINES.append(engine)

@@ -1,0 +1,124 @@
+"""fastdecomp's settings: every default and every environment variable, in one place.
+
+Each setting has a default in :data:`DEFAULTS` and may be overridden by an
+environment variable, read here and nowhere else:
+
+==================  ========================  ==============================================
+setting             environment variable      meaning
+==================  ========================  ==============================================
+``jobs``            ``FASTDECOMP_JOBS``       threads the engine runs batches on (``None``:
+                                              every core this process may use)
+``cache_dir``       ``FASTDECOMP_CACHE_DIR``  where compiled kernels and tuning records are
+                                              kept (``None``: ``$XDG_CACHE_HOME/fastdecomp``
+                                              or ``~/.cache/fastdecomp``)
+``target_cpu``      ``FASTDECOMP_TARGET_CPU`` the CPU kernels are generated for: ``native``,
+                                              or a name from
+                                              :data:`fastdecomp.kernels.target.KNOWN_TARGETS`
+``tune``            ``FASTDECOMP_TUNE``       ``on``: time candidate convolution tilings the
+                                              first time a layer shape is seen; ``off``: the
+                                              rule-based tiling
+==================  ========================  ==============================================
+
+Values are read once and kept; :func:`_reset` forgets them (for tests that
+change the environment).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULTS", "get", "cache_dir", "jobs"]
+
+DEFAULTS = {
+    "jobs": None,
+    "cache_dir": None,
+    "target_cpu": "native",
+    "tune": True,
+}
+
+ENVIRONMENT = {
+    "jobs": "FASTDECOMP_JOBS",
+    "cache_dir": "FASTDECOMP_CACHE_DIR",
+    "target_cpu": "FASTDECOMP_TARGET_CPU",
+    "tune": "FASTDECOMP_TUNE",
+}
+
+_values = {}
+
+
+def _parse_jobs(text, variable):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{variable}={text!r} is not a number of threads: give a positive integer, "
+                          f"or unset it to use every core")
+    return value
+
+
+def _parse_tune(text, variable):
+    words = {"on": True, "1": True, "true": True, "yes": True, "off": False, "0": False, "false": False, "no": False}
+    if text.strip().lower() not in words:
+        raise ConfigError(f"{variable}={text!r} is not understood: use 'on' or 'off'")
+    return words[text.strip().lower()]
+
+
+_PARSERS = {"jobs": _parse_jobs, "cache_dir": lambda text, variable: Path(text),
+            "target_cpu": lambda text, variable: text.strip(),
+            "tune": _parse_tune}
+
+
+def get(name):
+    """The value of setting ``name``: its environment variable if set, else its default.
+
+    Raises
+    ------
+    ConfigError
+        When the environment variable holds a value the setting cannot take;
+        the message names the variable.
+    """
+    if name not in DEFAULTS:
+        raise ConfigError(f"unknown setting {name!r}; the settings are {sorted(DEFAULTS)}")
+    if name not in _values:
+        variable = ENVIRONMENT[name]
+        text = os.environ.get(variable)
+        _values[name] = DEFAULTS[name] if not text else _PARSERS[name](text, variable)
+    return _values[name]
+
+
+def cache_dir():
+    """Where compiled kernels and tuning records are kept."""
+    configured = get("cache_dir")
+    if configured is not None:
+        return configured
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastdecomp"
+
+
+def jobs(n_jobs=None):
+    """Threads to use: ``n_jobs`` if given, else ``FASTDECOMP_JOBS``, else every core this process may use.
+
+    Raises
+    ------
+    ConfigError
+        When ``n_jobs`` is not a positive integer.
+    """
+    if n_jobs is not None:
+        if isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral) or n_jobs < 1:
+            raise ConfigError(f"n_jobs={n_jobs!r} is not a number of threads: give a positive integer, "
+                              f"or None to use every core")
+        return int(n_jobs)
+    configured = get("jobs")
+    if configured is not None:
+        return configured
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _reset():
+    """Forget every value read, so the next :func:`get` reads the environment again."""
+    _values.clear()
