@@ -41,6 +41,8 @@ GENERATOR = 1  # bump when the generated code changes enough to make old timings
 ROUNDS = 3
 SECONDS_PER_RUN = 0.002  # images per timed run are chosen to take about this long
 
+GEOMETRY_FIELDS = [f.name for f in fields(direct_conv.ConvShape)][:12]  # a record's shape keys, in order
+
 _LOCK = threading.Lock()
 _CHOSEN = {}
 
@@ -106,10 +108,7 @@ def record_path(target):
 
 
 def _shape_key(geometry):
-    return ",".join(str(value) for value in astuple(geometry)[:len(_GEOMETRY_FIELDS)])
-
-
-_GEOMETRY_FIELDS = [f.name for f in fields(direct_conv.ConvShape)][:12]
+    return ",".join(str(value) for value in astuple(geometry)[:len(GEOMETRY_FIELDS)])
 
 
 def _checksum(choices):
@@ -139,12 +138,12 @@ def _write(target, shape_key, tiling):
     choices = _read(target)
     choices[shape_key] = list(astuple(tiling))
     document = {"format": FORMAT, "version": VERSION, "generator": GENERATOR, "target": target.key,
-                "fields": _GEOMETRY_FIELDS, "choices": choices, "checksum": _checksum(choices)}
+                "fields": GEOMETRY_FIELDS, "choices": choices, "checksum": _checksum(choices)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
             json.dump(document, out, indent=1, sort_keys=True)
-        os.replace(out.name, path)
+        os.replace(out.name, path)  # readers see the old record or the new one, whole
     except OSError:
         pass
 
