@@ -156,7 +156,7 @@ def test_a_shape_is_measured_once_per_machine_and_the_choice_recorded(tuning_san
     target = targets.current()
     assert measured == [shape]
     record = json.loads(tuning.record_path(target).read_text())
-    assert record["target"] == target.key
+    assert record["target"] == tuning._record_key(target)
     choice = direct_conv.Tiling(*next(iter(record["choices"].values())))
     assert choice in direct_conv.candidates(shape, target)
     convolve_once()
@@ -184,7 +184,7 @@ def _with_checksum(change):
     lambda path: path.write_text(path.read_text()[:40]),
     lambda path: path.write_bytes(b"\x00\xff" * 50),
     lambda path: _rewrite(path, lambda r: r["choices"].update({k: [16, 1, 3] for k in r["choices"]})),
-    lambda path: _rewrite(path, _with_checksum(lambda r: r.update(target="x86_64|znver9|+avx|avx2"))),
+    lambda path: _rewrite(path, _with_checksum(lambda r: r.update(target=r["target"].replace("host=", "host=other")))),
     lambda path: _rewrite(path, _with_checksum(lambda r: r.update(generator=tuning.GENERATOR - 1))),
     lambda path: _rewrite(path, _with_checksum(lambda r: r["choices"].update({k: [8, 3, 5] for k in r["choices"]}))),
     lambda path: _rewrite(path, _with_checksum(lambda r: r["choices"].update({k: "16,1,3" for k in r["choices"]}))),
@@ -225,3 +225,81 @@ def test_a_bad_thread_count_is_refused(n_jobs, resnet_case):
     model, x, _ = resnet_case
     with pytest.raises(ConfigError, match="n_jobs"):
         fd.from_keras(model).predict(x, n_jobs=n_jobs)
+
+
+def test_conv2d_forward_under_a_target_it_cannot_run_refuses_before_compiling_to_run(monkeypatch):
+    use_target(monkeypatch, "neoverse-n1")
+    x, kernel, bias = random_conv(np.random.default_rng(0), RESNET_SHAPES[2], 1)
+    with pytest.raises(TargetError, match="neoverse-n1"):
+        direct_conv.conv2d_forward(x, kernel, bias, 1, 1, 1, 1, np.empty((1, 16, 16, 64), np.float32))
+
+
+def _read_only(array):
+    array.flags.writeable = False
+    return array
+
+
+@pytest.mark.parametrize("change", [
+    {"out": _read_only(np.empty((2, 8, 8, 16), np.float32))},
+    {"out": np.empty((2, 8, 8, 16), np.float64)},
+    {"out": np.empty((2, 8, 16, 16), np.float32)[:, :, ::2]},
+    {"out": np.empty((3, 8, 8, 16), np.float32)},
+    {"out": np.empty((2, 8, 8, 8), np.float32)},
+    {"kernel": np.ones((3, 3, 4, 16), np.float32)},
+    {"kernel": np.ones((3, 3, 8), np.float32)},
+    {"bias": np.ones(17, np.float32)},
+    {"stride_h": 0}, {"stride_w": 1.5}, {"pad_top": -1}, {"pad_left": 1.0}, {"stride_h": True},
+    {"residual": np.ones((2, 8, 8, 8), np.float32)},
+    {"activity": np.empty((2, 127), np.uint8)},
+    {"activity": _read_only(np.empty((2, 8 * 8 * 16 // 8), np.uint8))},
+], ids=lambda change: next(iter(change)))
+def test_conv2d_forward_checks_its_arrays_before_touching_memory(change):
+    arguments = {"x": np.ones((2, 8, 8, 8), np.float32), "kernel": np.ones((3, 3, 8, 16), np.float32),
+                 "bias": np.ones(16, np.float32), "stride_h": 1, "stride_w": 1, "pad_top": 1, "pad_left": 1,
+                 "out": np.empty((2, 8, 8, 16), np.float32)}
+    arguments.update(change)
+    with pytest.raises(FastDecompError):
+        direct_conv.conv2d_forward(**arguments)
+
+
+def test_threads_meeting_a_new_shape_together_tune_it_once_and_agree(tuning_sandbox):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(lambda seed: convolve_once(0)[1], range(8)))
+    assert len(tuning_sandbox) == 1
+    for out in outputs[1:]:
+        np.testing.assert_array_equal(out, outputs[0])
+
+
+def test_a_named_target_records_which_machine_timed_it(tuning_sandbox, monkeypatch):
+    """A record of haswell timings is valid only for the host that measured them (a cache
+    folder shared between machines must not hand one machine's timings to another)."""
+    haswell = use_target(monkeypatch, "haswell")
+    tuning._reset()
+    convolve_once()
+    record = json.loads(tuning.record_path(haswell).read_text())
+    assert record["target"].startswith(haswell.key) and targets.resolve("native").key in record["target"]
+
+
+def test_numba_kernels_are_generated_for_the_named_target():
+    """In a fresh process with FASTDECOMP_TARGET_CPU=haswell, Numba compiles for Haswell (no
+    AVX-512 registers), and a child started without a target returns to the host CPU."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import numpy as np, numba.core.config as c; from fastdecomp.kernels import cpu; "
+              "x = np.ones((4, 64), np.float32); out = np.empty((4, 32), np.float32); "
+              "cpu.dense_forward(x, np.ones((64, 32), np.float32), np.zeros(32, np.float32), out); "
+              "asm = cpu.dense_forward.overloads[cpu.dense_forward.signatures[0]].library.get_asm_str(); "
+              "print(c.CPU_NAME, 'zmm' in asm)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "FASTDECOMP_"))}
+    haswell = subprocess.run([sys.executable, "-c", script], env={**env, "FASTDECOMP_TARGET_CPU": "haswell",
+                                                                   "NUMBA_CACHE_DIR": "/nonexistent-cache"},
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert haswell == ["haswell", "False"]
+    inherited = {**env, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "", "FASTDECOMP_NUMBA_CPU": "haswell"}
+    native = subprocess.run([sys.executable, "-c", script], env=inherited, capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert native[0] == "None"

@@ -21,24 +21,33 @@ from . import target as targets
 def _point_numba_at_the_target():
     """Make Numba generate code for ``FASTDECOMP_TARGET_CPU`` too (before it compiles anything).
 
-    Only a target this machine can run is applied; for any other, the kernels
-    refuse to run (:meth:`.target.Target.check_runnable`).
+    Only a target this machine can run is applied (for any other, the kernels
+    refuse to run: :meth:`.target.Target.check_runnable`), and never over a
+    ``NUMBA_CPU_NAME`` the user set; one this function set in a parent process
+    is taken back when the child's target differs.
     """
+    before = (os.environ.get("NUMBA_CPU_NAME"), os.environ.get("NUMBA_CPU_FEATURES"))
     try:
         target = targets.current()
     except TargetError:
-        return
-    if target.name != "native" and target.runnable:
-        os.environ["NUMBA_CPU_NAME"] = target.cpu
-        os.environ["NUMBA_CPU_FEATURES"] = target.features
+        return False
+    ours = os.environ.get("FASTDECOMP_NUMBA_CPU")
+    if ours is not None and os.environ.get("NUMBA_CPU_NAME") == ours:  # inherited from a parent that set it
+        for variable in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "FASTDECOMP_NUMBA_CPU"):
+            os.environ.pop(variable, None)
+    if target.name != "native" and target.runnable and "NUMBA_CPU_NAME" not in os.environ:
+        os.environ.update(NUMBA_CPU_NAME=target.cpu, NUMBA_CPU_FEATURES=target.features,
+                          FASTDECOMP_NUMBA_CPU=target.cpu)
+    return (os.environ.get("NUMBA_CPU_NAME"), os.environ.get("NUMBA_CPU_FEATURES")) != before
 
 
-_point_numba_at_the_target()
+_numba_target_changed = _point_numba_at_the_target()
 
 from numba import njit, prange  # noqa: E402  (after the target is set)
 from numba.core import config as _numba_config  # noqa: E402
 
-_numba_config.reload_config()
+if _numba_target_changed:
+    _numba_config.reload_config()
 
 
 def jit(parallel=False):

@@ -23,11 +23,12 @@ import threading
 from functools import lru_cache
 
 from .. import config
+from ..errors import TargetError
 from . import target as targets
 
 __all__ = ["compile_ir", "object_code", "assembly", "counted_loop"]
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # LLVM's global context is not thread-safe
 _ENGINES = []  # loaded code lives as long as its execution engine
 _CHECKSUM = hashlib.sha256().digest_size
 
@@ -55,7 +56,8 @@ def object_code(ir, target=None):
             return stored[_CHECKSUM:]
     except OSError:
         pass
-    code = machine.emit_object(_optimised(ir, machine))
+    with _LOCK:
+        code = machine.emit_object(_optimised(ir, machine))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as out:
@@ -79,11 +81,13 @@ def _optimised(ir, machine):
 def assembly(ir, target=None):
     """The assembly text ``ir`` compiles to for ``target`` (default: the current one), for inspection."""
     machine, _ = _machine(target or targets.current())
-    return machine.emit_assembly(_optimised(ir, machine))
+    with _LOCK:
+        return machine.emit_assembly(_optimised(ir, machine))
 
 
-def compile_ir(ir, name, arguments):
-    """Function ``name`` of the IR module ``ir``, optimised for the target CPU and loaded.
+def compile_ir(ir, name, arguments, target=None):
+    """Function ``name`` of the IR module ``ir``, optimised for ``target`` (default: the
+    current one, :func:`.target.current`) and loaded.
 
     Returns a ctypes function of ``arguments`` 64-bit integer arguments
     (addresses and counts) returning nothing.
@@ -95,7 +99,7 @@ def compile_ir(ir, name, arguments):
     """
     import llvmlite.binding as llvm
 
-    target = targets.current()
+    target = target or targets.current()
     target.check_runnable()
     with _LOCK:
         code = object_code(ir, target)
@@ -105,7 +109,7 @@ def compile_ir(ir, name, arguments):
         _ENGINES.append(engine)
         address = engine.get_function_address(name)
         if not address:
-            raise RuntimeError(f"compiled kernel has no function {name!r}")
+            raise TargetError(f"the compiled kernel has no function {name!r}: the IR defines another name")
         return ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * arguments)(address)
 
 

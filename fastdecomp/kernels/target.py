@@ -64,9 +64,9 @@ KNOWN_TARGETS = {
     "sandybridge": ("x86_64", "avx", frozenset()),
     "x86-64-v2": ("x86_64", "sse4.2", frozenset()),
     "nehalem": ("x86_64", "sse4.2", frozenset()),
-    "neoverse-n1": ("aarch64", "neon", frozenset()),
-    "neoverse-v1": ("aarch64", "neon", frozenset()),
-    "apple-m1": ("aarch64", "neon", frozenset()),
+    "neoverse-n1": ("aarch64", "neon", frozenset({"lse", "fullfp16", "dotprod", "rcpc"})),
+    "neoverse-v1": ("aarch64", "neon", frozenset({"lse", "fullfp16", "dotprod", "rcpc", "sve", "bf16", "i8mm"})),
+    "apple-m1": ("aarch64", "neon", frozenset({"lse", "fullfp16", "dotprod", "rcpc", "sha3"})),
     "cortex-a72": ("aarch64", "neon", frozenset()),
 }
 
@@ -189,7 +189,8 @@ def resolve(name):
         missing = (f"the {target_architecture} architecture",)
     else:
         missing = tuple(sorted((isa.requires | extra) - features))
-    return Target(name, name, _TRIPLES[target_architecture], "", isa, not missing, missing)
+    triple = llvm.get_default_triple() if target_architecture == architecture else _TRIPLES[target_architecture]
+    return Target(name, name, triple, "", isa, not missing, missing)
 
 
 def runnable_names():

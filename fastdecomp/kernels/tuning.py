@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import config
 from . import direct_conv
+from . import target as targets
 
 __all__ = ["choose", "measure", "record_path", "GENERATOR"]
 
@@ -41,7 +42,7 @@ GENERATOR = 1  # bump when the generated code changes enough to make old timings
 ROUNDS = 3
 SECONDS_PER_RUN = 0.002  # images per timed run are chosen to take about this long
 
-GEOMETRY_FIELDS = [f.name for f in fields(direct_conv.ConvShape)][:12]  # a record's shape keys, in order
+GEOMETRY_FIELDS = [f.name for f in fields(direct_conv.ConvShape) if f.name not in direct_conv.EPILOGUE]  # a record's shape keys, in order
 
 _LOCK = threading.Lock()
 _CHOSEN = {}
@@ -88,7 +89,7 @@ def measure(geometry, options, target, rounds=ROUNDS):
                                    geometry.out_channels)).astype(np.float32)
     bias = rng.standard_normal(geometry.out_channels).astype(np.float32)
     out = np.empty((images, geometry.out_h, geometry.out_w, geometry.out_channels), np.float32)
-    kernels = {tiling: direct_conv.compiled(geometry, tiling, target.key) for tiling in options}
+    kernels = {tiling: direct_conv.compiled(geometry, tiling, target) for tiling in options}
     arguments = (x.ctypes.data, weights.ctypes.data, bias.ctypes.data, out.ctypes.data, images, out.ctypes.data, 0)
     best = {}
     for round_ in range(rounds + 1):
@@ -101,9 +102,16 @@ def measure(geometry, options, target, rounds=ROUNDS):
     return best
 
 
+def _record_key(target):
+    """What a record is valid for: the target, the machine that timed it, the compiler."""
+    import llvmlite
+
+    return f"{target.key}|host={targets.resolve('native').key}|llvmlite={llvmlite.__version__}"
+
+
 def record_path(target):
     """The file holding ``target``'s tuning record."""
-    name = hashlib.sha256(f"{target.key}|{GENERATOR}".encode()).hexdigest()[:24]
+    name = hashlib.sha256(f"{_record_key(target)}|{GENERATOR}".encode()).hexdigest()[:24]
     return config.cache_dir() / "tuning" / f"{name}.json"
 
 
@@ -121,13 +129,13 @@ def _read(target):
     try:
         document = json.loads(record_path(target).read_text())
         choices = document["choices"]
-        if (document["format"] != FORMAT or document["version"] != VERSION or document["target"] != target.key
+        if (document["format"] != FORMAT or document["version"] != VERSION or document["target"] != _record_key(target)
                 or document["generator"] != GENERATOR or document["checksum"] != _checksum(choices)):
             return {}
         return {key: value for key, value in choices.items()
                 if isinstance(value, list) and len(value) == 3
                 and all(type(v) is int and 1 <= v <= 4096 for v in value)}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError):
         return {}
 
 
@@ -137,7 +145,7 @@ def _write(target, shape_key, tiling):
     path = record_path(target)
     choices = _read(target)
     choices[shape_key] = list(astuple(tiling))
-    document = {"format": FORMAT, "version": VERSION, "generator": GENERATOR, "target": target.key,
+    document = {"format": FORMAT, "version": VERSION, "generator": GENERATOR, "target": _record_key(target),
                 "fields": GEOMETRY_FIELDS, "choices": choices, "checksum": _checksum(choices)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
