@@ -89,8 +89,8 @@ def stage_kernels(network, peak, images=64):
 
         run()
         seconds = interleaved({"conv": run}, 5)["conv"]
-        gflops = 2 * 9 * ci * out[0].size * images / seconds / 1e9
         shape = direct_conv.ConvShape(h, w, ci, 3, 3, 1, 1, 1, 1, *layer.shape)
+        gflops = shape.flops * images / seconds / 1e9
         tiling = tuning.choose(shape, targets.current())
         rows.append({"shape": f"{h}x{w}x{ci}->{layer.shape[-1]}", "gflops": gflops,
                      "of_estimated": gflops / peak["estimated_peak"], "of_measured": gflops / peak["measured_peak"],

@@ -14,14 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import config
 
-__all__ = ["map_batches", "default_jobs", "CHUNK_IMAGES"]
+__all__ = ["map_batches", "CHUNK_IMAGES"]
 
 CHUNK_IMAGES = 64  # images a thread works on at a time: their activations stay in cache
-
-
-def default_jobs():
-    """Threads to use: ``FASTDECOMP_JOBS`` if set, else every core this process may use."""
-    return config.jobs()
 
 
 def chunks(batches, size):
@@ -39,7 +34,7 @@ def map_batches(fn, batches, n_jobs=None, chunk=None):
     yielded in order. At most ``2 * n_jobs`` pieces are in flight, so memory
     stays bounded by the batch size, not by the number of images.
     """
-    n_jobs = config.jobs(n_jobs)
+    n_jobs = config.jobs(n_jobs)  # the argument, else FASTDECOMP_JOBS, else every core
     batches = chunks(batches, chunk or CHUNK_IMAGES)
     if n_jobs == 1:
         for item in batches:

@@ -1,4 +1,4 @@
-"""Writing a directory all at once: complete, or not at all."""
+"""Writing a directory or a file all at once: complete, or not at all."""
 
 import os
 import shutil
@@ -6,7 +6,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_directory"]
+__all__ = ["atomic_directory", "atomic_file"]
 
 
 @contextmanager
@@ -28,4 +28,22 @@ def atomic_directory(path, overwrite=False):
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_file(path, data):
+    """Write ``data`` (bytes) to ``path`` through a temporary file beside it, renamed into place.
+
+    Readers see the old file or the new one, whole; on any error the temporary
+    file is removed and the error raised.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise

@@ -17,13 +17,12 @@ means no caching.
 
 import ctypes
 import hashlib
-import os
-import tempfile
 import threading
 from functools import lru_cache
 
 from .. import config
 from ..errors import TargetError
+from ..storage import atomic_file
 from . import target as targets
 
 __all__ = ["compile_ir", "object_code", "assembly", "counted_loop"]
@@ -59,12 +58,9 @@ def object_code(ir, target=None):
     with _LOCK:
         code = machine.emit_object(_optimised(ir, machine))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as out:
-            out.write(hashlib.sha256(code).digest() + code)
-        os.replace(out.name, path)  # readers see the whole file or none
+        atomic_file(path, hashlib.sha256(code).digest() + code)
     except OSError:
-        pass
+        pass  # an unwritable cache folder only means no caching
     return code
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import time
 from dataclasses import astuple, fields
@@ -31,6 +29,7 @@ from dataclasses import astuple, fields
 import numpy as np
 
 from .. import config
+from ..storage import atomic_file
 from . import direct_conv
 from . import target as targets
 
@@ -54,7 +53,7 @@ def choose(geometry, target):
     The rule's choice when tuning is off, when there is only one candidate,
     or when the target cannot run here; else the recorded or measured fastest.
     """
-    key = (target.key, geometry)
+    key = (target, geometry)
     if key in _CHOSEN:
         return _CHOSEN[key]
     with _LOCK:
@@ -148,12 +147,9 @@ def _write(target, shape_key, tiling):
     document = {"format": FORMAT, "version": VERSION, "generator": GENERATOR, "target": _record_key(target),
                 "fields": GEOMETRY_FIELDS, "choices": choices, "checksum": _checksum(choices)}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as out:
-            json.dump(document, out, indent=1, sort_keys=True)
-        os.replace(out.name, path)  # readers see the old record or the new one, whole
+        atomic_file(path, json.dumps(document, indent=1, sort_keys=True).encode())
     except OSError:
-        pass
+        pass  # an unwritable cache folder only means no record
 
 
 def _reset():
