@@ -7,9 +7,9 @@ Usage::
 
 Voting needs every module's output on every image: up to M model passes per
 image. Compared, on the same images: the modules one after another through
-fastdecomp's engine; all modules of the set together (``modules_predict``:
+fastdecomp's engine; all modules of the set together (``ModuleSet.predict_proba``:
 each layer computed once for every group of modules whose masks still agree);
-the exported Keras modules one after another (``engine="keras"``); and M
+the exported Keras modules one after another (``to_keras``); and M
 times TensorFlow's predict of the original model, the cost a naive
 composition would have. Writes ``bench/results/composed.md``.
 """
@@ -39,15 +39,16 @@ def run(name, model, train, x, keras_too, lines):
                            concerned="all", progress=False)
     m = len(modules)
     first = modules.classes[0]
-    modules.module_predict(first, x[:8])
+    modules.module(first).predict_proba(x[:8])
     model.predict(x[:64], verbose=0)
-    alone = seconds(lambda: [modules.module_predict(k, x) for k in modules.classes])
-    together = seconds(lambda: modules.modules_predict(modules.classes, x))
+    alone = seconds(lambda: [modules.module(k).predict_proba(x) for k in modules.classes])
+    together = seconds(lambda: modules.predict_proba(x))
     tf_once = min(seconds(lambda: model.predict(x, batch_size=256, verbose=0)) for _ in range(2))
     row = [name, str(len(x)), str(m), f"{alone:.1f}", f"{together:.1f}"]
     if keras_too:
-        modules.keras_predict(first, x[:8])  # builds and caches the first Keras module
-        keras_s = seconds(lambda: [modules.keras_predict(k, x) for k in modules.classes])
+        modules.to_keras(first).predict(x[:8], verbose=0)  # TensorFlow's start-up, outside the timing
+        keras_s = seconds(lambda: [modules.to_keras(k).predict(x, batch_size=1024, verbose=0)
+                                   for k in modules.classes])
         row.append(f"{keras_s:.1f}")
     else:
         row.append("-")

@@ -42,7 +42,7 @@ def fingerprint(modules):
     """A digest of every module's masks and head: variants that remove nothing share it."""
     h = hashlib.sha256()
     for k in modules.classes:
-        for mask in modules.layer_masks(k).values():
+        for mask in modules.masks(k, names="network").values():
             h.update(np.packbits(mask).tobytes())
         h.update(modules.head(k)[0].tobytes())
     return h.hexdigest()
@@ -74,7 +74,7 @@ def main():
             continue
         model = zoo.load(name)
         network = fd.from_keras(model)
-        network.predict(train.read(np.arange(8)), 8)  # compile outside the timed region
+        network.predict_proba(train.read(np.arange(8)), batch_size=8)  # compile outside the timed region
         tf_seconds = tf_predict_seconds(model, train, args.batch_size)
         lines.append(f"\n## {name}: {len(train)} training images, {len(test)} test images\n")
         lines.append(f"TensorFlow predict over the training images: {tf_seconds:.1f} s\n")
@@ -97,10 +97,10 @@ def main():
                 variant_seconds = seconds + time.perf_counter() - start
                 key = fingerprint(modules)
                 if key not in scored:  # identical modules score identically
-                    scored[key] = modules.evaluate(test, batch_size=args.batch_size)
+                    scored[key] = fd.compose(modules).evaluate(test, batch_size=args.batch_size)
                 s = scored[key]
-                kept = np.mean([modules.jaccard(k) for k in modules.classes])
-                ji = np.mean([modules.jaccard(k, "weights") for k in modules.classes])
+                kept = np.mean([fd.metrics.jaccard(modules, k) for k in modules.classes])
+                ji = np.mean([fd.metrics.jaccard(modules, k, "weights") for k in modules.classes])
                 row = (f"| {mask_at} | {label} | {s['model_top1']:.2%} / {s['model_top5']:.2%} | "
                        f"{s['top1']:.2%} / {s['top5']:.2%} | "
                        f"{100 * (s['model_top1'] - s['top1']):.2f} / {100 * (s['model_top5'] - s['top5']):.2f} | "

@@ -67,7 +67,7 @@ def stage_kernels(network, peak, images=64):
     """GFLOP/s on one core of each distinct 3x3 stride-1 convolution shape."""
     import numpy as np
 
-    from fastdecomp.kernels import direct_conv, tuning
+    from fastdecomp.kernels import cpu, direct_conv, tuning
     from fastdecomp.kernels import target as targets
 
     rows, seen = [], set()
@@ -85,7 +85,7 @@ def stage_kernels(network, peak, images=64):
         out = np.empty((images,) + layer.shape, np.float32)
 
         def run():
-            direct_conv.conv2d_forward(x, kernel, layer.weights["bias"], 1, 1, 1, 1, out, rectify=True)
+            cpu.conv2d_forward(x, kernel, layer.weights["bias"], 1, 1, 1, 1, out, rectify=True)
 
         run()
         seconds = interleaved({"conv": run}, 5)["conv"]
@@ -112,14 +112,14 @@ def measure(name, model, x, y, batch_size, repeats):
     def decompose():
         fd.decompose(network, source, classes=classes, concerned="all", backtrack="bi", progress=False)
 
-    runs = {"engine": lambda: network.predict(x, batch_size),
+    runs = {"engine": lambda: network.predict_proba(x, batch_size=batch_size),
             "decompose": decompose,
             "onnxruntime": lambda: runtime.predict(x, batch_size),
             "tensorflow": lambda: model.predict(x, batch_size=batch_size, verbose=0)}
     for run in runs.values():  # compile, tune and trace outside the timed region
         run()
     best = interleaved(runs, repeats)
-    ours = network.predict(x, batch_size)
+    ours = network.predict_proba(x, batch_size=batch_size)
     error_tf = float(np.abs(ours - model.predict(x, batch_size=batch_size, verbose=0)).max())
     error_ort = float(np.abs(ours - runtime.predict(x, batch_size)).max())
     flops = network_flops(network)

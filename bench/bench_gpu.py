@@ -24,7 +24,7 @@ import numpy as np
 
 import fastdecomp as fd
 from fastdecomp.errors import BackendError
-from fastdecomp.kernels.gpu import get_device
+from fastdecomp import backends
 
 ESTIMATE = """\
 Estimate: ResNet-56 on Tiny-ImageNet (100,000 images 64x64x3, 200 modules) on one H100 SXM
@@ -67,7 +67,7 @@ def main():
         print(ESTIMATE)
         return 0
     try:
-        device = get_device("cuda")
+        device = backends.get("cuda")
     except BackendError as exc:
         print(f"no GPU run: {exc}\n\n{ESTIMATE}")
         return 0
@@ -80,9 +80,9 @@ def main():
         x = source.read(np.arange(min(args.images, len(source))))
         network = fd.from_keras(model)
         batches = [x[i:i + args.batch_size] for i in range(0, len(x), args.batch_size)]
-        network.forward(batches[0], device=device)
+        network.forward(batches[0], backend=device)
         model.predict(batches[0], verbose=0)
-        ours = time_it(lambda: [network.forward(b, device=device) for b in batches])
+        ours = time_it(lambda: [network.forward(b, backend=device) for b in batches])
         theirs = time_it(lambda: model.predict(x, batch_size=args.batch_size, verbose=0))
         print(f"{name:32} fastdecomp {len(x) / ours:8.0f} img/s   TensorFlow {len(x) / theirs:8.0f} img/s   "
               f"time ratio {ours / theirs:.2f}")

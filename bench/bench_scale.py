@@ -62,7 +62,7 @@ def main():
     network = fd.from_keras(model)
     source = fd.data.SyntheticTinyImageNet(args.images, seed=1)
     classes = sorted(set(source.labels.tolist()))
-    network.predict(fd.data.Subset(source, np.arange(8)))
+    network.predict_proba(fd.data.Subset(source, np.arange(8)))
 
     model.predict(source.read(np.arange(64)), verbose=0)
     from machine import header
@@ -100,7 +100,7 @@ def main():
             rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         del modules
         start = time.perf_counter()
-        network.predict(source)
+        network.predict_proba(source)
         engine_runs.append(time.perf_counter() - start)
         ort_runs.append(ort_predict())
         tf_runs.append(tf_predict())

@@ -154,7 +154,7 @@ def reference_seconds(network, x, y, k, num_classes, ti_ratio=1.0):
 def compare(name, model, source, classes, args, report, concerned):
     network = fd.from_keras(model)
     x, y = source.read(np.arange(len(source))), source.labels
-    network.predict(x[:8], 8)
+    network.predict_proba(x[:8], batch_size=8)
     warm = Subset(source, np.arange(min(len(source), 256)))  # compiles every kernel variant the run needs
     fd.decompose(network, warm, classes=sorted(set(warm.labels.tolist())), concerned="all",
                  batch_size=args.batch_size, progress=False)
@@ -169,7 +169,7 @@ def compare(name, model, source, classes, args, report, concerned):
     per_module, per_module_s, per_module_peak = timed(lambda: tf_per_module(act_model, x, modules, args.batch_size))
     points = [p.name for p in network.mask_points("relu")]
     base = modules.variant(None)
-    agree = np.mean([(single[j][m] == base.layer_masks(k)[p].ravel()).mean()
+    agree = np.mean([(single[j][m] == base.masks(k, names="network")[p].ravel()).mean()
                      for m, k in enumerate(modules.classes) for j, p in enumerate(points)])
     per_module, t_forward, t_ci = reference_seconds(network, x, y, modules.classes[0], network.num_classes)
     ref_total = per_module * len(modules.classes)
@@ -226,7 +226,7 @@ def curves(args, report, folder):
     for depth in ([20, 32, 56] if not args.quick else [20, 32]):
         deep = fd.zoo.resnet_v1(depth, (28, 28, 1), 10, seed=1)
         net = fd.from_keras(deep)
-        net.predict(x[:8], 8)
+        net.predict_proba(x[:8], batch_size=8)
         _, seconds, _ = timed(lambda: fd.decompose(net, source, concerned="all", batch_size=args.batch_size,
                                                    progress=False))
         by_depth.append((depth, seconds, tf_predict_seconds(deep, x, args.batch_size, 1)))

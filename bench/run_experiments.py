@@ -91,7 +91,7 @@ def read_all(source):
 
 def margins(modules, source, batch_size):
     """``[N, M]``: every module's logit margin on every image (the composition's vote scores)."""
-    return fd.compose(modules).predict(source, batch_size, engine="fastdecomp", margin=True)
+    return fd.compose(modules).decision_function(source, batch_size=batch_size)
 
 
 def vote_accuracy(scores, columns, labels_of_columns, truth, k=1):
@@ -165,7 +165,7 @@ def main():
         models[name] = zoo.load(name)
         info[name] = zoo.available()[name]
         network = fd.from_keras(models[name])
-        network.predict(read_all(train)[:8], 8)  # compile outside the timed region
+        network.predict_proba(read_all(train)[:8], batch_size=8)  # compile outside the timed region
         concerned = "all" if name == FAULTY else "correct"  # the faulty class has no correct inputs
         with Cost() as cost:
             sets[name] = fd.decompose(network, train, backtrack="bln", concerned=concerned, batch_size=bs,
@@ -187,7 +187,7 @@ def main():
         digits = name == DIGITS
         rows_of = np.flatnonzero(y_union >= 10) if digits else fm_rows
         truth = y_union[rows_of] - (10 if digits else 0)
-        probs = sets[name].network.predict(Subset(union, rows_of), bs)
+        probs = sets[name].network.predict_proba(Subset(union, rows_of), batch_size=bs)
         model_top1 = vote_accuracy(probs, list(range(10)), list(range(10)), truth, 1)
         model_top5 = vote_accuracy(probs, list(range(10)), list(range(10)), truth, 5)
         for label, variant in VARIANTS:
@@ -197,14 +197,14 @@ def main():
             modules = sets[name].variant(variant)
             top1 = vote_accuracy(s, list(range(10)), list(range(10)), truth, 1)
             top5 = vote_accuracy(s, list(range(10)), list(range(10)), truth, 5)
-            ji_w = np.mean([modules.jaccard(k, "weights") for k in modules.classes])
-            ji_n = np.mean([modules.jaccard(k, "nodes") for k in modules.classes])
+            ji_w = np.mean([fd.metrics.jaccard(modules, k, "weights") for k in modules.classes])
+            ji_n = np.mean([fd.metrics.jaccard(modules, k, "nodes") for k in modules.classes])
             rows.append([name, label, f"{pct(model_top1)} / {pct(model_top5)}", f"{pct(top1)} / {pct(top5)}",
                          f"{100 * (model_top1 - top1):.2f} / {100 * (model_top5 - top5):.2f}",
                          f"{ji_w:.3f}", f"{ji_n:.3f}"])
             rq1_plot.append((f"{name}\n{label}", model_top1, top1))
             rq1_top1[name, variant] = top1
-    check = sets[STRONG].evaluate(fm_test, batch_size=bs, engine="fastdecomp")
+    check = fd.compose(sets[STRONG]).evaluate(fm_test, batch_size=bs)
     assert abs(check["top1"] - rq1_top1[STRONG, "bln"]) < 1e-9, "runner disagrees with the API"
     report += ["## RQ1: does decomposition keep the model's accuracy? (the paper's Table 1)\n",
                table(["model", "variant", "model top-1 / top-5 %", "composed top-1 / top-5 %",
@@ -215,8 +215,8 @@ def main():
                "these models (no edge weight reaches 0.5), so the three variants coincide.\n"]
 
     # ------------------------------------------------------------- RQ2 intra-dataset reuse
-    strong_probs = sets[STRONG].network.predict(Subset(union, fm_rows), bs)
-    weak_probs = sets[WEAK].network.predict(Subset(union, fm_rows), bs)
+    strong_probs = sets[STRONG].network.predict_proba(Subset(union, fm_rows), batch_size=bs)
+    weak_probs = sets[WEAK].network.predict_proba(Subset(union, fm_rows), batch_size=bs)
     fm_truth = y_union[fm_rows]
     intra = []
     for name, probs in ((STRONG, strong_probs), (WEAK, weak_probs)):
@@ -229,7 +229,7 @@ def main():
             model_pair = vote_accuracy(probs[rows_ab], [a, b], [a, b], truth)
             intra.append((name, a, b, composed, model_full, model_pair))
     pair = fd.compose(sets[STRONG].module(0), sets[STRONG].module(6))
-    api = pair.evaluate(fm_test, batch_size=bs, engine="fastdecomp")["top1"]
+    api = pair.evaluate(fm_test, batch_size=bs)["top1"]
     assert abs(api - next(r[3] for r in intra if r[:3] == (STRONG, 0, 6))) < 1e-9, "runner disagrees with the API"
     rows = []
     for name in (STRONG, WEAK):
@@ -250,8 +250,8 @@ def main():
     fm_train_images, mn_train_images = read_all(fm_train), read_all(mn_train)
     inter_all = []
     s_fm, s_mn = scores[STRONG, "bln"], scores[DIGITS, "bln"]
-    strong_union = sets[STRONG].network.predict(union, bs)
-    digits_union = sets[DIGITS].network.predict(union, bs)
+    strong_union = sets[STRONG].network.predict_proba(union, batch_size=bs)
+    digits_union = sets[DIGITS].network.predict_proba(union, batch_size=bs)
     for a, d in itertools.product(range(10), range(10)):
         rows_ad = np.isin(y_union, [a, 10 + d])
         truth = (y_union[rows_ad] >= 10).astype(int)
@@ -261,7 +261,7 @@ def main():
             strong_union[rows_ad][truth == 0].argmax(1) == a, digits_union[rows_ad][truth == 1].argmax(1) == d])))
         inter_all.append((a, d, composed, source_models, rows_ad))
     mixed = fd.compose(sets[STRONG].module(3), sets[DIGITS].module(7), labels=[3, 17])
-    api = mixed.evaluate(union, batch_size=bs, engine="fastdecomp")["top1"]
+    api = mixed.evaluate(union, batch_size=bs)["top1"]
     assert abs(api - next(r[2] for r in inter_all if r[:2] == (3, 7))) < 1e-9, "runner disagrees with the API"
 
     chosen = rng.choice(len(inter_all), size=min(args.inter_update_pairs, len(inter_all)), replace=False)
@@ -275,7 +275,7 @@ def main():
             fm_module = sets[STRONG].variant("bln").updated(a, mn_train_images[mn_train.labels == d], mode=mode)
             mn_module = sets[DIGITS].variant("bln").updated(d, fm_train_images[fm_train.labels == a], mode=mode)
             updated = fd.compose(fm_module.module(a), mn_module.module(d), labels=[0, 1])
-            pair_scores = updated.predict(subset, bs, engine="fastdecomp", margin=True)
+            pair_scores = updated.decision_function(subset, batch_size=bs)
             result[mode] = vote_accuracy(pair_scores, [0, 1], [0, 1], truth)
         inter_update.append(result)
     print("inter-dataset reuse done", flush=True)
@@ -347,7 +347,7 @@ def main():
         rows.append([k, fd.data.FASHION_MNIST_CLASSES[k], pct(top1), f"{100 * (top1 - base1):+.2f}", pct(top5),
                      f"{100 * (top5 - base5):+.2f}"])
     api = fd.compose(sets[WEAK].variant("bln")).replace(4, sets[STRONG].module(4)).evaluate(
-        fm_test, batch_size=bs, engine="fastdecomp")["top1"]
+        fm_test, batch_size=bs)["top1"]
     assert abs(api - (base1 + replacement[4][1])) < 1e-9, "runner disagrees with the API"
     inter_repl = []
     for a, d, _, _, rows_ad in inter_all:
@@ -373,7 +373,7 @@ def main():
     # ------------------------------------------------------------- motivating example
     faulty = info[FAULTY]["faulty"]
     bad, into = faulty["class"], faulty["labels_changed_into"]
-    faulty_probs = sets[FAULTY].network.predict(Subset(union, fm_rows), bs)
+    faulty_probs = sets[FAULTY].network.predict_proba(Subset(union, fm_rows), batch_size=bs)
     f_scores = scores[FAULTY, "bln"][fm_rows]
     options = []
 

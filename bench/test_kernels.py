@@ -9,7 +9,7 @@ compare runs with ``--benchmark-compare``.
 import numpy as np
 import pytest
 
-from fastdecomp.kernels import cpu, direct_conv
+from fastdecomp.kernels import cpu
 
 SHAPES = [(28, 16), (14, 32), (7, 64)]
 
@@ -22,8 +22,8 @@ def test_conv2d_forward(benchmark, size, channels):
     kernel = rng.standard_normal((3, 3, channels, channels)).astype(np.float32)
     bias = np.zeros(channels, np.float32)
     out = np.empty_like(x)
-    direct_conv.conv2d_forward(x, kernel, bias, 1, 1, 1, 1, out)
-    benchmark(direct_conv.conv2d_forward, x, kernel, bias, 1, 1, 1, 1, out)
+    cpu.conv2d_forward(x, kernel, bias, 1, 1, 1, 1, out)
+    benchmark(cpu.conv2d_forward, x, kernel, bias, 1, 1, 1, 1, out)
 
 
 @pytest.mark.benchmark(group="conv2d_forward")
@@ -34,8 +34,8 @@ def test_conv2d_forward_fused_epilogue(benchmark):
     kernel = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
     bias, shortcut = np.zeros(16, np.float32), rng.random(x.shape, dtype=np.float32)
     out, bits = np.empty_like(x), np.empty((32, 28 * 28 * 16 // 8), np.uint8)
-    direct_conv.conv2d_forward(x, kernel, bias, 1, 1, 1, 1, out, True, shortcut, bits)
-    benchmark(direct_conv.conv2d_forward, x, kernel, bias, 1, 1, 1, 1, out, True, shortcut, bits)
+    cpu.conv2d_forward(x, kernel, bias, 1, 1, 1, 1, out, True, shortcut, bits)
+    benchmark(cpu.conv2d_forward, x, kernel, bias, 1, 1, 1, 1, out, True, shortcut, bits)
 
 
 def activity_case():

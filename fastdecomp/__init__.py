@@ -1,25 +1,31 @@
 """fastdecomp: decompose a trained CNN into one reusable module per output class.
 
 The method is Pan & Rajan, "Decomposing Convolutional Neural Networks into
-Reusable and Replaceable Modules" (ICSE 2022). A Keras model is imported as a
-plain layer graph (:func:`from_keras`), activation statistics stream through
-Numba kernels in one pass for all classes (:func:`decompose`), and the modules
-come out as a :class:`ModuleSet` that composes, evaluates, exports to Keras and
-saves. Importing fastdecomp never needs TensorFlow, CuPy or a GPU.
+Reusable and Replaceable Modules" (ICSE 2022), as ``docs/method.md`` states it.
+A Keras model is imported as a plain layer graph (:func:`from_keras`),
+activation statistics stream through fastdecomp's kernels in one pass for all
+classes (:func:`decompose`), and the modules come out as a :class:`ModuleSet`
+whose modules compose (:func:`compose`), export to Keras and save
+(:func:`save`). Importing fastdecomp never needs TensorFlow, CuPy or a GPU.
 """
 
-from . import data, zoo
-from .compose import Composition, compose, load_composition
+from . import backends, config, data, engine, keras_io, metrics, pruning, zoo
+from .backends import set_backend
+from .compose import Composition, compose
 from .decompose import decompose
 from .errors import (BackendError, ConfigError, DatasetNotFoundError, FastDecompError, InputError,
                      ModelFileError, TargetError, UnsupportedLayerError)
-from .modules import ModuleSet, load_modules
-from .network import Network, from_keras
+from .keras_io import from_keras
+from .modules import Module, ModuleSet
+from .network import Network
+from .options import DecompositionOptions
+from .saving import load, load_composition, load_modules, save
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "decompose", "compose", "Composition", "load_composition", "from_keras", "Network", "ModuleSet", "load_modules", "data", "zoo",
-    "FastDecompError", "UnsupportedLayerError", "InputError", "ModelFileError",
-    "DatasetNotFoundError", "BackendError", "ConfigError", "TargetError", "__version__",
+    "decompose", "DecompositionOptions", "compose", "Composition", "Module", "ModuleSet", "from_keras", "Network",
+    "save", "load", "load_modules", "load_composition", "set_backend", "backends", "config", "data", "metrics",
+    "zoo", "FastDecompError", "UnsupportedLayerError", "InputError", "ModelFileError", "DatasetNotFoundError",
+    "BackendError", "ConfigError", "TargetError", "__version__",
 ]

@@ -8,7 +8,12 @@ import sys
 import time
 
 from . import data
+from .backtrack import BLN_RULES
 from .errors import FastDecompError
+from .layers import MASK_PLACEMENTS
+from .options import CONCERNED, DecompositionOptions
+
+DEFAULTS = DecompositionOptions()
 
 MODEL_HELP = "a .keras/.h5 file, or zoo:NAME for a shipped model (zoo:resnet20-fmnist, zoo:resnet56-fmnist)"
 DATA_HELP = ("fashion-mnist:train | fashion-mnist:test | synthetic:N | tiny-imagenet:FOLDER[:train|val] | "
@@ -24,7 +29,7 @@ def _load_model(spec):
 
     if spec.startswith("zoo:"):
         return zoo.load(spec[4:])
-    from .network import load_keras_model
+    from .keras_io import load_keras_model
 
     return load_keras_model(spec)
 
@@ -47,20 +52,22 @@ def build_parser():
     d.add_argument("-o", "--out", required=True, help="directory to write the modules to")
     d.add_argument("--limit", type=int, help="use a stratified random subset of this many images")
     d.add_argument("--classes", help="comma-separated classes to build modules for (default: all)")
-    d.add_argument("--mask-at", choices=["relu", "conv"], default="relu",
+    d.add_argument("--mask-at", choices=MASK_PLACEMENTS, default=DEFAULTS.mask_at,
                    help="where nodes are observed and removed: relu outputs (default, exact on "
                         "concerned inputs) or conv outputs before activation (the paper's)")
-    d.add_argument("--backtrack", choices=["none", "bln", "bi"], default="bln",
+    d.add_argument("--backtrack", choices=["none", "bln", "bi"], default=DEFAULTS.backtrack or "none",
                    help="none: CI+TI+MC; bln: + MC-BLN (default); bi: + MC-BLN + MC-BI")
-    d.add_argument("--delta", type=float, default=0.5, help="MC-BLN threshold (default 0.5, the paper's)")
-    d.add_argument("--bln-rule", choices=["algorithm", "prose"], default="algorithm",
+    d.add_argument("--delta", type=float, default=DEFAULTS.delta,
+                   help=f"MC-BLN threshold (default {DEFAULTS.delta}, the paper's)")
+    d.add_argument("--bln-rule", choices=BLN_RULES, default=DEFAULTS.bln_rule,
                    help="reading of the paper's MC-BLN rule (default: its Algorithm 2)")
-    d.add_argument("--ti-ratio", type=float, default=1.0,
+    d.add_argument("--ti-ratio", type=float, default=DEFAULTS.ti_ratio,
                    help="unconcerned sample size relative to the concerned set (0: no TI)")
-    d.add_argument("--concerned", choices=["correct", "all"], default="correct",
+    d.add_argument("--concerned", choices=CONCERNED, default=DEFAULTS.concerned,
                    help="concerned inputs: correctly classified ones (default) or all of the class")
     d.add_argument("--batch-size", type=int, default=256)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    d.add_argument("--backend", help="where the pass runs: cpu, auto, cuda (default: FASTDECOMP_BACKEND, else cpu)")
     d.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -70,8 +77,7 @@ def build_parser():
     e.add_argument("modules", help="a directory written by 'fastdecomp decompose'")
     e.add_argument("data", help="test images: " + DATA_HELP)
     e.add_argument("--limit", type=int, help="use a stratified random subset of this many images")
-    e.add_argument("--engine", choices=["keras", "fastdecomp"], default="keras",
-                   help="run the modules as exported Keras models (default) or with fastdecomp's engine")
+    e.add_argument("--backend", help="where the modules run: cpu, auto, cuda (default: FASTDECOMP_BACKEND, else cpu)")
     e.add_argument("--batch-size", type=int, default=256)
 
     m = sub.add_parser("demo", help="decompose the zoo ResNet-20 on Fashion-MNIST and print a table",
@@ -88,6 +94,7 @@ def build_parser():
 
 def cmd_decompose(args):
     from .decompose import decompose
+    from .saving import save
 
     model = _load_model(args.model)
     source = data.open_data(args.data, args.limit)
@@ -97,24 +104,26 @@ def cmd_decompose(args):
     modules = decompose(model, source, classes=classes, mask_at=args.mask_at,
                         backtrack=_backtrack(args.backtrack), delta=args.delta, bln_rule=args.bln_rule,
                         ti_ratio=args.ti_ratio, concerned=args.concerned, batch_size=args.batch_size,
-                        seed=args.seed, progress=not args.no_progress)
-    modules.save(args.out, overwrite=args.overwrite)
+                        seed=args.seed, backend=args.backend, progress=not args.no_progress)
+    save(modules, args.out, overwrite=args.overwrite)
     print(f"{len(modules)} modules written to {args.out} "
           f"({modules.info['num_images']} images, {modules.info['seconds']:.1f} s)")
     return 0
 
 
 def cmd_evaluate(args):
-    from .modules import load_modules
+    from .compose import compose
+    from .metrics import jaccard, sizes
+    from .saving import load_modules
 
     modules = load_modules(args.modules)
     source = data.open_data(args.data, args.limit)
-    scores = modules.evaluate(source, batch_size=args.batch_size, engine=args.engine)
+    scores = compose(modules).evaluate(source, batch_size=args.batch_size, backend=args.backend)
     print(f"{'module':>6} {'kept nodes':>10} {'JI nodes':>9} {'JI weights*':>11} {'params':>9}")
     for k in modules.classes:
-        size = modules.sizes(k)
-        print(f"{k:>6} {size['kept_nodes'] / size['nodes']:>10.1%} {modules.jaccard(k):>9.3f} "
-              f"{modules.jaccard(k, 'weights'):>11.3f} {size['parameters']:>9,}")
+        size = sizes(modules, k)
+        print(f"{k:>6} {size['kept_nodes'] / size['nodes']:>10.1%} {jaccard(modules, k):>9.3f} "
+              f"{jaccard(modules, k, 'weights'):>11.3f} {size['parameters']:>9,}")
     print("* the authors' definition: value sets of the kept weights")
     print(f"\nmodel    top-1 {scores['model_top1']:.2%}  top-5 {scores['model_top5']:.2%}")
     print(f"composed top-1 {scores['top1']:.2%}  top-5 {scores['top5']:.2%}  "
@@ -124,8 +133,10 @@ def cmd_evaluate(args):
 
 def cmd_demo(args):
     from . import zoo
+    from .compose import compose
     from .decompose import decompose
-    from .network import from_keras
+    from .keras_io import from_keras
+    from .metrics import jaccard
 
     meta = zoo.available().get(args.model, {})
     print(f"fastdecomp demo: {args.model} (test top-1 {meta.get('test_top1', float('nan')):.2%} as trained), "
@@ -135,7 +146,7 @@ def cmd_demo(args):
     test = data.open_data("fashion-mnist:test", args.test_images)
 
     started = time.perf_counter()
-    network.predict(test, args.batch_size)
+    network.predict_proba(test, batch_size=args.batch_size)
     print(f"model through fastdecomp's engine: {len(test) / (time.perf_counter() - started):.0f} images/s")
 
     rows = []
@@ -146,9 +157,9 @@ def cmd_demo(args):
         seconds = time.perf_counter() - started
         for backtrack in (None, "bln", "bi"):
             modules = base.variant(backtrack)
-            scores = modules.evaluate(test, batch_size=args.batch_size)
-            ji = sum(modules.jaccard(k, "weights") for k in modules.classes) / len(modules)
-            kept = sum(modules.jaccard(k) for k in modules.classes) / len(modules)
+            scores = compose(modules).evaluate(test, batch_size=args.batch_size)
+            ji = sum(jaccard(modules, k, "weights") for k in modules.classes) / len(modules)
+            kept = sum(jaccard(modules, k) for k in modules.classes) / len(modules)
             rows.append((mask_at, {None: "CI+TI+MC", "bln": "+MC-BLN", "bi": "+MC-BLN+MC-BI"}[backtrack],
                          scores, kept, ji, seconds))
     print(f"\n{'mask at':8} {'variant':14} {'model top1/top5':>16} {'composed':>16} {'loss top1':>9} "

@@ -17,27 +17,33 @@ setting             environment variable      meaning
 ``tune``            ``FASTDECOMP_TUNE``       ``on``: time candidate convolution tilings the
                                               first time a layer shape is seen; ``off``: the
                                               rule-based tiling
+``backend``         ``FASTDECOMP_BACKEND``    where passes run when a function is given no
+                                              ``backend=``: a name from
+                                              :data:`fastdecomp.backends.BACKENDS`
 ==================  ========================  ==============================================
 
-Values are read once and kept; :func:`_reset` forgets them (for tests that
-change the environment).
+Values are read once and kept; :func:`set` overrides one for the rest of the
+process, :func:`using` for the length of a ``with`` block, and :func:`_reset`
+forgets them all (for tests that change the environment).
 """
 
 from __future__ import annotations
 
 import numbers
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULTS", "get", "cache_dir", "jobs"]
+__all__ = ["DEFAULTS", "ENVIRONMENT", "get", "set", "using", "cache_dir", "jobs"]
 
 DEFAULTS = {
     "jobs": None,
     "cache_dir": None,
     "target_cpu": "native",
     "tune": True,
+    "backend": "cpu",
 }
 
 ENVIRONMENT = {
@@ -45,6 +51,7 @@ ENVIRONMENT = {
     "cache_dir": "FASTDECOMP_CACHE_DIR",
     "target_cpu": "FASTDECOMP_TARGET_CPU",
     "tune": "FASTDECOMP_TUNE",
+    "backend": "FASTDECOMP_BACKEND",
 }
 
 _values = {}
@@ -70,7 +77,7 @@ def _parse_tune(text, variable):
 
 _PARSERS = {"jobs": _parse_jobs, "cache_dir": lambda text, variable: Path(text),
             "target_cpu": lambda text, variable: text.strip(),
-            "tune": _parse_tune}
+            "tune": _parse_tune, "backend": lambda text, variable: text.strip()}
 
 
 def get(name):
@@ -89,6 +96,43 @@ def get(name):
         text = os.environ.get(variable)
         _values[name] = DEFAULTS[name] if not text else _PARSERS[name](text, variable)
     return _values[name]
+
+
+def set(name, value):
+    """Use ``value`` for setting ``name`` from now on in this process (the environment is not read).
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`DEFAULTS`.
+    value : object
+        The value, as :func:`get` would return it.
+    """
+    if name not in DEFAULTS:
+        raise ConfigError(f"unknown setting {name!r}; the settings are {sorted(DEFAULTS)}")
+    _values[name] = value
+
+
+@contextmanager
+def using(**values):
+    """Override settings inside a ``with`` block, then restore what was there.
+
+    Parameters
+    ----------
+    **values
+        Setting name -> value, e.g. ``using(backend="emulated-cuda")``.
+    """
+    unknown = sorted(k for k in values if k not in DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown settings {unknown}; the settings are {sorted(DEFAULTS)}")
+    saved = {name: _values[name] for name in values if name in _values}
+    _values.update(values)
+    try:
+        yield
+    finally:
+        for name in values:
+            _values.pop(name, None)
+        _values.update(saved)
 
 
 def cache_dir():

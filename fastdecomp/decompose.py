@@ -6,26 +6,27 @@ import time
 
 import numpy as np
 
-from .backtrack import BACKTRACKS, BLN_RULES
+from . import backends
 from .data import DataSource, as_source
 from .errors import InputError
-from .modules import ModuleSet
-from .network import MASK_PLACEMENTS, from_keras
-from .parallel import map_batches
+from .keras_io import from_keras
+from .modules import assemble
+from .options import DecompositionOptions
 from .sampling import class_ranks, max_tangling_counts, tangling_counts
 from .statistics import ActivityStatistics
 
 __all__ = ["decompose"]
 
-BACKENDS = ("cpu", "auto", "cuda", "emulated-cuda")
+_DEFAULTS = DecompositionOptions()
 
 
-def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln", delta=0.5,
-              bln_rule="algorithm", ti_ratio=1.0, concerned="correct", batch_size=256, seed=0,
-              backend="cpu", progress=True, n_jobs=None):
+def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, backtrack=_DEFAULTS.backtrack,
+              delta=_DEFAULTS.delta, bln_rule=_DEFAULTS.bln_rule, ti_ratio=_DEFAULTS.ti_ratio,
+              concerned=_DEFAULTS.concerned, seed=_DEFAULTS.seed, batch_size=256, backend=None, progress=True,
+              n_jobs=None):
     """Decompose a trained classifier into one module per class.
 
-    Implements ALGORITHM.md sections 1-4 (Pan & Rajan, ICSE 2022) in one
+    Implements docs/method.md sections 1-4 (Pan & Rajan, ICSE 2022) in one
     streamed pass over the data for all classes.
 
     Parameters
@@ -38,66 +39,86 @@ def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln"
         Integer class labels.
     classes : sequence of int, optional
         Classes to build modules for (default: all).
-    mask_at : {"relu", "conv"}
-        Where nodes are observed and removed: every ReLU output (default;
-        exact on the concerned inputs), or every Conv2D/hidden Dense output
-        before its activation (the paper's). ALGORITHM.md lets the default
-        follow the better on real data: on the zoo models, ``relu`` loses
-        0.07 top-1 points (ResNet-20) where ``conv`` loses 0.3, and
-        ``conv`` collapses on ResNet-56 (see bench/results/decompose.md).
-    backtrack : {None, "bln", "bi"}
-        CI+TI+MC, CI+TI+MC-BLN, or CI+TI+MC-BLN+MC-BI.
-    delta : float
-        MC-BLN threshold (the paper's 0.5).
-    bln_rule : {"algorithm", "prose"}
-        Which reading of the paper's MC-BLN rule to use.
-    ti_ratio : float
-        Size of each unconcerned sample relative to the concerned set; 0 turns
-        tangling identification off (CI + MC only).
-    concerned : {"correct", "all"}
-        Concerned inputs: the class's images the model classifies correctly, or all.
+    mask_at, backtrack, delta, bln_rule, ti_ratio, concerned, seed :
+        What the decomposition computes; see :class:`DecompositionOptions`.
     batch_size : int
-    seed : int
-        Seed of the tangling samples.
-    backend : {"cpu", "auto", "cuda", "emulated-cuda"}
-        Where the pass runs. ``"cuda"`` streams batches to a GPU through
-        pinned memory and keeps the statistics there, bit-packed (needs
-        ``pip install 'fastdecomp[gpu]'``); ``"auto"`` takes the GPU when one
-        is reachable, else the CPU; ``"emulated-cuda"`` runs the GPU code path
-        with its CUDA kernels compiled for the CPU, for testing (slow). The
-        modules are bit-identical whichever backend computed them.
+    backend : str or device, optional
+        Where the pass runs (:mod:`fastdecomp.backends`; default
+        ``FASTDECOMP_BACKEND``, else ``"cpu"``). ``"cuda"`` streams batches to
+        a GPU through pinned memory and keeps the statistics there,
+        bit-packed (needs ``pip install 'fastdecomp[gpu]'``); ``"auto"``
+        takes the GPU when one is reachable, else the CPU;
+        ``"emulated-cuda"`` runs the GPU code path with its CUDA kernels
+        compiled for the CPU, for testing (slow). The modules are
+        bit-identical whichever backend computed them.
     progress : bool
         Show a progress bar.
     n_jobs : int, optional
-        Threads, each running whole batches (default: every core, or
-        ``FASTDECOMP_JOBS``). The result does not depend on it.
+        Threads on the CPU, each running whole batches (default: every core,
+        or ``FASTDECOMP_JOBS``). The result does not depend on it.
 
     Returns
     -------
     ModuleSet
     """
     started = time.perf_counter()
+    options = DecompositionOptions(mask_at=mask_at, backtrack=backtrack, delta=delta, bln_rule=bln_rule,
+                                   ti_ratio=ti_ratio, concerned=concerned, seed=seed)
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    device = backends.get(backend)
     network = from_keras(model)
     source = x if isinstance(x, DataSource) and y is None else as_source(x, y)
-    classes = _check_options(network, source, classes, mask_at, backtrack, delta, bln_rule,
-                             ti_ratio, concerned, batch_size, backend)
-    num_classes = network.num_classes
-    labels = source.labels
-    class_sizes = np.bincount(labels, minlength=num_classes)
-    ranks = class_ranks(labels, num_classes, seed)
-    rank_limit = max_tangling_counts(class_sizes, ti_ratio, seed, classes)
-    points = network.mask_points(mask_at)
-    device = _device(backend)
-    stats = ActivityStatistics({p.name: p.shape for p in points}, num_classes, rank_limit, device)
-    is_module = np.zeros(num_classes, dtype=bool)
-    is_module[classes] = True
-    correct = np.zeros(len(source), dtype=bool)
+    classes = _checked_classes(network, source, classes)
+    gathered = _StatisticsPass(network, source, classes, options, device)
+    stats, correct = gathered.run(batch_size, n_jobs, progress)
+    stats_seconds = time.perf_counter() - started
+    _check_concerned(stats, classes, options)
 
-    def gather(batch):
+    class_sizes = np.bincount(source.labels, minlength=network.num_classes)
+    tangling = np.stack([tangling_counts(k, stats.concerned_count[k], class_sizes, options.ti_ratio, options.seed)
+                         for k in classes])
+    base_keep = stats.keep(classes, tangling, release=True)
+    samples = _samples(source.labels, correct, classes, options, gathered, tangling)
+    info = {"num_images": len(source), "statistics_seconds": stats_seconds,
+            "train_top1": float(correct.mean()) if len(source) else 0.0}
+    concerned_bits = {name: active[classes] for name, active in stats.active.items()}
+    modules = assemble(network, classes, options, base_keep, samples, info, concerned_bits)
+    modules.info["seconds"] = time.perf_counter() - started
+    return modules
+
+
+class _StatisticsPass:
+    """The one pass over the data: every class's activity at every mask point, and each image's correctness."""
+
+    def __init__(self, network, source, classes, options, device):
+        self.network, self.source, self.options, self.device = network, source, options, device
+        labels = source.labels
+        num_classes = network.num_classes
+        self.ranks = class_ranks(labels, num_classes, options.seed)
+        self.rank_limit = max_tangling_counts(np.bincount(labels, minlength=num_classes), options.ti_ratio,
+                                              options.seed, classes)
+        points = network.mask_points(options.mask_at)
+        self.stats = ActivityStatistics({p.name: p.shape for p in points}, num_classes, self.rank_limit, device)
+        self.is_module = np.zeros(num_classes, dtype=bool)
+        self.is_module[classes] = True
+        self.correct = np.zeros(len(source), dtype=bool)
+
+    def run(self, batch_size, n_jobs, progress):
+        """Gather the statistics; returns them on the host, with a bool per image: classified correctly."""
+        bar = _progress(progress, len(self.source), "activity statistics")
+        for done in self.device.run_batches(self.gather, self.source.batches(batch_size), n_jobs):
+            bar.update(done)
+        bar.close()
+        return self.stats.to_host(), self.correct
+
+    def gather(self, batch):
+        """Fold one batch in; returns its size."""
         positions, xb, yb = batch
-        known = concerned == "all"  # else concern waits for the prediction
-        roles = stats.batch_roles(yb, ranks[positions], is_module[yb] if known else None)
-        on_device = roles if device is None else [device.asarray(r) for r in roles]
+        stats, device = self.stats, self.device
+        known = self.options.concerned == "all"  # else concern waits for the prediction
+        roles = stats.batch_roles(yb, self.ranks[positions], self.is_module[yb] if known else None)
+        on_device = [device.asarray(r) for r in roles]
         bits = {}
 
         def observe(layer, values, packed_activity):
@@ -105,90 +126,46 @@ def decompose(model, x, y=None, *, classes=None, mask_at="relu", backtrack="bln"
             if not known:
                 bits[layer.name] = packed
 
-        probs = network.forward(xb, observe=observe, mask_at=mask_at, device=device, packed_activity=True,
-                                observed_reusable=True)
-        correct[positions] = probs.argmax(axis=1) == yb
+        probs = self.network.forward(xb, observe=observe, mask_at=self.options.mask_at, backend=device,
+                                     packed_activity=True, observed_reusable=True)
+        self.correct[positions] = probs.argmax(axis=1) == yb
         concerned_class = roles[0]
         if not known:
-            concerned_class = np.where(is_module[yb] & correct[positions], yb, -1)
-            moved = concerned_class if device is None else device.asarray(concerned_class)
+            concerned_class = np.where(self.is_module[yb] & self.correct[positions], yb, -1)
+            moved = device.asarray(concerned_class)
             for name, packed in bits.items():
                 stats.update_concerned(name, packed, moved)
         stats.count(concerned_class)
         return len(positions)
 
-    bar = _progress(progress, len(source), "activity statistics")
-    if device is None:
-        for done in map_batches(gather, source.batches(batch_size), n_jobs):
-            bar.update(done)
-    else:
-        for batch in device.streamed(source.batches(batch_size)):
-            bar.update(gather(batch))
-        device.synchronize()
-        stats = stats.to_host()
-    bar.close()
-    stats_seconds = time.perf_counter() - started
 
-    empty = [k for k in classes if stats.concerned_count[k] == 0]
-    if empty:
-        raise InputError(
-            f"classes {empty} have no {'correctly classified ' if concerned == 'correct' else ''}"
-            "inputs in the data, so no module can be built for them; pass more data, "
-            "leave them out with classes=, or use concerned='all'")
-
-    tangling = np.stack([tangling_counts(k, stats.concerned_count[k], class_sizes, ti_ratio, seed)
-                         for k in classes])
-    base_keep = stats.keep(classes, tangling, release=True)
-
-    concerned_idx = [np.flatnonzero((labels == k) & (correct if concerned == "correct" else True))
-                     for k in classes]
+def _samples(labels, correct, classes, options, gathered, tangling):
+    """Each module's concerned inputs, and its unconcerned sample (docs/method.md section 2)."""
+    concerned = [np.flatnonzero((labels == k) & (correct if options.concerned == "correct" else True))
+                 for k in classes]
+    ranks, rank_limit = gathered.ranks, gathered.rank_limit
     ranked = {}  # class -> its inputs in rank order, among those any sample can reach
     for c in np.flatnonzero(rank_limit):
         members = np.flatnonzero((labels == c) & (ranks < rank_limit[c]))
         ranked[c] = members[np.argsort(ranks[members])]
-    unconcerned_idx = []
+    unconcerned = []
     for i in range(len(classes)):
         picked = [ranked[c][:tangling[i, c]] for c in np.flatnonzero(tangling[i])]
-        unconcerned_idx.append(np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64))
-
-    info = {
-        "num_images": len(source), "statistics_seconds": stats_seconds,
-        "seconds": time.perf_counter() - started,
-        "train_top1": float(correct.mean()) if len(source) else 0.0,
-    }
-    options = {"mask_at": mask_at, "backtrack": backtrack, "delta": float(delta), "bln_rule": bln_rule,
-               "ti_ratio": float(ti_ratio), "concerned": concerned, "seed": int(seed)}
-    concerned_bits = {name: active[classes] for name, active in stats.active.items()}
-    modules = ModuleSet(network, list(classes), options, base_keep, concerned_idx, unconcerned_idx, info,
-                        concerned_bits)
-    modules.info["seconds"] = time.perf_counter() - started
-    return modules
+        unconcerned.append(np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64))
+    return concerned, unconcerned
 
 
-def _device(backend):
-    from .kernels.gpu import get_device
+def _check_concerned(stats, classes, options):
+    empty = [k for k in classes if stats.concerned_count[k] == 0]
+    if empty:
+        raise InputError(
+            f"classes {empty} have no {'correctly classified ' if options.concerned == 'correct' else ''}"
+            "inputs in the data, so no module can be built for them; pass more data, "
+            "leave them out with classes=, or use concerned='all'")
 
-    return get_device(backend)
 
-
-def _check_options(network, source, classes, mask_at, backtrack, delta, bln_rule, ti_ratio,
-                   concerned, batch_size, backend):
-    if mask_at not in MASK_PLACEMENTS:
-        raise InputError(f"mask_at must be one of {MASK_PLACEMENTS}, got {mask_at!r}")
-    if backtrack not in BACKTRACKS:
-        raise InputError(f"backtrack must be one of {BACKTRACKS}, got {backtrack!r}")
-    if bln_rule not in BLN_RULES:
-        raise InputError(f"bln_rule must be one of {BLN_RULES}, got {bln_rule!r}")
-    if concerned not in ("correct", "all"):
-        raise InputError(f"concerned must be 'correct' or 'all', got {concerned!r}")
-    if backend not in BACKENDS:
-        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if not np.isfinite(delta) or delta < 0:
-        raise InputError(f"delta must be a finite number >= 0, got {delta!r}")
-    if not np.isfinite(ti_ratio) or ti_ratio < 0:
-        raise InputError(f"ti_ratio must be a number >= 0 (0 turns TI off), got {ti_ratio!r}")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+def _checked_classes(network, source, classes):
+    """The classes to decompose, after checking the data against the model."""
     if tuple(source.sample_shape) != network.input_shape:
         raise InputError(
             f"the data's images have shape {tuple(source.sample_shape)} but the model takes "
@@ -200,9 +177,9 @@ def _check_options(network, source, classes, mask_at, backtrack, delta, bln_rule
         raise InputError(
             f"labels go up to {labels.max()} but the model has {network.num_classes} classes "
             f"(0..{network.num_classes - 1}); are these the model's labels?")
-    if classes is None:
-        classes = list(range(network.num_classes))
-    classes = [int(c) for c in classes]
+    if network.num_classes < 2:
+        raise InputError("the model must have at least two classes")
+    classes = list(range(network.num_classes)) if classes is None else [int(c) for c in classes]
     unknown = [c for c in classes if not 0 <= c < network.num_classes]
     if unknown:
         raise InputError(f"classes {unknown} are not classes of the model (0..{network.num_classes - 1})")
@@ -212,8 +189,6 @@ def _check_options(network, source, classes, mask_at, backtrack, delta, bln_rule
     if absent:
         raise InputError(f"classes {absent} have no inputs in the data; pass data of every "
                          "class you decompose, or leave them out with classes=")
-    if network.num_classes < 2:
-        raise InputError("the model must have at least two classes")
     return classes
 
 

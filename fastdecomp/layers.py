@@ -1,10 +1,21 @@
-"""Per-layer behaviour, one class per layer kind, in one registry.
+"""Every fact about a layer kind, one class per kind, in one registry.
 
-Each kind knows how to import itself from Keras, its output shape, its forward
-pass (through the Numba kernels), how dead nodes propagate from its output
-back to its inputs, and how to rebuild itself as a Keras layer. Supporting a
-new layer kind means adding one class here and decorating it with
-:func:`register`.
+A kind's class says
+
+- what Keras import does with a layer of its kind (:attr:`LayerKind.imported_as`:
+  a layer of its own, folded into the layer before it, or an identity that
+  vanishes) and how it reads the layer's settings and weights;
+- its output shape and its forward pass, through the kernels of whichever
+  device (:mod:`fastdecomp.backends`) runs it;
+- at which mask placements its output is a mask point;
+- its part in the convolution epilogue (which layers after a convolution the
+  engine can fuse into it);
+- its dead-input rule for backtracking;
+- what pruning may do with its channels;
+- its Keras layer and weights for export.
+
+No other module asks a layer its kind: supporting a new kind means one class
+decorated with :func:`register`, here or in the caller's own code.
 """
 
 from __future__ import annotations
@@ -14,53 +25,28 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import UnsupportedLayerError
-from .kernels import cpu, direct_conv
-from .kernels import target as targets
+from .kernels import cpu
+from .kernels.direct_conv import packs_activity
 
 KINDS = {}
 KERAS_CLASSES = {}
-
-
-class _CpuKernels:
-    """The kernels and arrays of a forward pass on the CPU."""
-
-    xp = np
-    conv2d_forward = staticmethod(direct_conv.conv2d_forward)
-    dense_forward = staticmethod(cpu.dense_forward)
-    pool2d_forward = staticmethod(cpu.pool2d_forward)
-    global_average_pool_forward = staticmethod(cpu.global_average_pool_forward)
-
-    @staticmethod
-    def weights(array):
-        return array
-
-
-class _DeviceKernels:
-    """The same kernels' device twins, bound to one device."""
-
-    def __init__(self, device):
-        from functools import partial
-
-        from .kernels import gpu
-
-        self.xp = device.xp
-        self.weights = device.weights
-        for name in ("conv2d_forward", "dense_forward", "pool2d_forward", "global_average_pool_forward"):
-            setattr(self, name, partial(getattr(gpu, name), device=device))
-
-
-def kernels(device):
-    """The kernels a forward pass runs: the CPU's, or ``device``'s twins."""
-    if device is None:
-        targets.current().check_runnable()
-        return _CpuKernels
-    if not hasattr(device, "_layer_kernels"):
-        device._layer_kernels = _DeviceKernels(device)
-    return device._layer_kernels
+MASK_PLACEMENTS = ("conv", "relu")
+DEFAULT_MASK_AT = "relu"  # see docs/method.md, "Node"
 
 
 def register(cls):
-    """Add a layer kind to the registry (by ``cls.kind`` and its Keras classes)."""
+    """Add a layer kind to the registry (by ``cls.kind`` and its Keras classes).
+
+    Parameters
+    ----------
+    cls : type
+        A :class:`LayerKind` subclass with a unique ``kind``.
+
+    Returns
+    -------
+    type
+        ``cls``, so that ``register`` can decorate the class.
+    """
     KINDS[cls.kind] = cls()
     for name in cls.keras_classes:
         KERAS_CLASSES[name] = cls.kind
@@ -124,10 +110,50 @@ def window_geometry(in_shape, kernel, strides, padding):
 
 
 class LayerKind:
-    """Base of the per-kind handlers; see the module docstring."""
+    """Base of the per-kind handlers; see the module docstring.
+
+    Attributes
+    ----------
+    kind : str
+        The registry key, stored in saved module sets.
+    keras_classes : tuple of str
+        Keras class names imported as this kind.
+    imported_as : {"layer", "fold", "identity"}
+        ``layer``: a graph layer of its own; ``fold``: merged into the layer
+        before it (:meth:`fold_into`); ``identity``: removed from the graph.
+    mask_placements : tuple of str
+        Placements (``mask_at``) at which this kind's output is a mask point
+        (the output layer excepted).
+    epilogue : bool
+        Its forward pass can compute the layers after it that fuse into an
+        epilogue (a residual ``Add`` and a ReLU) and pack activity bits.
+    fuses_as : {None, "residual", "rectify"}
+        What this kind is when it directly follows an epilogue: the residual
+        sum, or the rectifier.
+    passes_channels : bool
+        One input, and output channel c depends on input channel c alone and
+        is 0 where it is all 0: pruning may drop a channel through it.
+    prunes_channels : bool
+        Owns output channels it can drop (and reads input channels it can
+        drop): :meth:`zero_channels`, :meth:`drop_channels`.
+    folds_normalisation : bool
+        A following normalisation may be folded into its weights.
+    output_activation, output_layer : bool
+        It may end the classifier (the softmax), or be the layer before that,
+        whose columns are channeled into modules (the Dense layer).
+    """
 
     kind = ""
     keras_classes = ()
+    imported_as = "layer"
+    mask_placements = ()
+    epilogue = False
+    fuses_as = None
+    passes_channels = False
+    prunes_channels = False
+    folds_normalisation = False
+    output_activation = False
+    output_layer = False
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         """Return ``(config, weights, inline_activation)`` for a Keras layer of this kind."""
@@ -137,13 +163,18 @@ class LayerKind:
         """Output shape, without the batch axis."""
         return tuple(input_shapes[0])
 
-    def forward(self, layer, inputs, reusable=None, device=None):
+    def forward(self, layer, inputs, reusable=None, *, backend):
         """The layer's output for a batch.
 
-        ``reusable[i]`` is True when ``inputs[i]`` is read by no one else and
-        may be overwritten. With a ``device`` (:mod:`fastdecomp.kernels.gpu`)
-        the inputs and the output are that device's arrays and the layer runs
-        its kernels' device twins.
+        Parameters
+        ----------
+        layer : Layer
+        inputs : list of arrays
+            The outputs of ``layer.inputs``, arrays of ``backend``.
+        reusable : list of bool, optional
+            ``reusable[i]``: ``inputs[i]`` is read by no one else and may be overwritten.
+        backend : device
+            Where the layer runs (:func:`fastdecomp.backends.get`).
         """
         raise NotImplementedError
 
@@ -154,14 +185,44 @@ class LayerKind:
         """
         return [dead_out]
 
-    def to_keras(self, layer):
+    def writes_activity(self, layer):
+        """Whether its epilogue can pack the ``> 0`` bits of its output (:attr:`epilogue` kinds)."""
+        return False
+
+    def fold_into(self, previous, weights, refuse):
+        """Fold this layer's imported ``weights`` into ``previous`` (``imported_as == "fold"``)."""
         raise NotImplementedError
+
+    def zero_channels(self, layer, dead):
+        """Zero the weights producing output channels ``dead`` (bool per channel), in place."""
+        raise NotImplementedError
+
+    def drop_channels(self, layer, keep, axis):
+        """Keep only channels ``keep`` of its ``"output"`` or ``"input"`` side, in place."""
+        raise NotImplementedError
+
+    def to_keras(self, layer, name):
+        """A new Keras layer equivalent to ``layer``, named ``name``."""
+        raise NotImplementedError
+
+    def keras_weights(self, layer):
+        """The arrays ``set_weights`` takes for the layer :meth:`to_keras` returns."""
+        return [layer.weights["kernel"], layer.weights["bias"]] if layer.weights else []
 
 
 @register
 class InputKind(LayerKind):
     kind = "input"
     keras_classes = ("InputLayer",)
+
+    def from_keras(self, keras_layer, cfg, input_shapes, refuse):
+        shape = keras_layer.batch_shape[1:] if hasattr(keras_layer, "batch_shape") else keras_layer.output.shape[1:]
+        if any(d is None for d in shape) or len(shape) != 3:
+            refuse(f"input shape {tuple(shape)}; fastdecomp needs a fixed (height, width, channels)")
+        return {"shape": tuple(int(d) for d in shape)}, {}, None
+
+    def output_shape(self, config, weights, input_shapes):
+        return tuple(config["shape"])
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         return []
@@ -171,6 +232,10 @@ class InputKind(LayerKind):
 class Conv2DKind(LayerKind):
     kind = "conv2d"
     keras_classes = ("Conv2D",)
+    mask_placements = ("conv",)
+    epilogue = True
+    prunes_channels = True
+    folds_normalisation = True
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1) or cfg.get("groups", 1) != 1:
@@ -186,18 +251,23 @@ class Conv2DKind(LayerKind):
                                     config["strides"], config["padding"])
         return (oh, ow, weights["kernel"].shape[3])
 
-    def forward(self, layer, inputs, reusable=None, device=None, rectify=False, residual=None, in_place=False,
+    def forward(self, layer, inputs, reusable=None, *, backend, rectify=False, residual=None, in_place=False,
                 activity=None):
         """See :meth:`LayerKind.forward`; ``residual`` is added (then ``rectify``
         applies ReLU) in the epilogue, into ``residual`` itself when ``in_place``;
-        ``activity`` receives the output's packed ``> 0`` bits (CPU only)."""
-        x, k = inputs[0], kernels(device)
+        ``activity`` receives the output's packed ``> 0`` bits (on a device that
+        ``writes_activity_bits``)."""
+        x = inputs[0]
         c = layer.config
-        out = residual if in_place else k.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
-        k.conv2d_forward(x, k.weights(layer.weights["kernel"]), k.weights(layer.weights["bias"]),
-                         c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2], out, rectify=rectify,
-                         residual=residual, activity=activity)
+        out = residual if in_place else backend.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
+        backend.kernels.conv2d_forward(
+            x, backend.weights(layer.weights["kernel"]), backend.weights(layer.weights["bias"]),
+            c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2], out, rectify=rectify,
+            residual=residual, activity=activity)
         return out
+
+    def writes_activity(self, layer):
+        return packs_activity(layer.shape[-1])
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         h, w, ci = input_shapes[0]
@@ -210,18 +280,32 @@ class Conv2DKind(LayerKind):
                                          c["strides"][1], c["pads"][0], c["pads"][2])
         return [np.broadcast_to(dead_in, dead_in.shape[:3] + (ci,))]
 
-    def to_keras(self, layer):
+    def zero_channels(self, layer, dead):
+        layer.weights["kernel"][..., dead] = 0.0
+        layer.weights["bias"][dead] = 0.0
+
+    def drop_channels(self, layer, keep, axis):
+        if axis == "output":
+            layer.weights["kernel"] = layer.weights["kernel"][..., keep]
+            layer.weights["bias"] = layer.weights["bias"][keep]
+            layer.shape = tuple(layer.shape[:-1]) + (int(keep.sum()),)
+        else:
+            layer.weights["kernel"] = layer.weights["kernel"][:, :, keep, :]
+
+    def to_keras(self, layer, name):
         from keras import layers
 
         kh, kw, _, co = layer.weights["kernel"].shape
         return layers.Conv2D(co, (kh, kw), strides=layer.config["strides"],
-                             padding=layer.config["padding"], name=layer.name)
+                             padding=layer.config["padding"], name=name)
 
 
 @register
 class DenseKind(LayerKind):
     kind = "dense"
     keras_classes = ("Dense",)
+    mask_placements = ("conv",)
+    output_layer = True
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if len(input_shapes[0]) != 1:
@@ -234,10 +318,11 @@ class DenseKind(LayerKind):
     def output_shape(self, config, weights, input_shapes):
         return (weights["kernel"].shape[1],)
 
-    def forward(self, layer, inputs, reusable=None, device=None):
-        x, k = inputs[0], kernels(device)
-        out = k.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
-        k.dense_forward(x, k.weights(layer.weights["kernel"]), k.weights(layer.weights["bias"]), out)
+    def forward(self, layer, inputs, reusable=None, *, backend):
+        x = inputs[0]
+        out = backend.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
+        backend.kernels.dense_forward(x, backend.weights(layer.weights["kernel"]),
+                                      backend.weights(layer.weights["bias"]), out)
         return out
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
@@ -245,65 +330,70 @@ class DenseKind(LayerKind):
         dead_all = dead_out.all(axis=1)
         return [np.repeat(dead_all[:, None], input_shapes[0][0], axis=1)]
 
-    def to_keras(self, layer):
+    def to_keras(self, layer, name):
         from keras import layers
 
-        return layers.Dense(layer.shape[0], name=layer.name)
+        return layers.Dense(layer.shape[0], name=name)
 
 
 @register
 class ReLUKind(LayerKind):
     kind = "relu"
     keras_classes = ("ReLU",)
+    mask_placements = ("relu",)
+    fuses_as = "rectify"
+    passes_channels = True
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("max_value") is not None or cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
             refuse("a ReLU with max_value, negative_slope or threshold; use a plain ReLU")
         return {}, {}, None
 
-    def forward(self, layer, inputs, reusable=None, device=None):
+    def forward(self, layer, inputs, reusable=None, *, backend):
         out = inputs[0] if reusable and reusable[0] else None
-        return kernels(device).xp.maximum(inputs[0], np.float32(0.0), out=out)
+        return backend.xp.maximum(inputs[0], np.float32(0.0), out=out)
 
-    def to_keras(self, layer):
+    def to_keras(self, layer, name):
         from keras import layers
 
-        return layers.ReLU(name=layer.name.replace("/", "_"))
+        return layers.ReLU(name=name)
 
 
 @register
 class SoftmaxKind(LayerKind):
     kind = "softmax"
     keras_classes = ("Softmax",)
+    output_activation = True
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("axis", -1) not in (-1, [-1], len(input_shapes[0]), [len(input_shapes[0])]):
             refuse("softmax over an axis other than the last")
         return {}, {}, None
 
-    def forward(self, layer, inputs, reusable=None, device=None):
-        x = inputs[0] if device is None else device.to_host(inputs[0])  # as on the CPU, bit for bit
+    def forward(self, layer, inputs, reusable=None, *, backend):
+        x = backend.to_host(inputs[0])  # NumPy on every device, so that the bits agree
         z = x - x.max(axis=-1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)
 
-    def to_keras(self, layer):
+    def to_keras(self, layer, name):
         from keras import layers
 
-        return layers.Softmax(name=layer.name.replace("/", "_"))
+        return layers.Softmax(name=name)
 
 
 @register
 class AddKind(LayerKind):
     kind = "add"
     keras_classes = ("Add",)
+    fuses_as = "residual"
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if len({tuple(s) for s in input_shapes}) != 1:
             refuse(f"inputs of different shapes {input_shapes}")
         return {}, {}, None
 
-    def forward(self, layer, inputs, reusable=None, device=None):
+    def forward(self, layer, inputs, reusable=None, *, backend):
         out = inputs[0] if reusable and reusable[0] else inputs[0].copy()
         for other in inputs[1:]:
             out += other
@@ -312,14 +402,15 @@ class AddKind(LayerKind):
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         return [dead_out for _ in input_shapes]
 
-    def to_keras(self, layer):
+    def to_keras(self, layer, name):
         from keras import layers
 
-        return layers.Add(name=layer.name)
+        return layers.Add(name=name)
 
 
 class Pool2DKind(LayerKind):
     is_max = True
+    passes_channels = True
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         config = window_config(tuple(cfg["pool_size"]), cfg, input_shapes, refuse)
@@ -330,12 +421,12 @@ class Pool2DKind(LayerKind):
         oh, ow, _ = window_geometry(input_shapes[0], config["pool"], config["strides"], config["padding"])
         return (oh, ow, input_shapes[0][2])
 
-    def forward(self, layer, inputs, reusable=None, device=None):
-        x, k = inputs[0], kernels(device)
+    def forward(self, layer, inputs, reusable=None, *, backend):
+        x = inputs[0]
         c = layer.config
-        out = k.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
-        k.pool2d_forward(x, c["pool"][0], c["pool"][1], c["strides"][0], c["strides"][1],
-                         c["pads"][0], c["pads"][2], self.is_max, out)
+        out = backend.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
+        backend.kernels.pool2d_forward(x, c["pool"][0], c["pool"][1], c["strides"][0], c["strides"][1],
+                                       c["pads"][0], c["pads"][2], self.is_max, out)
         return out
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
@@ -344,12 +435,12 @@ class Pool2DKind(LayerKind):
         return [cpu.window_dead_inputs(np.ascontiguousarray(dead_out), h, w, c["pool"][0], c["pool"][1],
                                        c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2])]
 
-    def to_keras(self, layer):
+    def to_keras(self, layer, name):
         from keras import layers
 
         cls = layers.MaxPooling2D if self.is_max else layers.AveragePooling2D
-        return cls(layer.config["pool"], strides=layer.config["strides"],
-                   padding=layer.config["padding"], name=layer.name)
+        return cls(layer.config["pool"], strides=layer.config["strides"], padding=layer.config["padding"],
+                   name=name)
 
 
 @register
@@ -381,26 +472,27 @@ class GlobalAveragePoolKind(LayerKind):
     def output_shape(self, config, weights, input_shapes):
         return (input_shapes[0][2],)
 
-    def forward(self, layer, inputs, reusable=None, device=None):
-        x, k = inputs[0], kernels(device)
-        out = k.xp.empty((x.shape[0], x.shape[3]), dtype=np.float32)
-        k.global_average_pool_forward(x, out)
+    def forward(self, layer, inputs, reusable=None, *, backend):
+        x = inputs[0]
+        out = backend.xp.empty((x.shape[0], x.shape[3]), dtype=np.float32)
+        backend.kernels.global_average_pool_forward(x, out)
         return out
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         h, w, c = input_shapes[0]
         return [np.broadcast_to(dead_out[:, None, None, :], (dead_out.shape[0], h, w, c))]
 
-    def to_keras(self, layer):
+    def to_keras(self, layer, name):
         from keras import layers
 
-        return layers.GlobalAveragePooling2D(name=layer.name)
+        return layers.GlobalAveragePooling2D(name=name)
 
 
 @register
 class ZeroPaddingKind(LayerKind):
     kind = "zeropad"
     keras_classes = ("ZeroPadding2D",)
+    passes_channels = True
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("data_format", "channels_last") != "channels_last":
@@ -413,20 +505,20 @@ class ZeroPaddingKind(LayerKind):
         s = input_shapes[0]
         return (s[0] + pt + pb, s[1] + pl + pr, s[2])
 
-    def forward(self, layer, inputs, reusable=None, device=None):
+    def forward(self, layer, inputs, reusable=None, *, backend):
         pt, pb, pl, pr = layer.config["pads"]
-        return kernels(device).xp.pad(inputs[0], ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+        return backend.xp.pad(inputs[0], ((0, 0), (pt, pb), (pl, pr), (0, 0)))
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         pt, pb, pl, pr = layer.config["pads"]
         h, w, _ = input_shapes[0]
         return [dead_out[:, pt:pt + h, pl:pl + w, :]]
 
-    def to_keras(self, layer):
+    def to_keras(self, layer, name):
         from keras import layers
 
         pt, pb, pl, pr = layer.config["pads"]
-        return layers.ZeroPadding2D(((pt, pb), (pl, pr)), name=layer.name)
+        return layers.ZeroPadding2D(((pt, pb), (pl, pr)), name=name)
 
 
 @register
@@ -437,17 +529,16 @@ class FlattenKind(LayerKind):
     def output_shape(self, config, weights, input_shapes):
         return (int(np.prod(input_shapes[0])),)
 
-    def forward(self, layer, inputs, reusable=None, device=None):
+    def forward(self, layer, inputs, reusable=None, *, backend):
         return inputs[0].reshape(inputs[0].shape[0], -1)
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         return [dead_out.reshape((dead_out.shape[0],) + tuple(input_shapes[0]))]
 
-    def to_keras(self, layer):
+    def to_keras(self, layer, name):
         from keras import layers
 
-        return layers.Flatten(name=layer.name)
-
+        return layers.Flatten(name=name)
 
 
 @register
@@ -457,6 +548,7 @@ class IdentityKind(LayerKind):
     kind = "identity"
     keras_classes = ("Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise",
                      "ActivityRegularization", "Activation")
+    imported_as = "identity"
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         return {}, {}, inline_activation(cfg.get("activation", "linear"), refuse)
@@ -468,6 +560,7 @@ class BatchNormKind(LayerKind):
 
     kind = "batchnorm"
     keras_classes = ("BatchNormalization",)
+    imported_as = "fold"
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         axis = cfg["axis"]
@@ -481,19 +574,21 @@ class BatchNormKind(LayerKind):
         scale = gamma / np.sqrt(var + cfg["epsilon"])
         return {}, {"scale": scale, "shift": beta - mean * scale}, None
 
-    @staticmethod
-    def fold_into(conv, bn_weights):
-        """Fold the normalisation into a convolution (or dense) layer's weights, in place."""
-        scale, shift = bn_weights["scale"], bn_weights["shift"]
-        kernel = conv.weights["kernel"].astype(np.float64) * scale
-        bias = conv.weights["bias"].astype(np.float64) * scale + shift
-        conv.weights["kernel"] = kernel.astype(np.float32)
-        conv.weights["bias"] = bias.astype(np.float32)
+    def fold_into(self, previous, weights, refuse):
+        """Fold the normalisation into a convolution's weights, in place."""
+        if not previous.handler.folds_normalisation:
+            refuse("BatchNormalization must directly follow the Conv2D it normalises "
+                   "(with nothing else reading that convolution's output) to be folded")
+        scale, shift = weights["scale"], weights["shift"]
+        kernel = previous.weights["kernel"].astype(np.float64) * scale
+        bias = previous.weights["bias"].astype(np.float64) * scale + shift
+        previous.weights["kernel"] = kernel.astype(np.float32)
+        previous.weights["bias"] = bias.astype(np.float32)
 
 
-SUPPORTED = ("Conv2D, BatchNormalization, ReLU, Add, MaxPooling2D, AveragePooling2D, "
-             "GlobalAveragePooling2D, ZeroPadding2D, Flatten, Dropout and Dense layers "
-             "with relu/linear activations and a softmax output")
+def supported():
+    """The Keras layer classes fastdecomp imports, as a sentence."""
+    return (", ".join(sorted(KERAS_CLASSES)) + " layers, with relu/linear activations and a softmax output")
 
 
 def refuser(keras_layer):
@@ -501,7 +596,7 @@ def refuser(keras_layer):
     def refuse(why):
         raise UnsupportedLayerError(
             f"layer {keras_layer.name!r} ({type(keras_layer).__name__}) is not supported: "
-            f"{why}. fastdecomp decomposes {SUPPORTED}")
+            f"{why}. fastdecomp decomposes {supported()}")
     return refuse
 
 

@@ -1,10 +1,12 @@
 """Per-class activity statistics gathered in one streamed pass (CI and TI)."""
 
+import copy
 import threading
 
 import numpy as np
 
-from .kernels import cpu, gpu
+from . import backends
+from .kernels import cpu
 
 __all__ = ["ActivityStatistics"]
 
@@ -32,20 +34,21 @@ class ActivityStatistics:
     num_classes : int
     rank_limit : array_like of int
         ``[C]``: ranks at or beyond it are never in any module's sample.
-    device : fastdecomp.kernels.gpu.Device, optional
-        Keep the statistics on this device, bit-packed, for the whole pass
-        (updates then take the device's arrays); :meth:`to_host` brings them back.
+    backend : device
+        Keep the statistics on this device (:func:`fastdecomp.backends.get`),
+        bit-packed, for the whole pass (updates take the device's arrays and
+        run its kernels); :meth:`to_host` brings them back.
     """
 
-    def __init__(self, shapes, num_classes, rank_limit, device=None):
+    def __init__(self, shapes, num_classes, rank_limit, backend):
         self.shapes = dict(shapes)
         self.num_classes = num_classes
         self.rank_limit = np.asarray(rank_limit, dtype=np.int64)
         never = int(self.rank_limit.max(initial=0))
         rank_dtype = next(t for t in (np.uint8, np.uint16, np.uint32) if never < np.iinfo(t).max)
         self.never = never
-        self.device = device
-        xp = np if device is None else device.xp
+        self.backend = backend
+        xp = backend.xp
         self.active, self.first_rank = {}, {}
         for name, shape in self.shapes.items():
             nodes = int(np.prod(shape))
@@ -76,42 +79,32 @@ class ActivityStatistics:
         ``bits``, when given, is that packed activity already computed (by the
         convolution epilogue): it is used instead of ``values``.
         """
-        if bits is not None and self.device is None:
+        kernels, xp = self.backend.kernels, self.backend.xp
+        if bits is not None:
             with self._locks[name]:
-                cpu.accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank,
-                                               self.active[name], self.first_rank[name])
+                kernels.accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank,
+                                                   self.active[name], self.first_rank[name])
             return bits if packed else None
-        xp = np if self.device is None else self.device.xp
-        values = values.reshape(len(values), -1)
+        values = xp.ascontiguousarray(values.reshape(len(values), -1), dtype=np.float32)
         nbytes = (values.shape[1] + 7) // 8
         bits = xp.empty((len(values), nbytes) if packed else (0, 0), dtype=np.uint8)
-        if self.device is not None:
-            gpu.accumulate_activity(values, concerned_class, tangle_class, tangle_rank, self.active[name],
-                                    self.first_rank[name], bits, device=self.device)
-        else:
-            values = np.ascontiguousarray(values, dtype=np.float32)
-            with self._locks[name]:
-                cpu.accumulate_activity(values, concerned_class, tangle_class, tangle_rank,
-                                        self.active[name], self.first_rank[name], bits)
+        with self._locks[name]:
+            kernels.accumulate_activity(values, concerned_class, tangle_class, tangle_rank, self.active[name],
+                                        self.first_rank[name], bits)
         return bits if packed else None
 
     def update_concerned(self, name, bits, concerned_class):
         """Fold bit-packed activity ``[B, nbytes]`` (``numpy.packbits`` of ``values > 0``) into
         the concerned statistics, for images whose concern was decided after :meth:`update`."""
-        if self.device is not None:
-            gpu.accumulate_concerned(bits, concerned_class, self.active[name], device=self.device)
-            return
         with self._locks[name]:
-            cpu.accumulate_concerned(bits, concerned_class, self.active[name])
+            self.backend.kernels.accumulate_concerned(bits, concerned_class, self.active[name])
 
     def to_host(self):
-        """These statistics with every array on the host (itself when already there)."""
-        if self.device is None:
-            return self
-        host = ActivityStatistics(self.shapes, self.num_classes, self.rank_limit)
-        for name in self.shapes:
-            host.active[name] = self.device.to_host(self.active[name])
-            host.first_rank[name] = self.device.to_host(self.first_rank[name])
+        """These statistics with every array on the host (the arrays themselves when already there)."""
+        host = copy.copy(self)
+        host.backend = backends.get("cpu")
+        host.active = {name: self.backend.to_host(a) for name, a in self.active.items()}
+        host.first_rank = {name: self.backend.to_host(a) for name, a in self.first_rank.items()}
         host.concerned_count = self.concerned_count.copy()
         return host
 

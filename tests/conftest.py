@@ -13,10 +13,10 @@ def pytest_addoption(parser):
 
 def cuda_available():
     from fastdecomp.errors import BackendError
-    from fastdecomp.kernels.gpu import get_device
+    from fastdecomp import backends
 
     try:
-        return get_device("cuda") is not None
+        return backends.get("cuda") is not None
     except BackendError:
         return False
 

@@ -12,7 +12,8 @@ import re
 import numpy as np
 import pytest
 
-from fastdecomp.kernels import cpu, direct_conv, gpu
+from fastdecomp import backends
+from fastdecomp.kernels import cpu, gpu
 from fastdecomp.kernels.cuda_emulator import check_source, kernel_signatures
 
 TWINS = {
@@ -21,6 +22,7 @@ TWINS = {
     "pool2d_forward": "test_pool2d_forward_twin",
     "global_average_pool_forward": "test_global_average_pool_forward_twin",
     "accumulate_activity": "test_accumulate_activity_twin",
+    "accumulate_packed_activity": "test_accumulate_packed_activity_twin",
     "accumulate_concerned": "test_accumulate_concerned_twin",
     "tangling_keep": "test_tangling_keep_twin",
     "window_dead_inputs": "test_window_dead_inputs_twin",
@@ -36,7 +38,7 @@ def test_every_cuda_kernel_has_a_twin_test():
     for name, test in TWINS.items():
         assert test in globals(), f"{test} (twin test of {name}) is missing"
         assert hasattr(gpu, name), f"fastdecomp.kernels.gpu has no wrapper for {name}"
-        twin = getattr(cpu, name, None) or getattr(direct_conv, name)
+        twin = getattr(cpu, name)
         assert getattr(gpu, name).__doc__ and twin.__doc__
 
 
@@ -72,7 +74,7 @@ def devices():
 
 @pytest.fixture(params=devices())
 def device(request):
-    return gpu.get_device(request.param)
+    return backends.get(request.param)
 
 
 def to(device, *arrays):
@@ -98,7 +100,7 @@ def test_conv2d_forward_twin(device, size, ci, co, k, stride, pads, rectify, res
     oh, ow = [(-(-s // stride)) if pads != (0, 0) else (s - k) // stride + 1 for s in size]
     expected = np.empty((3, oh, ow, co), np.float32)
     shortcut = floats(*expected.shape) if residual else None
-    direct_conv.conv2d_forward(x, kernel, bias, stride, stride, padding_total[0] // 2, padding_total[1] // 2,
+    cpu.conv2d_forward(x, kernel, bias, stride, stride, padding_total[0] // 2, padding_total[1] // 2,
                                expected, rectify=rectify, residual=shortcut)
     dx, dk, db = to(device, x, kernel, bias)
     out = device.xp.empty(expected.shape, np.float32)
@@ -162,6 +164,33 @@ def test_accumulate_activity_twin(device, rank_dtype, keep_bits):
         np.testing.assert_array_equal(expected_packed, np.packbits(values > 0, axis=1))
 
 
+@pytest.mark.parametrize("rank_dtype", [np.uint8, np.uint16, np.uint32])
+def test_accumulate_packed_activity_twin(device, rank_dtype):
+    values, concerned, tangle, rank, active, first_rank = statistics_inputs(rank_dtype)
+    bits = np.packbits(values > 0, axis=1)
+    expected_active, expected_rank = active.copy(), first_rank.copy()
+    cpu.accumulate_packed_activity(bits, concerned, tangle, rank, expected_active, expected_rank)
+    from_values = active.copy(), first_rank.copy()
+    cpu.accumulate_activity(values, concerned, tangle, rank, *from_values, np.zeros((0, 0), np.uint8))
+    np.testing.assert_array_equal(expected_active, from_values[0])  # the CPU twins agree with each other
+    np.testing.assert_array_equal(expected_rank, from_values[1])
+    d = to(device, bits, concerned, tangle, rank, active, first_rank)
+    gpu.accumulate_packed_activity(*d, device=device)
+    np.testing.assert_array_equal(device.to_host(d[4]), expected_active)
+    np.testing.assert_array_equal(device.to_host(d[5]), expected_rank)
+
+
+def test_every_device_offers_the_same_kernels():
+    """One set of kernel names on every backend, each with its contract's docstring."""
+    from fastdecomp.kernels import KERNEL_NAMES
+
+    for name in ("cpu", "emulated-cuda"):
+        kernels = backends.get(name).kernels
+        for kernel in KERNEL_NAMES:
+            assert callable(getattr(kernels, kernel)), f"{name} has no {kernel}"
+    assert set(KERNEL_NAMES) == set(TWINS)
+
+
 def test_accumulate_concerned_twin(device):
     bits = rng.integers(0, 256, (9, 6)).astype(np.uint8)
     concerned = rng.integers(-1, 4, 9)
@@ -223,11 +252,11 @@ def test_device_decomposition_equals_cpu(resnet_case, sequential_case, device, c
         on_cpu = fd.decompose(network, x, y, **options)
         on_device = fd.decompose(network, x, y, backend=device.name, **options)
         for k in on_cpu.classes:
-            for name, mask in on_cpu.layer_masks(k).items():
-                np.testing.assert_array_equal(on_device.layer_masks(k)[name], mask, err_msg=f"{k} {name}")
+            for name, mask in on_cpu.masks(k, names="network").items():
+                np.testing.assert_array_equal(on_device.masks(k, names="network")[name], mask, err_msg=f"{k} {name}")
             for a, b in zip(on_cpu.sample_indices(k), on_device.sample_indices(k)):
                 np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(network.forward(x, device=device), network.forward(x))
+        np.testing.assert_array_equal(network.forward(x, backend=device), network.forward(x))
 
 
 def test_cuda_backend_without_a_device_says_what_is_missing(resnet_case):
@@ -238,8 +267,8 @@ def test_cuda_backend_without_a_device_says_what_is_missing(resnet_case):
     if cuda_available():
         pytest.skip("a CUDA device is present")
     with pytest.raises(BackendError, match="fastdecomp\\[gpu\\]|driver|no GPU"):
-        gpu.get_device("cuda")
-    assert gpu.get_device("auto") is None  # falls back to the CPU
+        backends.get("cuda")
+    assert backends.get("auto").name == "cpu"  # falls back to the CPU
     model, x, y = resnet_case
     with pytest.raises(BackendError):
         fd.decompose(model, x, y, backend="cuda", progress=False)

@@ -35,7 +35,7 @@ def reference_masks(case):
 
 
 def assert_same_masks(fast, k, expected_keep, expected_head, expected_samples):
-    got = fast.layer_masks(k)
+    got = fast.masks(k, names="network")
     assert set(got) == set(expected_keep)
     for name, mask in expected_keep.items():
         np.testing.assert_array_equal(got[name], mask, err_msg=f"module {k}, mask point {name}")
@@ -72,7 +72,7 @@ def test_backtracking_removes_something(case):
     kept = {}
     for backtrack in VARIANTS:
         fast = fd.decompose(network, x, y, backtrack=backtrack, delta=DELTA, seed=5, progress=False)
-        kept[backtrack] = sum(fast.sizes(k)["kept_nodes"] for k in fast.classes)
+        kept[backtrack] = sum(fd.metrics.sizes(fast, k)["kept_nodes"] for k in fast.classes)
     assert kept[None] > kept["bln"] >= kept["bi"]
 
 
@@ -91,8 +91,8 @@ def test_masks_do_not_depend_on_batch_order(case):
     shuffled = fd.decompose(network, ShuffledBatches(x, y), backtrack="bi", delta=DELTA, batch_size=5,
                             seed=5, progress=False)
     for k in plain.classes:
-        for name, mask in plain.layer_masks(k).items():
-            np.testing.assert_array_equal(shuffled.layer_masks(k)[name], mask)
+        for name, mask in plain.masks(k, names="network").items():
+            np.testing.assert_array_equal(shuffled.masks(k, names="network")[name], mask)
 
 
 def test_concern_identification_alone_ignores_input_order(case):
@@ -101,8 +101,8 @@ def test_concern_identification_alone_ignores_input_order(case):
     a = fd.decompose(network, x, y, backtrack=None, ti_ratio=0, batch_size=8, progress=False)
     b = fd.decompose(network, x[order], y[order], backtrack=None, ti_ratio=0, batch_size=8, progress=False)
     for k in a.classes:
-        for name, mask in a.layer_masks(k).items():
-            np.testing.assert_array_equal(b.layer_masks(k)[name], mask)
+        for name, mask in a.masks(k, names="network").items():
+            np.testing.assert_array_equal(b.masks(k, names="network")[name], mask)
 
 
 def test_ci_module_reproduces_model_outputs_on_concerned_inputs(case):
@@ -112,11 +112,11 @@ def test_ci_module_reproduces_model_outputs_on_concerned_inputs(case):
     for k in fast.classes:
         concerned, _ = fast.sample_indices(k)
         assert len(concerned) > 0
-        module = network.forward(x[concerned], masks=fast.layer_masks(k), logits=True)
+        module = network.forward(x[concerned], masks=fast.masks(k, names="network"), logits=True)
         model = network.forward(x[concerned], logits=True)
         np.testing.assert_array_equal(module, model)
         # and the masks are not trivially all-kept
-    assert any(not m.all() for k in fast.classes for m in fast.layer_masks(k).values())
+    assert any(not m.all() for k in fast.classes for m in fast.masks(k, names="network").values())
 
 
 @pytest.mark.parametrize("mask_at", PLACEMENTS)
@@ -127,8 +127,8 @@ def test_bi_removals_change_no_module_output(case, mask_at):
     bi = fd.decompose(network, x, y, mask_at=mask_at, backtrack="bi", delta=DELTA, progress=False)
     more_removed = 0
     for k in bln.classes:
-        more_removed += bln.sizes(k)["kept_nodes"] - bi.sizes(k)["kept_nodes"]
-        np.testing.assert_array_equal(bi.module_predict(k, x), bln.module_predict(k, x))
+        more_removed += fd.metrics.sizes(bln, k)["kept_nodes"] - fd.metrics.sizes(bi, k)["kept_nodes"]
+        np.testing.assert_array_equal(bi.module(k).predict_proba(x), bln.module(k).predict_proba(x))
     assert more_removed >= 0
 
 
@@ -140,7 +140,7 @@ def test_keras_export_matches_engine(case, mask_at):
     for k in fast.classes:
         keras_model = fast.to_keras(k)
         assert keras_model.output_shape == (None, 2)
-        np.testing.assert_allclose(keras_model.predict(x, verbose=0), fast.module_predict(k, x),
+        np.testing.assert_allclose(keras_model.predict(x, verbose=0), fast.module(k).predict_proba(x),
                                    atol=2e-6, rtol=1e-5)
 
 
@@ -224,13 +224,13 @@ def test_epilogue_bits_feed_the_statistics(case, monkeypatch):
         assert sum(used) > len(used) // 2  # the ResNet: every mask point but the dense layer's
     else:
         assert not any(used)  # the small CNN's 4 and 6 channels leave no whole bytes of bits
-    monkeypatch.setattr(fd.Network, "_activity_sources", lambda self, *args: {})
+    monkeypatch.setattr(fd.backends.CpuDevice, "writes_activity_bits", False)
     used.clear()
     from_values = fd.decompose(network, source, mask_at="relu", batch_size=7, progress=False, n_jobs=2)
     assert not any(used)
     for k in with_bits.classes:
-        for name, mask in from_values.layer_masks(k).items():
-            np.testing.assert_array_equal(with_bits.layer_masks(k)[name], mask)
+        for name, mask in from_values.masks(k, names="network").items():
+            np.testing.assert_array_equal(with_bits.masks(k, names="network")[name], mask)
 
 
 @pytest.mark.parametrize("regime", ["round-robin", "sparse", "with-zeros", "own-class"])

@@ -40,10 +40,11 @@ def test_samples_are_balanced_and_sized_like_the_concerned_set(modules, resnet_c
 
 def test_composed_prediction_and_evaluation(modules, resnet_case):
     _, x, y = resnet_case
-    scores = modules.predict(x)
+    scores = fd.compose(modules).predict_proba(x)
     assert scores.shape == (len(x), 4)
-    np.testing.assert_allclose(scores, modules.predict(x, engine="fastdecomp"), atol=1e-5)
-    result = modules.evaluate(x, y)
+    keras_scores = np.stack([modules.to_keras(k).predict(x, verbose=0)[:, 0] for k in modules.classes], axis=1)
+    np.testing.assert_allclose(scores, keras_scores, atol=1e-5)
+    result = fd.compose(modules).evaluate(x, y)
     assert set(result) == {"top1", "top5", "model_top1", "model_top5", "num_images"}
     assert 0 <= result["top1"] <= 1 and result["top5"] == 1.0  # 4 classes: top-5 covers all
     assert result["top1"] == pytest.approx(np.mean(scores.argmax(axis=1) == y))
@@ -52,9 +53,9 @@ def test_composed_prediction_and_evaluation(modules, resnet_case):
 def test_voting_breaks_float32_saturation_with_margins(modules, resnet_case, monkeypatch):
     """Where P(concerned) rounds to 1 for several modules, the logit margin still ranks them."""
     _, x, y = resnet_case
-    margins = fd.compose(modules).predict(x, margin=True)
+    margins = fd.compose(modules).decision_function(x)
     probs = 1 / (1 + np.exp(-margins.astype(np.float64)))
-    np.testing.assert_allclose(probs, modules.predict(x), atol=1e-5)
+    np.testing.assert_allclose(probs, fd.compose(modules).predict_proba(x), atol=1e-5)
     original_head = type(modules).head
 
     def scaled_head(self, k):  # heads of modules 0 and 1 scaled up until P saturates at 1
@@ -63,23 +64,23 @@ def test_voting_breaks_float32_saturation_with_margins(modules, resnet_case, mon
 
     monkeypatch.setattr(type(modules), "head", scaled_head)
     saturated = fd.compose(modules)
-    assert (saturated.predict(x, engine="fastdecomp")[:, :2] == 1.0).any()
-    labels = saturated.predict_labels(x, engine="fastdecomp")
-    m = saturated.predict(x, engine="fastdecomp", margin=True)
+    assert (saturated.predict_proba(x)[:, :2] == 1.0).any()
+    labels = saturated.predict(x)
+    m = saturated.decision_function(x)
     np.testing.assert_array_equal(labels, np.array(modules.classes)[m.argmax(axis=1)])
 
 
 def test_jaccard_and_sizes(modules):
     for k in modules.classes:
-        nodes = modules.jaccard(k)
-        weights = modules.jaccard(k, "weights")
-        size = modules.sizes(k)
+        nodes = fd.metrics.jaccard(modules, k)
+        weights = fd.metrics.jaccard(modules, k, "weights")
+        size = fd.metrics.sizes(modules, k)
         assert 0 < nodes <= 1 and 0 < weights <= 1
         assert nodes == pytest.approx(size["kept_nodes"] / size["nodes"])
         assert size["kept_channels"] <= size["channels"]
         assert size["parameters"] <= size["model_parameters"]
     with pytest.raises(InputError, match="kind"):
-        modules.jaccard(0, "edges")
+        fd.metrics.jaccard(modules, 0, "edges")
 
 
 def test_physical_pruning_drops_dead_channels(resnet_case):
@@ -87,9 +88,9 @@ def test_physical_pruning_drops_dead_channels(resnet_case):
     model, x, y = resnet_case
     modules = fd.decompose(model, x, y, mask_at="conv", backtrack=None, progress=False)
     k = 0
-    masks = {name: mask.copy() for name, mask in modules.layer_masks(k).items()}  # the set's own are read-only
+    masks = {name: mask.copy() for name, mask in modules.masks(k, names="network").items()}  # the set's own are read-only
     masks["stage1_block1_conv1"][..., [2, 5]] = False  # remove two channels at every position
-    pruned = fd.export.prune(modules.network, masks, modules.head(k))
+    pruned = fd.pruning.prune(modules.network, masks, modules.head(k))
     layers = {l.name: l for l in pruned.layers}
     original = {l.name: l for l in modules.network.layers}
     kept = np.setdiff1d(np.arange(16), np.flatnonzero(~masks["stage1_block1_conv1"].reshape(-1, 16).any(0)))
@@ -98,8 +99,8 @@ def test_physical_pruning_drops_dead_channels(resnet_case):
     np.testing.assert_array_equal(layers["stage1_block1_conv2"].weights["kernel"],
                                   original["stage1_block1_conv2"].weights["kernel"][:, :, kept, :])
     full = fd.network.Network(modules.network.layers).forward(x, masks=masks, head=modules.head(k))
-    np.testing.assert_allclose(pruned.predict(x), full, atol=1e-6)
-    keras_model = fd.export.to_keras(pruned)
+    np.testing.assert_allclose(pruned.predict_proba(x), full, atol=1e-6)
+    keras_model = fd.keras_io.to_keras(pruned)
     np.testing.assert_allclose(keras_model.predict(x, verbose=0), full, atol=2e-6)
     assert keras_model.get_layer("stage1_block1_conv1").kernel.shape[-1] == len(kept)
 
@@ -110,27 +111,27 @@ def test_variants_share_one_pass(resnet_case):
     direct = fd.decompose(model, x, y, backtrack="bi", delta=0.05, progress=False)
     derived = base.variant("bi")
     for k in base.classes:
-        for name, mask in direct.layer_masks(k).items():
-            np.testing.assert_array_equal(derived.layer_masks(k)[name], mask)
+        for name, mask in direct.masks(k, names="network").items():
+            np.testing.assert_array_equal(derived.masks(k, names="network")[name], mask)
 
 
 def test_save_and_load_roundtrip(modules, resnet_case, tmp_path):
     _, x, _ = resnet_case
-    path = modules.save(tmp_path / "mods")
+    path = fd.save(modules, tmp_path / "mods")
     loaded = fd.load_modules(path)
     assert loaded.classes == modules.classes and loaded.options == modules.options
     for k in modules.classes:
         for name, mask in modules.masks(k).items():
             np.testing.assert_array_equal(loaded.masks(k)[name], mask)
         np.testing.assert_array_equal(loaded.sample_indices(k)[1], modules.sample_indices(k)[1])
-    np.testing.assert_array_equal(loaded.module_predict(1, x), modules.module_predict(1, x))
+    np.testing.assert_array_equal(loaded.module(1).predict_proba(x), modules.module(1).predict_proba(x))
     with pytest.raises(FileExistsError):
-        modules.save(path)
-    modules.save(path, overwrite=True)
+        fd.save(modules, path)
+    fd.save(modules, path, overwrite=True)
 
 
 def test_damaged_saves_are_refused(modules, tmp_path):
-    path = modules.save(tmp_path / "mods")
+    path = fd.save(modules, tmp_path / "mods")
     arrays = path / "arrays.npz"
     content = arrays.read_bytes()
     arrays.write_bytes(content[: len(content) // 2])
@@ -155,7 +156,7 @@ def test_failed_save_leaves_nothing(modules, tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", explode)
     with pytest.raises(OSError, match="disk full"):
-        modules.save(tmp_path / "mods")
+        fd.save(modules, tmp_path / "mods")
     assert list(tmp_path.iterdir()) == []
 
 

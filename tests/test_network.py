@@ -1,5 +1,7 @@
 """Keras import and the Numba forward engine against TensorFlow."""
 
+from types import MappingProxyType
+
 import numpy as np
 import pytest
 
@@ -26,7 +28,7 @@ def randomize_batchnorm(model, seed=0):
 def assert_engine_matches_keras(model, x, batch_size=3):
     network = fd.from_keras(model)
     expected = model.predict(x, verbose=0)
-    got = network.predict(x, batch_size=batch_size)
+    got = network.predict_proba(x, batch_size=batch_size)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
     return network
 
@@ -102,9 +104,12 @@ def test_epilogue_fusion_changes_no_value(resnet_case, monkeypatch):
     model, x, _ = resnet_case
     network = fd.from_keras(model)
     blocks = sum(layer.kind == "add" for layer in network.layers)
-    residuals, rectified = network._epilogue_fusions((), ())
+    plan = fd.engine.plan_fusions(network, frozenset(), frozenset(), False)
+    residuals, rectified = plan.residuals, plan.rectified
     assert len(residuals) == blocks and {add for add, _ in residuals.values()} <= rectified
-    assert network._epilogue_fusions({l.name for l in network.mask_points("conv")}, ()) == ({}, set())
+    observed = frozenset(l.name for l in network.mask_points("conv"))
+    plan = fd.engine.plan_fusions(network, observed, frozenset(), False)
+    assert (dict(plan.residuals), plan.rectified) == ({}, set())
 
     def run():
         seen = {}
@@ -114,7 +119,8 @@ def test_epilogue_fusion_changes_no_value(resnet_case, monkeypatch):
         return logits, probs, seen
 
     fused = run()
-    monkeypatch.setattr(fd.Network, "_epilogue_fusions", lambda self, observed, masked: ({}, set()))
+    unfused = fd.engine.FusionPlan(MappingProxyType({}), frozenset(), MappingProxyType({}))
+    monkeypatch.setattr(fd.Network, "fusion_plan", lambda self, observed, masked, bits: unfused)
     plain = run()
     np.testing.assert_array_equal(fused[0], plain[0])
     np.testing.assert_array_equal(fused[1], plain[1])
@@ -135,7 +141,7 @@ def test_callers_input_is_never_overwritten():
     x = np.random.default_rng(2).normal(size=(5, 8, 8, 4)).astype(np.float32)
     before = x.copy()
     network = assert_engine_matches_keras(model, x)
-    assert network._epilogue_fusions((), ())[0]  # the fusion does apply here
+    assert fd.engine.plan_fusions(network, frozenset(), frozenset(), False).residuals  # the fusion does apply here
     network.forward(x)
     np.testing.assert_array_equal(x, before)
 
@@ -154,7 +160,7 @@ def test_model_files_load(tmp_path, resnet_case, suffix):
     model, x, _ = resnet_case
     path = tmp_path / f"model{suffix}"
     model.save(path)
-    np.testing.assert_allclose(fd.from_keras(path).predict(x), model.predict(x, verbose=0), atol=1e-4)
+    np.testing.assert_allclose(fd.from_keras(path).predict_proba(x), model.predict(x, verbose=0), atol=1e-4)
 
 
 def test_missing_and_corrupt_model_files(tmp_path):
@@ -219,15 +225,15 @@ def test_bad_inputs_are_refused(resnet_case):
     model, x, _ = resnet_case
     network = fd.from_keras(model)
     with pytest.raises(InputError, match="do not fit"):
-        network.predict(np.zeros((2, 9, 9, 1), np.float32))
+        network.predict_proba(np.zeros((2, 9, 9, 1), np.float32))
     with pytest.raises(InputError, match="one image"):
-        network.predict(np.zeros((8, 8, 1), np.float32))
+        network.predict_proba(np.zeros((8, 8, 1), np.float32))
     with pytest.raises(InputError, match="numeric"):
-        network.predict(np.array([["a"]]))
+        network.predict_proba(np.array([["a"]]))
     bad = x[:4].copy()
     bad[2, 0, 0, 0] = np.nan
     with pytest.raises(InputError, match="NaN"):
-        network.predict(bad)
+        network.predict_proba(bad)
 
 
 def test_import_needs_no_tensorflow():
@@ -253,7 +259,7 @@ def test_direct_conv_matches_tensorflow_and_is_batch_invariant(size, ci, co, ker
     """The generated convolution kernel, over the tilings it chooses, against ``tf.nn.conv2d``."""
     import tensorflow as tf
 
-    from fastdecomp.kernels import direct_conv
+    from fastdecomp.kernels import cpu
 
     rng = np.random.default_rng(ci * co)
     x = rng.standard_normal((5,) + size + (ci,)).astype(np.float32)
@@ -263,17 +269,17 @@ def test_direct_conv_matches_tensorflow_and_is_batch_invariant(size, ci, co, ker
     oh, ow = expected.shape[1:3]
     pads = [0, 0] if padding == "valid" else [max((o - 1) * stride + kernel - s, 0) // 2 for o, s in zip((oh, ow), size)]
     out = np.empty_like(expected)
-    direct_conv.conv2d_forward(x, weights, bias, stride, stride, pads[0], pads[1], out)
+    cpu.conv2d_forward(x, weights, bias, stride, stride, pads[0], pads[1], out)
     np.testing.assert_allclose(out, expected, atol=1e-4 * np.sqrt(kernel * kernel * ci))
     alone = np.empty_like(out[:1])
-    direct_conv.conv2d_forward(x[3:4], weights, bias, stride, stride, pads[0], pads[1], alone)
+    cpu.conv2d_forward(x[3:4], weights, bias, stride, stride, pads[0], pads[1], alone)
     np.testing.assert_array_equal(alone[0], out[3])
 
 
 @pytest.mark.parametrize("size, ci, co, stride", [((28, 28), 1, 16, 1), ((9, 7), 4, 6, 2), ((8, 8), 16, 32, 1)])
 def test_residual_epilogue_equals_add_then_relu(size, ci, co, stride):
     """conv + residual (+ ReLU) in the epilogue, in place or not, is the unfused sequence bit for bit."""
-    from fastdecomp.kernels import direct_conv
+    from fastdecomp.kernels import cpu
 
     rng = np.random.default_rng(co)
     x = rng.standard_normal((4,) + size + (ci,)).astype(np.float32)
@@ -281,20 +287,20 @@ def test_residual_epilogue_equals_add_then_relu(size, ci, co, stride):
     bias = rng.standard_normal(co).astype(np.float32)
     oh, ow = -(-size[0] // stride), -(-size[1] // stride)
     plain = np.empty((4, oh, ow, co), np.float32)
-    direct_conv.conv2d_forward(x, weights, bias, stride, stride, 1, 1, plain)
+    cpu.conv2d_forward(x, weights, bias, stride, stride, 1, 1, plain)
     shortcut = rng.standard_normal(plain.shape).astype(np.float32)
     for rectify in (False, True):
         expected = plain + shortcut
         if rectify:
             expected = np.maximum(expected, np.float32(0))
         fused = np.empty_like(plain)
-        direct_conv.conv2d_forward(x, weights, bias, stride, stride, 1, 1, fused, rectify, residual=shortcut)
+        cpu.conv2d_forward(x, weights, bias, stride, stride, 1, 1, fused, rectify, residual=shortcut)
         np.testing.assert_array_equal(fused, expected)
         in_place = shortcut.copy()
-        direct_conv.conv2d_forward(x, weights, bias, stride, stride, 1, 1, in_place, rectify, residual=in_place)
+        cpu.conv2d_forward(x, weights, bias, stride, stride, 1, 1, in_place, rectify, residual=in_place)
         np.testing.assert_array_equal(in_place, expected)
     with pytest.raises(ValueError, match="residual of shape"):
-        direct_conv.conv2d_forward(x, weights, bias, stride, stride, 1, 1, fused, residual=shortcut[:2])
+        cpu.conv2d_forward(x, weights, bias, stride, stride, 1, 1, fused, residual=shortcut[:2])
 
 
 def test_non_finite_weights_are_refused():
@@ -321,7 +327,7 @@ def test_unbuilt_model_is_refused():
     ((5, 5), 3, 24, 1, False, True)])
 def test_epilogue_packs_activity_bits(size, ci, co, stride, rectify, residual):
     """The convolution writes ``packbits(out > 0)`` beside its values, which it leaves unchanged."""
-    from fastdecomp.kernels import direct_conv
+    from fastdecomp.kernels import cpu
 
     rng = np.random.default_rng(ci + co)
     x = rng.standard_normal((3,) + size + (ci,)).astype(np.float32)
@@ -331,12 +337,12 @@ def test_epilogue_packs_activity_bits(size, ci, co, stride, rectify, residual):
     shortcut = rng.standard_normal(shape).astype(np.float32) if residual else None
     expected, out = np.empty(shape, np.float32), np.empty(shape, np.float32)
     bits = np.zeros((3, int(np.prod(shape[1:])) // 8), np.uint8)
-    direct_conv.conv2d_forward(x, weights, bias, stride, stride, 1, 1, expected, rectify, shortcut)
-    direct_conv.conv2d_forward(x, weights, bias, stride, stride, 1, 1, out, rectify, shortcut, activity=bits)
+    cpu.conv2d_forward(x, weights, bias, stride, stride, 1, 1, expected, rectify, shortcut)
+    cpu.conv2d_forward(x, weights, bias, stride, stride, 1, 1, out, rectify, shortcut, activity=bits)
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(bits, np.packbits(expected.reshape(3, -1) > 0, axis=1))
     with pytest.raises(ValueError, match="multiples of 8"):
-        direct_conv.conv2d_forward(x, weights[..., :4], bias[:4], stride, stride, 1, 1,
+        cpu.conv2d_forward(x, weights[..., :4], bias[:4], stride, stride, 1, 1,
                                    np.empty(shape[:3] + (4,), np.float32), activity=bits[:, :1])
 
 
@@ -346,7 +352,7 @@ def test_compiled_kernels_are_cached_on_disk(tmp_path, monkeypatch):
     import llvmlite.binding as llvm
 
     from fastdecomp import config
-    from fastdecomp.kernels import direct_conv
+    from fastdecomp.kernels import cpu, direct_conv
 
     optimised = []
     create = llvm.create_pass_builder
@@ -359,7 +365,7 @@ def test_compiled_kernels_are_cached_on_disk(tmp_path, monkeypatch):
     def convolve():
         direct_conv.compiled.cache_clear()
         out = np.empty((2, 6, 5, 8), np.float32)
-        direct_conv.conv2d_forward(x, weights, bias, 1, 1, 1, 1, out, rectify=True)
+        cpu.conv2d_forward(x, weights, bias, 1, 1, 1, 1, out, rectify=True)
         return out
 
     monkeypatch.setenv("FASTDECOMP_CACHE_DIR", str(tmp_path / "cache"))

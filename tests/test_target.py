@@ -8,7 +8,7 @@ import pytest
 
 from fastdecomp import config
 from fastdecomp.errors import ConfigError, FastDecompError, TargetError
-from fastdecomp.kernels import direct_conv, llvm_jit, target as targets, tuning
+from fastdecomp.kernels import cpu, direct_conv, llvm_jit, target as targets, tuning
 
 RESNET_SHAPES = [direct_conv.ConvShape(h, h, c, 3, 3, 1, 1, 1, 1, h, h, c) for h, c in ((64, 16), (32, 32), (16, 64))]
 
@@ -35,7 +35,7 @@ def test_an_unknown_target_is_refused_with_the_valid_names(monkeypatch):
     assert "haswell" in str(raised.value) and "native" in str(raised.value)
     x, kernel, bias = random_conv(np.random.default_rng(0), RESNET_SHAPES[0], 1)
     with pytest.raises(FastDecompError, match="pentium-9000"):
-        direct_conv.conv2d_forward(x, kernel, bias, 1, 1, 1, 1, np.empty((1, 64, 64, 16), np.float32))
+        cpu.conv2d_forward(x, kernel, bias, 1, 1, 1, 1, np.empty((1, 64, 64, 16), np.float32))
 
 
 def test_code_the_host_cannot_execute_is_compiled_but_never_run(monkeypatch, resnet_case):
@@ -51,7 +51,7 @@ def test_code_the_host_cannot_execute_is_compiled_but_never_run(monkeypatch, res
     code = llvm_jit.object_code(direct_conv.conv_ir(shape, direct_conv.rule_tiling(shape, arm)), arm)
     assert code[:4] == b"\x7fELF" and int.from_bytes(code[18:20], "little") == 183  # EM_AARCH64
     with pytest.raises(TargetError, match="cannot execute"):
-        network.predict(x)
+        network.predict_proba(x)
     monkeypatch.setattr(targets, "host_features",
                         lambda: frozenset(f for f in targets._host_feature_set() if not f.startswith("avx512")))
     targets.resolve.cache_clear()
@@ -59,7 +59,7 @@ def test_code_the_host_cannot_execute_is_compiled_but_never_run(monkeypatch, res
         avx512 = use_target(monkeypatch, "skylake-avx512")
         assert not avx512.runnable and "avx512f" in avx512.missing
         with pytest.raises(TargetError, match="avx512f"):
-            network.predict(x)
+            network.predict_proba(x)
     finally:
         targets.resolve.cache_clear()
 
@@ -116,7 +116,7 @@ def test_values_are_bit_identical_whatever_the_tiling(monkeypatch, name, case):
         monkeypatch.setattr(tuning, "choose", lambda geometry, target, tiling=tiling: tiling)
         out = np.empty((3, oh, ow, co), np.float32)
         bits = np.empty((3, oh * ow * co // 8), np.uint8) if epilogue in ("activity", "all") else None
-        direct_conv.conv2d_forward(x, kernel, bias, stride, stride, pt, pl, out,
+        cpu.conv2d_forward(x, kernel, bias, stride, stride, pt, pl, out,
                                    rectify=epilogue in ("relu", "all"),
                                    residual=residual if epilogue in ("residual", "all") else None, activity=bits)
         results.append((out.view(np.uint32), bits))
@@ -146,7 +146,7 @@ def convolve_once(seed=0):
     shape = direct_conv.ConvShape(10, 10, 8, 3, 3, 1, 1, 1, 1, 10, 10, 32)
     x, kernel, bias = random_conv(np.random.default_rng(seed), shape, 2)
     out = np.empty((2, 10, 10, 32), np.float32)
-    direct_conv.conv2d_forward(x, kernel, bias, 1, 1, 1, 1, out)
+    cpu.conv2d_forward(x, kernel, bias, 1, 1, 1, 1, out)
     return shape, out
 
 
@@ -224,14 +224,14 @@ def test_a_bad_thread_count_is_refused(n_jobs, resnet_case):
 
     model, x, _ = resnet_case
     with pytest.raises(ConfigError, match="n_jobs"):
-        fd.from_keras(model).predict(x, n_jobs=n_jobs)
+        fd.from_keras(model).predict_proba(x, n_jobs=n_jobs)
 
 
 def test_conv2d_forward_under_a_target_it_cannot_run_refuses_before_compiling_to_run(monkeypatch):
     use_target(monkeypatch, "neoverse-n1")
     x, kernel, bias = random_conv(np.random.default_rng(0), RESNET_SHAPES[2], 1)
     with pytest.raises(TargetError, match="neoverse-n1"):
-        direct_conv.conv2d_forward(x, kernel, bias, 1, 1, 1, 1, np.empty((1, 16, 16, 64), np.float32))
+        cpu.conv2d_forward(x, kernel, bias, 1, 1, 1, 1, np.empty((1, 16, 16, 64), np.float32))
 
 
 def _read_only(array):
@@ -259,7 +259,7 @@ def test_conv2d_forward_checks_its_arrays_before_touching_memory(change):
                  "out": np.empty((2, 8, 8, 16), np.float32)}
     arguments.update(change)
     with pytest.raises(FastDecompError):
-        direct_conv.conv2d_forward(**arguments)
+        cpu.conv2d_forward(**arguments)
 
 
 def test_threads_meeting_a_new_shape_together_tune_it_once_and_agree(tuning_sandbox):

@@ -37,17 +37,14 @@ however the data is batched.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, fields
 from functools import lru_cache
 
-import numpy as np
 
-from ..errors import InputError
 from . import target as targets
 from .llvm_jit import compile_ir, counted_loop
 
-__all__ = ["conv2d_forward", "ConvShape", "Tiling", "candidates", "rule_tiling", "conv_ir", "packs_activity"]
+__all__ = ["ConvShape", "Tiling", "candidates", "rule_tiling", "conv_ir", "compiled", "packs_activity"]
 
 
 EPILOGUE = ("rectify", "residual", "activity")  # the ConvShape fields that are not geometry
@@ -374,85 +371,3 @@ def compiled(shape: ConvShape, tiling: Tiling, target):
     """The compiled kernel for ``shape`` and ``tiling`` on ``target``, as a ctypes function
     (compiled once per process)."""
     return compile_ir(conv_ir(shape, tiling), "conv", 7, target)
-
-
-def kernel_for(shape: ConvShape):
-    """The compiled kernel for ``shape``, with the tiling :mod:`.tuning` chose for it."""
-    from . import tuning
-
-    target = targets.current()
-    return compiled(shape, tuning.choose(shape.geometry, target), target)
-
-
-def _writable(array, dtype):
-    return (isinstance(array, np.ndarray) and array.dtype == dtype and array.flags.c_contiguous
-            and array.flags.writeable)
-
-
-def _checked(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, residual, activity):
-    """The arrays as the kernel reads them (float32, C-contiguous), after checking that they
-    describe one convolution; :class:`InputError` otherwise, before any memory is touched."""
-    x, kernel, bias = (np.ascontiguousarray(a, dtype=np.float32) for a in (x, kernel, bias))
-    if not _writable(out, np.float32) or x.ndim != 4 or kernel.ndim != 4 or out.ndim != 4:
-        raise InputError(f"conv2d_forward takes a 4-D input and kernel, and writes into a writable C-contiguous "
-                         f"4-D float32 output; got {x.shape}, {kernel.shape} and {getattr(out, 'shape', out)!r}")
-    n, _, _, ci = x.shape
-    kh, kw, kernel_ci, co = kernel.shape
-    if kernel_ci != ci or bias.shape != (co,) or out.shape[0] != n or out.shape[3] != co:
-        raise InputError(f"a kernel of shape {kernel.shape} and a bias of shape {bias.shape} do not fit an "
-                         f"input of shape {x.shape} and an output of shape {out.shape}")
-    geometry = (stride_h, stride_w, pad_top, pad_left)
-    if (not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in geometry)
-            or min(stride_h, stride_w) < 1 or min(pad_top, pad_left) < 0 or 0 in x.shape[1:] or 0 in out.shape[1:]):
-        raise InputError(f"strides {stride_h, stride_w}, padding {pad_top, pad_left} and the shapes {x.shape} -> "
-                         f"{out.shape} describe no convolution: strides are integers of at least 1, padding "
-                         f"integers of at least 0")
-    if residual is not None:
-        residual = np.ascontiguousarray(residual, dtype=np.float32)
-        if residual.shape != out.shape:
-            raise InputError(f"residual of shape {residual.shape} for an output of shape {out.shape}")
-    if activity is not None:
-        if not packs_activity(co):
-            raise InputError(f"packed activity needs output channels in multiples of 8, not {co}")
-        expected = (n, out.shape[1] * out.shape[2] * co // 8)
-        if not _writable(activity, np.uint8) or activity.shape != expected:
-            raise InputError(f"activity must be a writable C-contiguous uint8 array of shape {expected}")
-    return x, kernel, bias, residual
-
-
-def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, residual=None,
-                   activity=None):
-    """2-D convolution ``out = conv(x, kernel) + bias [+ residual]`` (NHWC input, HWIO kernel).
-
-    Parameters
-    ----------
-    x : float32 [N, H, W, Ci]
-    kernel : float32 [Kh, Kw, Ci, Co]
-    bias : float32 [Co]
-    stride_h, stride_w, pad_top, pad_left : int
-        Padding rows above and columns left of the input; the rows and
-        columns below and right follow from ``out``'s shape.
-    out : float32 [N, Oh, Ow, Co], C-contiguous
-        Written in place.
-    rectify : bool
-        Apply ReLU to the result while it is in registers (the engine does
-        this when the convolution's only reader is a ReLU nobody observes).
-    residual : float32 [N, Oh, Ow, Co], optional
-        Added to the result before the ReLU, as a residual connection's
-        ``Add`` would (the engine fuses an ``Add`` fed by a convolution); it
-        may be ``out`` itself. The sum ``(conv + bias) + residual`` is the one
-        the unfused layers compute, so values are unchanged.
-    activity : uint8 [N, Oh * Ow * Co / 8], optional
-        Receives ``numpy.packbits(out.reshape(N, -1) > 0, axis=1)``, computed
-        while the values are in registers (the activity statistics read these
-        bits instead of the values). Needs ``Co`` to be a multiple of 8.
-    """
-    x, kernel, bias, residual = _checked(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, residual,
-                                         activity)
-    n, h, w, ci = x.shape
-    kh, kw, _, co = kernel.shape
-    shape = ConvShape(h, w, ci, kh, kw, int(stride_h), int(stride_w), int(pad_top), int(pad_left), out.shape[1],
-                      out.shape[2], co, bool(rectify), residual is not None, activity is not None)
-    kernel_for(shape)(x.ctypes.data, kernel.ctypes.data, bias.ctypes.data, out.ctypes.data, n,
-                      out.ctypes.data if residual is None else residual.ctypes.data,
-                      0 if activity is None else activity.ctypes.data)

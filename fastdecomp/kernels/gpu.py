@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import threading
 from contextlib import nullcontext
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BackendError
+from . import KERNEL_NAMES
 
-__all__ = ["SOURCES", "source", "Device", "CudaDevice", "EmulatedDevice", "get_device",
+__all__ = ["SOURCES", "source", "Device", "CudaDevice", "EmulatedDevice", "make_device",
            "conv2d_forward", "dense_forward", "pool2d_forward", "global_average_pool_forward",
-           "accumulate_activity", "accumulate_concerned", "tangling_keep", "window_dead_inputs",
-           "NVRTC_OPTIONS", "BLOCK"]
+           "accumulate_activity", "accumulate_packed_activity", "accumulate_concerned", "tangling_keep",
+           "window_dead_inputs", "NVRTC_OPTIONS", "BLOCK"]
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 SOURCES = {"forward": "forward.cu", "statistics": "statistics.cu", "backward": "backward.cu"}
@@ -49,16 +50,33 @@ def source(name):
     return (CUDA_DIR / "common.cuh").read_text() + "\n" + (CUDA_DIR / SOURCES[name]).read_text()
 
 
+class DeviceKernels:
+    """The kernels of :data:`KERNEL_NAMES` bound to one device, under their CPU twins' names."""
+
+    def __init__(self, device):
+        for name in KERNEL_NAMES:
+            setattr(self, name, partial(globals()[name], device=device))
+
+
 class Device:
-    """Where arrays live and kernels run; see the module docstring."""
+    """Where arrays live and kernels run; see the module docstring.
+
+    ``writes_activity_bits`` is False: the device convolution does not pack
+    activity bits in its epilogue (the device statistics read the values).
+    """
 
     name = "device"
     xp = np
+    writes_activity_bits = False
 
     def __init__(self):
         self._modules = {}
         self._lock = threading.Lock()
         self._weights = {}
+        self.kernels = DeviceKernels(self)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
 
     def module(self, name, defines=()):
         key = (name, tuple(defines))
@@ -105,6 +123,13 @@ class Device:
 
     def synchronize(self):
         pass
+
+    def run_batches(self, fn, batches, n_jobs=None):
+        """``fn`` over ``batches`` one after another as they reach the device (``n_jobs`` is unused: the
+        device's parallelism is its own); waits for the device before the last result is handed out."""
+        for batch in self.streamed(batches):
+            yield fn(batch)
+        self.synchronize()
 
 
 class EmulatedDevice(Device):
@@ -191,13 +216,10 @@ class CudaDevice(Device):
         return positions, device_x, y
 
 
-_DEVICES = {}
+def make_device(name):
+    """A new device for backend ``name``: ``"cuda"`` or ``"emulated-cuda"``.
 
-
-def get_device(backend):
-    """The device of a backend name: ``"cuda"``, ``"emulated-cuda"``, or None for ``"cpu"``.
-
-    ``"auto"`` is ``"cuda"`` when CuPy and a GPU are there, else ``"cpu"``.
+    Use :func:`fastdecomp.backends.get`, which keeps one device per backend.
 
     Raises
     ------
@@ -205,22 +227,10 @@ def get_device(backend):
         ``"cuda"`` without CuPy, a driver or a device; the message says which
         and how to install it.
     """
-    if backend == "cpu":
-        return None
-    if backend == "auto":
-        try:
-            return get_device("cuda")
-        except BackendError:
-            return None
-    if backend not in ("cuda", "emulated-cuda"):
-        raise ValueError(f"unknown backend {backend!r}")
-    if backend not in _DEVICES:
-        if backend == "emulated-cuda":
-            _DEVICES[backend] = EmulatedDevice()
-        else:
-            _check_cuda()
-            _DEVICES[backend] = CudaDevice()
-    return _DEVICES[backend]
+    if name == "emulated-cuda":
+        return EmulatedDevice()
+    _check_cuda()
+    return CudaDevice()
 
 
 def _check_cuda():
@@ -250,13 +260,12 @@ def _scalars(*values, kind=np.int32):
 
 
 def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, residual=None,
-                   activity=None, device=None):
+                   activity=None, *, device):
     """2-D convolution ``out = conv(x, kernel) + bias [+ residual]`` (NHWC input, HWIO kernel); see
     :func:`fastdecomp.kernels.direct_conv.conv2d_forward`. Bit-identical to it. The packed
     ``activity`` bits are a CPU epilogue only (the device statistics read the values)."""
     if activity is not None:
         raise ValueError("the device convolution does not write packed activity; pass activity=None")
-    device = device or get_device("cuda")
     n, h, w, ci = x.shape
     kh, kw, _, co = kernel.shape
     oh, ow = out.shape[1], out.shape[2]
@@ -268,17 +277,15 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
                              int(residual is not None), int(rectify))])
 
 
-def dense_forward(x, kernel, bias, out, device=None):
+def dense_forward(x, kernel, bias, out, *, device):
     """``out = x @ kernel + bias``, each output summed in input order; see :func:`cpu.dense_forward`."""
-    device = device or get_device("cuda")
     n, f = x.shape
     device.launch("forward", "dense_forward", n * kernel.shape[1],
                   [x, kernel, bias, out, np.int64(n), np.int64(f), np.int32(kernel.shape[1])])
 
 
-def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out, device=None):
+def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out, *, device):
     """Max or average pooling; padding positions are excluded (as in Keras); see :func:`cpu.pool2d_forward`."""
-    device = device or get_device("cuda")
     n, h, w, c = x.shape
     oh, ow = out.shape[1], out.shape[2]
     device.launch("forward", "pool2d_forward", n * oh * ow * c,
@@ -286,9 +293,8 @@ def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_
                    *_scalars(h, w, c, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, oh, ow, int(is_max))])
 
 
-def global_average_pool_forward(x, out, device=None):
+def global_average_pool_forward(x, out, *, device):
     """Mean over height and width, summed in row-major order; see :func:`cpu.global_average_pool_forward`."""
-    device = device or get_device("cuda")
     n, h, w, c = x.shape
     device.launch("forward", "global_average_pool_forward", n * c, [x, out, np.int64(n), *_scalars(h, w, c)])
 
@@ -301,8 +307,8 @@ def _rank_define(first_rank):
     return (f"RANK_T={RANK_TYPES[np.dtype(first_rank.dtype)]}",)
 
 
-def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, packed,
-                        device=None):
+def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, packed, *,
+                        device):
     """Fold a batch's values at one mask point into per-class activity statistics.
 
     Same contract as :func:`fastdecomp.kernels.cpu.accumulate_activity`: ``values``
@@ -311,7 +317,6 @@ def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, acti
     ``packed`` ``[B, ceil(nodes / 8)]`` receives each image's packed activity
     when it has rows. One thread per byte of packed nodes, looping over the batch.
     """
-    device = device or get_device("cuda")
     n, nodes = values.shape
     keep_bits = packed.shape[0] > 0
     device.launch("statistics", "accumulate_activity", (nodes + 7) // 8,
@@ -320,13 +325,21 @@ def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, acti
                    packed if keep_bits else active, np.int32(keep_bits)], _rank_define(first_rank))
 
 
-def accumulate_concerned(bits, concerned_class, active, device=None):
+def accumulate_concerned(bits, concerned_class, active, *, device):
     """OR bit-packed activity ``bits [B, nbytes]`` into ``active[concerned_class[b]]`` (skipping -1);
     see :func:`cpu.accumulate_concerned`."""
-    device = device or get_device("cuda")
     n, nbytes = bits.shape
     device.launch("statistics", "accumulate_concerned", nbytes,
                   [bits, np.int64(n), np.int64(nbytes), concerned_class, active])
+
+
+def accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank, *, device):
+    """:func:`accumulate_activity` from bit-packed activity ``bits [B, nbytes]`` instead of values; see
+    :func:`fastdecomp.kernels.cpu.accumulate_packed_activity`. One thread per byte of packed nodes."""
+    n, nbytes = bits.shape
+    device.launch("statistics", "accumulate_packed_activity", nbytes,
+                  [bits, np.int64(n), np.int64(nbytes), concerned_class, tangle_class, tangle_rank,
+                   active, first_rank, np.int64(first_rank.shape[1])], _rank_define(first_rank))
 
 
 def module_reach(counts):
@@ -342,11 +355,10 @@ def module_reach(counts):
     return reach, most, words
 
 
-def tangling_keep(first_rank, counts, keep, device=None):
+def tangling_keep(first_rank, counts, keep, *, device):
     """Add tangling identification to every module's kept nodes, in place; see
     :func:`fastdecomp.kernels.cpu.tangling_keep` (``keep`` is uint8 or bool
     ``[M, nodes]`` on the device). One thread per node."""
-    device = device or get_device("cuda")
     reach, most, words = module_reach(counts)
     modules, nodes = keep.shape
     device.launch("statistics", "tangling_keep", nodes,
@@ -359,11 +371,10 @@ def tangling_keep(first_rank, counts, keep, device=None):
 # backward (twin of cpu.window_dead_inputs)
 # --------------------------------------------------------------------------
 
-def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left,
-                       device=None):
+def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left, *,
+                       device):
     """Input nodes of a sliding window whose every reader is dead, channel by channel; see
     :func:`fastdecomp.kernels.cpu.window_dead_inputs`. Returns bool ``[M, in_h, in_w, C]``."""
-    device = device or get_device("cuda")
     m, oh, ow, c = dead_out.shape
     dead_in = device.xp.empty((m, in_h, in_w, c), dtype=np.bool_)
     device.launch("backward", "window_dead_inputs", m * in_h * in_w * c,

@@ -52,6 +52,29 @@ extern "C" __global__ void accumulate_concerned(
     }
 }
 
+// accumulate_activity for activity already packed (numpy.packbits of values > 0).
+extern "C" __global__ void accumulate_packed_activity(
+    const unsigned char* __restrict__ bits, long long n, long long nbytes,
+    const long long* __restrict__ concerned_class, const long long* __restrict__ tangle_class,
+    const long long* __restrict__ tangle_rank, unsigned char* __restrict__ active,
+    RANK_T* __restrict__ first_rank, long long rank_stride)
+{
+    long long byte = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (byte >= nbytes) return;
+    for (long long b = 0; b < n; ++b) {
+        unsigned int word = bits[b * nbytes + byte];
+        long long k = concerned_class[b];
+        if (k >= 0) active[k * nbytes + byte] |= (unsigned char)word;
+        long long c = tangle_class[b];
+        if (c >= 0 && word) {
+            long long r = tangle_rank[b];
+            RANK_T* ranks = first_rank + c * rank_stride + byte * 8;
+            for (int bit = 0; bit < 8; ++bit)
+                if ((word & (128u >> bit)) && r < (long long)ranks[bit]) ranks[bit] = (RANK_T)r;
+        }
+    }
+}
+
 // reach[(c * most + r) * words + w]: bit m of word w is set when module m's
 // unconcerned sample takes class c's input of rank r.
 extern "C" __global__ void tangling_keep(

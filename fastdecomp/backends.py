@@ -1,0 +1,217 @@
+"""Where a pass runs: one device object per backend, with the same kernels on each.
+
+A backend name picks a device:
+
+============== ================================================================
+``cpu``        :class:`CpuDevice`: NumPy arrays, the Numba kernels and the
+               generated convolution; batches run on threads
+``cuda``       :class:`~fastdecomp.kernels.gpu.CudaDevice`: CuPy arrays on a
+               GPU; batches streamed through pinned memory
+``emulated-cuda`` :class:`~fastdecomp.kernels.gpu.EmulatedDevice`: the CUDA
+               kernels compiled for the CPU and run thread by thread (tests)
+``auto``       ``cuda`` where CuPy reaches a GPU, else ``cpu``
+============== ================================================================
+
+Every device has the same interface: ``xp`` (its array module), ``kernels``
+(an object whose attributes are the kernels named in :data:`KERNEL_NAMES`,
+with one contract on every device), ``asarray``/``to_host``/``weights`` to
+move arrays, ``compute()`` (the context kernels are queued in) and
+``run_batches`` (threads on the CPU, streams on CUDA). Code that runs a pass
+asks :func:`get` for the device once and never tests which one it got.
+
+:func:`register` adds a backend (the distributed one, next); :func:`get`
+with no name uses ``FASTDECOMP_BACKEND`` (:mod:`fastdecomp.config`), and
+:func:`set_backend` or :func:`using` change that default.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+
+from . import config
+from .errors import ConfigError, InputError
+from .kernels import KERNEL_NAMES, cpu
+from .kernels import target as targets
+from .parallel import map_batches
+
+__all__ = ["BACKENDS", "KERNEL_NAMES", "CpuDevice", "get", "register", "set_backend", "using", "names"]
+
+BACKENDS = {}  # name -> a function returning its device (or None for "auto" without a GPU)
+
+
+def register(name, factory):
+    """Make a backend available under ``name``.
+
+    Parameters
+    ----------
+    name : str
+    factory : callable
+        Called with no arguments the first time the backend is asked for;
+        returns its device. May raise :class:`~fastdecomp.errors.BackendError`
+        saying what is missing.
+    """
+    BACKENDS[name] = factory
+
+
+def names():
+    """The known backend names."""
+    return tuple(BACKENDS)
+
+
+class _CpuKernels:
+    """The CPU kernels, under the names every device uses."""
+
+    conv2d_forward = staticmethod(cpu.conv2d_forward)
+    dense_forward = staticmethod(cpu.dense_forward)
+    pool2d_forward = staticmethod(cpu.pool2d_forward)
+    global_average_pool_forward = staticmethod(cpu.global_average_pool_forward)
+    accumulate_activity = staticmethod(cpu.accumulate_activity)
+    accumulate_packed_activity = staticmethod(cpu.accumulate_packed_activity)
+    accumulate_concerned = staticmethod(cpu.accumulate_concerned)
+    tangling_keep = staticmethod(cpu.tangling_keep)
+    window_dead_inputs = staticmethod(cpu.window_dead_inputs)
+
+
+class CpuDevice:
+    """The CPU: host arrays, kernels generated for the target CPU, whole batches on threads.
+
+    ``writes_activity_bits``: its convolution epilogue can write the packed
+    ``> 0`` bits of its output, which the statistics then fold directly.
+    """
+
+    name = "cpu"
+    xp = np
+    kernels = _CpuKernels()
+    writes_activity_bits = True
+
+    def __repr__(self):
+        return "CpuDevice()"
+
+    @staticmethod
+    def asarray(host):
+        return np.ascontiguousarray(host)
+
+    @staticmethod
+    def to_host(array):
+        return array
+
+    @staticmethod
+    def weights(array):
+        return array
+
+    @staticmethod
+    def compute():
+        """Refuses kernels this machine cannot execute (``FASTDECOMP_TARGET_CPU``), before they run."""
+        targets.current().check_runnable()
+        return _nothing()
+
+    @staticmethod
+    def run_batches(fn, batches, n_jobs=None):
+        """``fn`` over ``(positions, x, y)`` pieces of ``batches`` on ``n_jobs`` threads, results in order."""
+        return map_batches(fn, batches, n_jobs)
+
+    @staticmethod
+    def synchronize():
+        pass
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+_CPU = CpuDevice()
+_DEVICES = {}
+
+
+def _gpu_device(name):
+    def make():
+        from .kernels import gpu
+
+        return gpu.make_device(name)
+    return make
+
+
+def _auto():
+    from .errors import BackendError
+
+    try:
+        return get("cuda")
+    except BackendError:
+        return _CPU
+
+
+register("cpu", lambda: _CPU)
+register("cuda", _gpu_device("cuda"))
+register("emulated-cuda", _gpu_device("emulated-cuda"))
+register("auto", _auto)
+
+
+def get(backend=None):
+    """The device of a backend.
+
+    Parameters
+    ----------
+    backend : str or device, optional
+        A name from :data:`BACKENDS`, a device already made (returned as it
+        is), or None for the configured default (``FASTDECOMP_BACKEND``,
+        ``cpu`` unless set).
+
+    Returns
+    -------
+    device
+
+    Raises
+    ------
+    InputError
+        For an unknown name; the message lists the known ones.
+    ConfigError
+        For an unknown name in ``FASTDECOMP_BACKEND``.
+    BackendError
+        When the backend is known but cannot run here (no CuPy, no GPU);
+        the message says what to install.
+    """
+    if backend is None:
+        backend = config.get("backend")
+        if backend not in BACKENDS:
+            raise ConfigError(f"{config.ENVIRONMENT['backend']}={backend!r} is not a backend: "
+                              f"use one of {names()}")
+    if not isinstance(backend, str):
+        if hasattr(backend, "kernels") and hasattr(backend, "run_batches"):
+            return backend
+        raise InputError(f"backend must be one of {names()} or a device, got {type(backend).__name__}")
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {names()}, got {backend!r}")
+    if backend == "auto":
+        return BACKENDS["auto"]()
+    if backend not in _DEVICES:
+        _DEVICES[backend] = BACKENDS[backend]()
+    return _DEVICES[backend]
+
+
+def set_backend(backend):
+    """Make ``backend`` the default of every function given no ``backend=``.
+
+    Parameters
+    ----------
+    backend : str
+        A name from :data:`BACKENDS`.
+    """
+    get(backend)
+    config.set("backend", backend)
+
+
+@contextmanager
+def using(backend):
+    """Use ``backend`` as the default inside a ``with`` block.
+
+    Parameters
+    ----------
+    backend : str
+        A name from :data:`BACKENDS`.
+    """
+    get(backend)
+    with config.using(backend=backend):
+        yield

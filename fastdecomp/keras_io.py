@@ -1,0 +1,247 @@
+"""Keras in and out: a trained Keras classifier into a :class:`~fastdecomp.network.Network`,
+and a pruned module back into a Keras model.
+
+Each layer kind (:mod:`fastdecomp.layers`) says how it imports and exports;
+this module walks the Keras graph and builds the models. TensorFlow/Keras is
+imported only when one of these functions runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, ModelFileError, UnsupportedLayerError
+from .layers import KERAS_CLASSES, KINDS, Layer, refuser
+from .network import Network
+
+__all__ = ["from_keras", "load_keras_model", "to_keras", "keras_custom_objects"]
+
+NESTED_MODEL_CLASSES = ("Functional", "Sequential", "Model")
+
+
+def load_keras_model(path):
+    """Load a ``.keras`` or ``.h5`` file with a clear error when it is missing or corrupt.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    keras.Model
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model file {path} does not exist")
+    if path.suffix not in (".keras", ".h5", ".hdf5"):
+        raise ModelFileError(f"{path}: expected a .keras or .h5 model file")
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many kinds for a bad file
+        raise ModelFileError(
+            f"could not read the Keras model {path}: {type(exc).__name__}: {exc}. "
+            "Is the file complete? Re-save it with model.save()") from exc
+
+
+def from_keras(model_or_path):
+    """Import a trained Keras classifier as a :class:`Network`.
+
+    Parameters
+    ----------
+    model_or_path : keras.Model, str, Path or Network
+        A Sequential or functional model, or a ``.keras``/``.h5`` file (a
+        Network is returned as it is).
+
+    Returns
+    -------
+    Network
+        Layers that fold (BatchNormalization) merged into the layer before
+        them; identities (Dropout, linear activations) removed; inline
+        ReLU/softmax activations split off as layers named ``<layer>/relu``
+        and ``<layer>/softmax``.
+
+    Raises
+    ------
+    UnsupportedLayerError
+        For a layer or activation no registered kind imports, naming it.
+    ModelFileError
+        For a missing or unreadable model file.
+    """
+    if isinstance(model_or_path, Network):
+        return model_or_path
+    model = load_keras_model(model_or_path) if isinstance(model_or_path, (str, Path)) else model_or_path
+    _check_model(model)
+    layers = _import_layers(model)
+    for layer in layers:  # after folding, which can also overflow
+        broken = [key for key, w in layer.weights.items() if not np.isfinite(w).all()]
+        if broken:
+            raise InputError(
+                f"layer {layer.keras_name!r} of model {model.name!r} has NaN or infinite {' and '.join(broken)} "
+                "weights (did training diverge?); fix or retrain the model before decomposing it")
+    return Network(layers, name=model.name)
+
+
+def _check_model(model):
+    if not hasattr(model, "layers"):
+        raise InputError(f"expected a Keras model or a model file path, got {type(model).__name__}")
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        outputs = None
+    if not outputs:
+        raise InputError(f"model {model.name!r} is not built: give it an Input layer "
+                         "(keras.Input(shape=...)) or call it on data once before importing it")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UnsupportedLayerError(
+            f"model {model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+            "fastdecomp takes a classifier with one image input and one softmax output")
+
+
+class _Import:
+    """The graph being built: its layers, and which graph layer stands for each Keras layer."""
+
+    def __init__(self, order):
+        self.layers, self.alias, self.readers = [], {}, {}
+        for _, node in order:
+            for t in node.input_tensors:
+                src = t._keras_history.operation.name
+                self.readers[src] = self.readers.get(src, 0) + 1
+
+    def layer(self, name):
+        return next(layer for layer in reversed(self.layers) if layer.name == name)
+
+    def add(self, op, node):
+        refuse = refuser(op)
+        cls = type(op).__name__
+        if cls in NESTED_MODEL_CLASSES or hasattr(op, "layers"):
+            refuse("a nested model; build the classifier as one flat model")
+        if cls not in KERAS_CLASSES:
+            refuse("no handler for this layer type")
+        handler = KINDS[KERAS_CLASSES[cls]]
+        sources = [self.alias[t._keras_history.operation.name] for t in node.input_tensors]
+        input_shapes = [tuple(self.layer(s).shape) for s in sources]
+        config, weights, activation = handler.from_keras(op, op.get_config(), input_shapes, refuse)
+        if handler.imported_as == "fold":
+            self.alias[op.name] = self._fold(handler, sources[0], weights, refuse)
+            return
+        if handler.imported_as == "identity":
+            out = sources[0]
+        else:
+            shape = handler.output_shape(config, weights, input_shapes)
+            self.layers.append(Layer(op.name, handler.kind, sources, shape, config, weights, keras_name=op.name))
+            out = op.name
+        if activation is not None:
+            self.layers.append(Layer(f"{op.name}/{activation}", activation, [out], self.layer(out).shape,
+                                     keras_name=op.name))
+            out = self.layers[-1].name
+        self.alias[op.name] = out
+
+    def _fold(self, handler, source, weights, refuse):
+        previous = self.layer(source)
+        if previous.name != self.layers[-1].name or self.readers.get(previous.keras_name, 0) != 1:
+            refuse(f"a {', '.join(handler.keras_classes)} layer must directly follow the layer it is folded "
+                   "into, with nothing else reading that layer's output")
+        handler.fold_into(previous, weights, refuse)
+        return previous.name
+
+
+def _import_layers(model):
+    graph = _Import(order := _topological_keras_nodes(model))
+    for op, node in order:
+        graph.add(op, node)
+    return graph.layers
+
+
+def _topological_keras_nodes(model):
+    """(operation, node) pairs from the model's input to its output, each once."""
+    order, seen = [], set()
+    stack = [(model.outputs[0]._keras_history.operation, model.outputs[0]._keras_history.node_index, False)]
+    while stack:
+        op, node_index, expanded = stack.pop()
+        key = (id(op), node_index)
+        if expanded:
+            if key not in seen:
+                seen.add(key)
+                order.append((op, op._inbound_nodes[node_index]))
+            continue
+        if key in seen:
+            continue
+        stack.append((op, node_index, True))
+        for t in reversed(op._inbound_nodes[node_index].input_tensors):
+            hist = t._keras_history
+            if (id(hist.operation), hist.node_index) not in seen:
+                stack.append((hist.operation, hist.node_index, False))
+    names = [op.name for op, _ in order]
+    if len(set(names)) != len(names):
+        raise UnsupportedLayerError(
+            "a layer is called more than once in the model (shared layers); fastdecomp "
+            "needs each layer to appear once in the graph")
+    return order
+
+
+_CUSTOM = {}
+
+
+def keras_custom_objects():
+    """Custom Keras objects of exported modules (pass to ``keras.models.load_model``)."""
+    if not _CUSTOM:
+        import keras
+
+        @keras.saving.register_keras_serializable(package="fastdecomp")
+        class NodeMask(keras.layers.Layer):
+            """Multiplies its input by a fixed 0/1 mask (removed nodes output 0)."""
+
+            def __init__(self, shape, **kwargs):
+                super().__init__(**kwargs)
+                self.mask_shape = tuple(shape)
+                self.node_mask = self.add_weight(shape=self.mask_shape, initializer="ones",
+                                                 trainable=False, name="node_mask")
+
+            def call(self, inputs):
+                return inputs * self.node_mask
+
+            def get_config(self):
+                return {**super().get_config(), "shape": list(self.mask_shape)}
+
+        _CUSTOM["NodeMask"] = NodeMask
+    return dict(_CUSTOM)
+
+
+def to_keras(pruned):
+    """A Keras model of a pruned module: output ``(None, 2)`` = [P(concerned), P(unconcerned)].
+
+    Parameters
+    ----------
+    pruned : fastdecomp.pruning.PrunedModule
+
+    Returns
+    -------
+    keras.Model
+    """
+    import keras
+
+    node_mask = keras_custom_objects()["NodeMask"]
+    first = pruned.layers[0]
+    tensors = {first.name: keras.Input(shape=first.shape, name=_keras_safe(first.name))}
+    for layer in pruned.layers[1:]:
+        layer = pruned.channeled(layer)
+        keras_layer = layer.handler.to_keras(layer, _keras_safe(layer.name))
+        args = [tensors[s] for s in layer.inputs]
+        out = keras_layer(args if len(args) > 1 else args[0])
+        weights = layer.handler.keras_weights(layer)
+        if weights:
+            keras_layer.set_weights(weights)
+        if layer.name in pruned.masks:
+            mask_layer = node_mask(pruned.masks[layer.name].shape, name=_keras_safe(layer.name) + "_mask")
+            out = mask_layer(out)
+            mask_layer.set_weights([pruned.masks[layer.name].astype(np.float32)])
+        tensors[layer.name] = out
+    return keras.Model(tensors[first.name], tensors[pruned.layers[-1].name], name=_keras_safe(pruned.name))
+
+
+def _keras_safe(name):
+    return name.replace("/", "_")
