@@ -31,7 +31,7 @@ from .kernels.direct_conv import packs_activity
 KINDS = {}
 KERAS_CLASSES = {}
 MASK_PLACEMENTS = ("conv", "relu")
-DEFAULT_MASK_AT = "relu"  # see docs/method.md, "Node"
+DEFAULT_MASK_AT = "relu"  # docs/method.md section 0.2
 
 
 def register(cls):

@@ -64,7 +64,7 @@ class Network:
                 f"{self.num_classes} classes)")
 
     def mask_points(self, mask_at=DEFAULT_MASK_AT):
-        """Layers whose outputs are mask points (docs/method.md, "Node").
+        """Layers whose outputs are mask points (docs/method.md section 0.2).
 
         Parameters
         ----------

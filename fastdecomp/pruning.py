@@ -129,9 +129,13 @@ def _prune_channels(network, layer, layers, remaining, drop_channels):
 
 
 def _channel_readers(network, layer):
-    """The sole reader of ``layer`` when it passes channels on one by one (its mask then counts too)."""
-    readers = network.readers[layer.name]
-    return [r for r in readers if network.by_name[r].handler.passes_channels] if len(readers) == 1 else []
+    """The chain of sole readers after ``layer`` that pass its channels on one by one (ReLU, pooling,
+    cropping...): a channel their masks remove everywhere is removed from ``layer`` too."""
+    chain, name = [], layer.name
+    while len(network.readers[name]) == 1 and network.by_name[network.readers[name][0]].handler.passes_channels:
+        name = network.readers[name][0]
+        chain.append(name)
+    return chain
 
 
 def dead_channels(network, layer, masks):

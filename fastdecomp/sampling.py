@@ -1,6 +1,6 @@
 """The tangling-identification sample: which unconcerned inputs each module sees.
 
-ALGORITHM.md section 2: U_k is balanced over the other classes, about
+docs/method.md section 2: U_k is balanced over the other classes, about
 ``ti_ratio * |X_k|`` inputs, at least ``floor(|X_k| / (C - 1))`` per class and
 at least one. fastdecomp draws it as follows, deterministically from ``seed``:
 

@@ -100,12 +100,17 @@ class ActivityStatistics:
             self.backend.kernels.accumulate_concerned(bits, concerned_class, self.active[name])
 
     def to_host(self):
-        """These statistics with every array on the host (the arrays themselves when already there)."""
+        """These statistics with every array on the host (the arrays themselves when already there).
+
+        The tables move: this object lets go of them, so that :meth:`keep` with
+        ``release=True`` on the result frees each table once used.
+        """
         host = copy.copy(self)
         host.backend = backends.get("cpu")
         host.active = {name: self.backend.to_host(a) for name, a in self.active.items()}
         host.first_rank = {name: self.backend.to_host(a) for name, a in self.first_rank.items()}
         host.concerned_count = self.concerned_count.copy()
+        self.active, self.first_rank = {}, {}
         return host
 
     def count(self, concerned_class):

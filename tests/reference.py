@@ -1,4 +1,4 @@
-"""A slow, literal implementation of ALGORITHM.md sections 1-4: the oracle.
+"""A slow, literal implementation of docs/method.md sections 1-4: the oracle.
 
 One input at a time, one module at a time, one node at a time, straight from
 the definitions. It shares only the forward pass with fastdecomp (so that both

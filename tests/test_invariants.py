@@ -1,4 +1,4 @@
-"""ALGORITHM.md's exactness invariants, against the literal reference in reference.py."""
+"""The exactness invariants of docs/method.md section 9, against the literal reference in reference.py."""
 
 import numpy as np
 import pytest

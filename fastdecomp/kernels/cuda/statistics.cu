@@ -10,6 +10,17 @@
 #define RANK_T unsigned char
 #endif
 
+// One image's activity byte (eight nodes, bit 7 first) into its class's concerned byte and first ranks.
+__device__ void fold_byte(unsigned int bits, long long k, long long c, long long r, unsigned char* active,
+                          long long nbytes, RANK_T* first_rank, long long rank_stride)
+{
+    if (k >= 0) active[k * nbytes] |= (unsigned char)bits;
+    if (c < 0 || !bits) return;
+    RANK_T* ranks = first_rank + c * rank_stride;
+    for (int bit = 0; bit < 8; ++bit)
+        if ((bits & (128u >> bit)) && r < (long long)ranks[bit]) ranks[bit] = (RANK_T)r;
+}
+
 extern "C" __global__ void accumulate_activity(
     const float* __restrict__ values, long long n, long long nodes,
     const long long* __restrict__ concerned_class, const long long* __restrict__ tangle_class,
@@ -27,16 +38,9 @@ extern "C" __global__ void accumulate_activity(
             long long node = byte * 8 + bit;
             if (node < nodes && v[node] > 0.0f) bits |= 128u >> bit;
         }
-        long long k = concerned_class[b];
-        if (k >= 0) active[k * nbytes + byte] |= (unsigned char)bits;
         if (keep_bits) packed[b * nbytes + byte] = (unsigned char)bits;
-        long long c = tangle_class[b];
-        if (c >= 0 && bits) {
-            long long r = tangle_rank[b];
-            RANK_T* ranks = first_rank + c * rank_stride + byte * 8;
-            for (int bit = 0; bit < 8; ++bit)
-                if ((bits & (128u >> bit)) && r < (long long)ranks[bit]) ranks[bit] = (RANK_T)r;
-        }
+        fold_byte(bits, concerned_class[b], tangle_class[b], tangle_rank[b], active + byte, nbytes,
+                  first_rank + byte * 8, rank_stride);
     }
 }
 
@@ -62,16 +66,8 @@ extern "C" __global__ void accumulate_packed_activity(
     long long byte = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (byte >= nbytes) return;
     for (long long b = 0; b < n; ++b) {
-        unsigned int word = bits[b * nbytes + byte];
-        long long k = concerned_class[b];
-        if (k >= 0) active[k * nbytes + byte] |= (unsigned char)word;
-        long long c = tangle_class[b];
-        if (c >= 0 && word) {
-            long long r = tangle_rank[b];
-            RANK_T* ranks = first_rank + c * rank_stride + byte * 8;
-            for (int bit = 0; bit < 8; ++bit)
-                if ((word & (128u >> bit)) && r < (long long)ranks[bit]) ranks[bit] = (RANK_T)r;
-        }
+        fold_byte(bits[b * nbytes + byte], concerned_class[b], tangle_class[b], tangle_rank[b], active + byte,
+                  nbytes, first_rank + byte * 8, rank_stride);
     }
 }
 
