@@ -21,6 +21,8 @@ def test_masks_are_keyed_by_keras_names(modules, sequential_case):
     relu = fd.decompose(model, x, y, mask_at="relu", backtrack=None, progress=False)
     assert set(relu.masks(0)) == {"c1", "r2", "hidden"}
     assert relu.masks(0)["c1"].shape == (10, 10, 4) and relu.masks(0)["c1"].dtype == bool
+    conv = fd.decompose(model, x, y, mask_at="conv", backtrack=None, progress=False)
+    assert set(conv.masks(0)) == {"c1", "c2", "hidden"}  # every Conv2D and hidden Dense, not the output layer
 
 
 def test_samples_are_balanced_and_sized_like_the_concerned_set(modules, resnet_case):
@@ -198,3 +200,18 @@ def test_model_without_softmax_dense_is_refused():
     model = keras.Model(inputs, layers.Dense(3, activation="sigmoid")(layers.Flatten()(inputs)))
     with pytest.raises(fd.UnsupportedLayerError, match="sigmoid"):
         fd.decompose(model, np.zeros((3, 4, 4, 1), np.float32), np.arange(3), progress=False)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("classes", "0123", "manifest.classes should be a list"),
+    ("graph", [{"name": "x"}], r"manifest.graph\[0\] has no 'kind'"),
+    ("options", {"mask_at": "relu"}, "inconsistent.*options must have exactly the keys"),
+    ("masks", [{"layer": 3, "shape": [1]}], r"manifest.masks\[0\].layer should be str"),
+])
+def test_a_manifest_field_of_the_wrong_shape_is_refused_by_name(modules, tmp_path, field, value, message):
+    path = fd.save(modules, tmp_path / "mods")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest[field] = value
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match=message):
+        fd.load_modules(path)

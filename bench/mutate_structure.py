@@ -1,0 +1,59 @@
+"""Plant one bug at a time in the restructured code, run the tests that should catch it, restore the file.
+
+Prints one table row per bug for ``bench/results/mutations.md``.
+"""
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MUTANTS = [
+    ("ReLU does not pass channels on", "fastdecomp/layers.py",
+     '    fuses_as = "rectify"\n    passes_channels = True', '    fuses_as = "rectify"\n    passes_channels = False',
+     "tests/test_modules.py -k pruning"),
+    ("pruning looks one reader ahead only", "fastdecomp/pruning.py",
+     "    while len(network.readers[name]) == 1", "    while not chain and len(network.readers[name]) == 1",
+     "tests/test_registry.py"),
+    ("fusion skips an observed or masked value", "fastdecomp/engine.py",
+     "if len(readers) == 1 and layer.name not in untouched and", "if len(readers) == 1 and",
+     "tests/test_invariants.py tests/test_network.py -k 'fusion or reference or observed'"),
+    ("an unknown backend name runs on the CPU", "fastdecomp/backends.py",
+     '    if backend not in BACKENDS:\n        raise InputError(f"backend must be one of {names()}, got {backend!r}")',
+     '    if backend not in BACKENDS:\n        return _CPU',
+     "tests/test_api.py -k backend"),
+    ("Composition ignores backend=", "fastdecomp/compose.py",
+     "logits=margin, backend=backend)", "logits=margin, backend=None)",
+     "tests/test_api.py -k backend"),
+    ("FASTDECOMP_BACKEND read but not checked", "fastdecomp/backends.py",
+     "        if backend not in BACKENDS:\n            raise ConfigError", "        if False:\n            raise ConfigError",
+     "tests/test_api.py -k 'environment'"),
+    ("options: delta not checked", "fastdecomp/options.py",
+     "        if not _real(self.delta) or not math.isfinite(self.delta) or self.delta < 0:",
+     "        if False:", "tests/test_modules.py -k bad_options tests/test_api.py -k options"),
+    ("a manifest's fields are not checked", "fastdecomp/saving.py",
+     "    _check_fields(manifest, _SCHEMAS[kind], manifest_path)\n", "",
+     "tests/test_modules.py -k manifest"),
+    ("the output Dense layer is a mask point", "fastdecomp/network.py",
+     "if mask_at in l.handler.mask_placements and l.name != self.output_dense]",
+     "if mask_at in l.handler.mask_placements]", "tests/test_modules.py -k keyed"),
+    ("device kernels bound under other names", "fastdecomp/kernels/gpu.py",
+     "            setattr(self, name, partial(globals()[name], device=device))",
+     "            setattr(self, name + '_', partial(globals()[name], device=device))",
+     "tests/test_gpu_kernels.py -k 'same_kernels or equals_cpu'"),
+    ("variant keeps the old backtracking", "fastdecomp/modules.py",
+     'changes = {"backtrack": backtrack}', 'changes = {}', "tests/test_modules.py -k variants"),
+]
+rows = []
+for what, path, old, new, tests in MUTANTS:
+    file = ROOT / path
+    text = file.read_text()
+    assert text.count(old) == 1, (what, old)
+    file.write_text(text.replace(old, new))
+    try:
+        run = subprocess.run(f"{ROOT}/.venv/bin/python -m pytest -q -x -p no:cacheprovider {tests}", shell=True,
+                             cwd=ROOT, capture_output=True, text=True, timeout=900)
+    finally:
+        file.write_text(text)
+    failed = [l.split(" ")[1] for l in run.stdout.splitlines() if l.startswith("FAILED")]
+    rows.append((what, path, failed[0] if failed else "**survives**", tests))
+    print(rows[-1], flush=True)
+print("\n".join(f"| {w} | `{p}` | {f} |" for w, p, f, t in rows))
