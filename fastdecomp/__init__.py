@@ -25,7 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "decompose", "DecompositionOptions", "compose", "Composition", "Module", "ModuleSet", "from_keras", "Network",
-    "save", "load", "load_modules", "load_composition", "set_backend", "backends", "config", "data", "metrics",
+    "save", "load", "load_modules", "load_composition", "set_backend", "backends", "config", "data", "engine",
+    "keras_io", "metrics", "pruning",
     "zoo", "FastDecompError", "UnsupportedLayerError", "InputError", "ModelFileError", "DatasetNotFoundError",
     "BackendError", "ConfigError", "TargetError", "__version__",
 ]

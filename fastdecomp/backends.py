@@ -109,7 +109,16 @@ class CpuDevice:
 
     @staticmethod
     def run_batches(fn, batches, n_jobs=None):
-        """``fn`` over ``(positions, x, y)`` pieces of ``batches`` on ``n_jobs`` threads, results in order."""
+        """``fn`` over ``(positions, x, y)`` pieces of ``batches`` on ``n_jobs`` threads, results in order.
+
+        Parameters
+        ----------
+        fn : callable
+        batches : iterable
+            ``(positions, x, y)`` batches of host arrays.
+        n_jobs : int, optional
+            Threads (default: every core, or ``FASTDECOMP_JOBS``).
+        """
         return map_batches(fn, batches, n_jobs)
 
     @staticmethod

@@ -14,6 +14,15 @@ BLN_RULES = ("algorithm", "prose")
 def channel_head(kernel, bias, k):
     """The output Dense layer channeled into [concerned, unconcerned] for class ``k``.
 
+    Parameters
+    ----------
+    kernel : numpy.ndarray
+        ``[F, C]``: the output layer's kernel.
+    bias : numpy.ndarray
+        ``[C]``.
+    k : int
+        The module's class.
+
     Returns
     -------
     (numpy.ndarray, numpy.ndarray)
@@ -29,6 +38,21 @@ def channel_head(kernel, bias, k):
 def bln_removed_features(head_kernel, delta, rule="algorithm"):
     """Features of the layer feeding the output that MC-BLN removes.
 
+    Parameters
+    ----------
+    head_kernel : numpy.ndarray
+        ``[F, 2]``: a channeled head's kernel (:func:`channel_head`).
+    delta : float
+        The threshold.
+    rule : {"algorithm", "prose"}
+
+    Returns
+    -------
+    numpy.ndarray
+        bool ``[F]``.
+
+    Notes
+    -----
     ``rule="algorithm"`` (the paper's Algorithm 2, default): ``W_uc <= -delta``
     and ``W_c >= delta``. ``rule="prose"``: ``W_uc >= delta`` and ``W_c <= -delta``.
     """

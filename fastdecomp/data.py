@@ -94,6 +94,15 @@ class DataSource:
     def batches(self, batch_size, indices=None):
         """Yield ``(positions, x, y)`` batches over ``indices`` (default: all).
 
+        Parameters
+        ----------
+        batch_size : int
+            Images per batch, at least 1.
+        indices : array_like of int, optional
+            Which images, in this order.
+
+        Notes
+        -----
         ``positions`` are the indices of the batch's images in the source; at
         most ``batch_size`` images are in memory at a time.
         """
@@ -167,7 +176,14 @@ class ArraySource(DataSource):
 
 
 def as_source(x, y=None):
-    """Return a :class:`DataSource` for ``x`` (a source, or an array with labels ``y``)."""
+    """Return a :class:`DataSource` for ``x`` (a source, or an array with labels ``y``).
+
+    Parameters
+    ----------
+    x : DataSource or numpy.ndarray
+    y : numpy.ndarray, optional
+        Integer labels, required with an array and refused with a source.
+    """
     if isinstance(x, DataSource):
         if y is not None:
             raise InputError("pass labels only with an array of images; a DataSource has its own")
@@ -181,6 +197,13 @@ def as_input_source(x, input_shape, y=None):
     """A source for images ``x`` (an array or a source) checked against a model's ``input_shape``.
 
     Without labels ``y`` an array gets placeholder labels 0 (for prediction).
+
+    Parameters
+    ----------
+    x : DataSource or numpy.ndarray
+    input_shape : tuple of int
+        The model's input shape, without the batch axis.
+    y : numpy.ndarray, optional
     """
     if isinstance(x, DataSource):
         source = x
@@ -475,7 +498,14 @@ class SyntheticTinyImageNet(DataSource):
 
 
 class Subset(DataSource):
-    """The images of another source at ``rows``, renumbered from 0."""
+    """The images of another source at ``rows``, renumbered from 0.
+
+    Parameters
+    ----------
+    source : DataSource
+    rows : array_like of int
+        Indices into ``source``.
+    """
 
     def __init__(self, source, rows):
         self.source, self.rows = source, np.asarray(rows, dtype=np.int64)
@@ -490,6 +520,12 @@ def stratified_subset(source, size, seed=0):
     """A seeded random subset of about ``size`` images with the source's class proportions.
 
     Returns the source itself when ``size`` is None or not smaller than it.
+
+    Parameters
+    ----------
+    source : DataSource
+    size : int or None
+    seed : int
     """
     if size is None or size >= len(source):
         return source

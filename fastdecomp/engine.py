@@ -23,7 +23,7 @@ __all__ = ["FusionPlan", "plan_fusions", "walk"]
 class FusionPlan:
     """What the convolution epilogues compute in place of the layers after them.
 
-    Attributes
+    Parameters
     ----------
     residuals : Mapping
         Convolution -> ``(add, shortcut)``: it is the only input of a

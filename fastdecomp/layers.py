@@ -57,7 +57,7 @@ def register(cls):
 class Layer:
     """One layer of a :class:`~fastdecomp.network.Network`.
 
-    Attributes
+    Parameters
     ----------
     name : str
         Unique name in the network (the Keras name, or ``<keras>/relu`` or
@@ -90,14 +90,39 @@ class Layer:
 
 
 def same_padding(size, kernel, stride):
-    """Keras/TensorFlow ``same`` padding: (output size, pad before, pad after)."""
+    """Keras/TensorFlow ``same`` padding along one axis.
+
+    Parameters
+    ----------
+    size, kernel, stride : int
+        The input's length, the window's and the stride.
+
+    Returns
+    -------
+    (int, int, int)
+        Output size, padding before, padding after.
+    """
     out = -(-size // stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return out, total // 2, total - total // 2
 
 
 def window_geometry(in_shape, kernel, strides, padding):
-    """Output size and padding of a sliding window over an (H, W, C) map."""
+    """Output size and padding of a sliding window over an (H, W, C) map.
+
+    Parameters
+    ----------
+    in_shape : tuple of int
+        ``(H, W, C)``.
+    kernel, strides : (int, int)
+        The window's and the stride's height and width.
+    padding : {"same", "valid"}
+
+    Returns
+    -------
+    (int, int, (int, int, int, int))
+        Output height, width, and the padding (top, bottom, left, right).
+    """
     h, w = in_shape[0], in_shape[1]
     if padding == "same":
         oh, pt, pb = same_padding(h, kernel[0], strides[0])
@@ -156,11 +181,40 @@ class LayerKind:
     output_layer = False
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
-        """Return ``(config, weights, inline_activation)`` for a Keras layer of this kind."""
+        """Read a Keras layer of this kind.
+
+        Parameters
+        ----------
+        keras_layer : keras.layers.Layer
+        cfg : dict
+            ``keras_layer.get_config()``.
+        input_shapes : list of tuple of int
+            The shapes (without the batch axis) of the layer's inputs in the graph.
+        refuse : callable
+            ``refuse(why)`` raises :class:`UnsupportedLayerError` naming the layer.
+
+        Returns
+        -------
+        (dict, dict, str or None)
+            The layer's ``config``, its float32 ``weights``, and the name of an
+            inline activation to split off as a layer of its own (``"relu"``,
+            ``"softmax"``) or None.
+        """
         return {}, {}, None
 
     def output_shape(self, config, weights, input_shapes):
-        """Output shape, without the batch axis."""
+        """Output shape, without the batch axis.
+
+        Parameters
+        ----------
+        config, weights : dict
+            As :meth:`from_keras` returned them.
+        input_shapes : list of tuple of int
+
+        Returns
+        -------
+        tuple of int
+        """
         return tuple(input_shapes[0])
 
     def forward(self, layer, inputs, reusable=None, *, backend):
@@ -179,30 +233,79 @@ class LayerKind:
         raise NotImplementedError
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
-        """Per input, the nodes dead because every reader among this layer's outputs is dead.
+        """Per input, the nodes dead because every node of this layer that reads them is dead.
 
-        ``dead_out`` has shape ``[M] + layer.shape`` (M modules at once).
+        Parameters
+        ----------
+        layer : Layer
+        dead_out : numpy.ndarray
+            bool ``[M] + layer.shape``: dead output nodes of M modules at once.
+        input_shapes : list of tuple of int
+        through_conv : bool
+            MC-BI: the walk goes on through convolutions (MC-BLN stops at them).
+
+        Returns
+        -------
+        list of numpy.ndarray
+            bool ``[M] + input_shapes[i]`` per input (views allowed; read-only).
         """
         return [dead_out]
 
     def writes_activity(self, layer):
-        """Whether its epilogue can pack the ``> 0`` bits of its output (:attr:`epilogue` kinds)."""
+        """Whether its epilogue can pack the ``> 0`` bits of ``layer``'s output (:attr:`epilogue` kinds)."""
         return False
 
     def fold_into(self, previous, weights, refuse):
-        """Fold this layer's imported ``weights`` into ``previous`` (``imported_as == "fold"``)."""
+        """Fold this layer's imported weights into the layer before it (``imported_as == "fold"``).
+
+        Parameters
+        ----------
+        previous : Layer
+            Changed in place.
+        weights : dict
+            This layer's weights, as :meth:`from_keras` returned them.
+        refuse : callable
+            Raises :class:`UnsupportedLayerError` when ``previous`` cannot take them.
+        """
         raise NotImplementedError
 
     def zero_channels(self, layer, dead):
-        """Zero the weights producing output channels ``dead`` (bool per channel), in place."""
+        """Zero the weights producing some output channels, in place (:attr:`prunes_channels` kinds).
+
+        Parameters
+        ----------
+        layer : Layer
+        dead : numpy.ndarray
+            bool per output channel.
+        """
         raise NotImplementedError
 
     def drop_channels(self, layer, keep, axis):
-        """Keep only channels ``keep`` of its ``"output"`` or ``"input"`` side, in place."""
+        """Keep only some channels of one side of ``layer``, in place (:attr:`prunes_channels` kinds).
+
+        Parameters
+        ----------
+        layer : Layer
+        keep : numpy.ndarray
+            bool per channel.
+        axis : {"output", "input"}
+            The channels it produces (its shape changes too), or those it reads.
+        """
         raise NotImplementedError
 
     def to_keras(self, layer, name):
-        """A new Keras layer equivalent to ``layer``, named ``name``."""
+        """A new Keras layer equivalent to ``layer``.
+
+        Parameters
+        ----------
+        layer : Layer
+        name : str
+            The Keras layer's name.
+
+        Returns
+        -------
+        keras.layers.Layer
+        """
         raise NotImplementedError
 
     def keras_weights(self, layer):
@@ -253,10 +356,22 @@ class Conv2DKind(LayerKind):
 
     def forward(self, layer, inputs, reusable=None, *, backend, rectify=False, residual=None, in_place=False,
                 activity=None):
-        """See :meth:`LayerKind.forward`; ``residual`` is added (then ``rectify``
-        applies ReLU) in the epilogue, into ``residual`` itself when ``in_place``;
-        ``activity`` receives the output's packed ``> 0`` bits (on a device that
-        ``writes_activity_bits``)."""
+        """The convolution of a batch, with the layers its epilogue fuses.
+
+        Parameters
+        ----------
+        layer, inputs, reusable, backend :
+            As in :meth:`LayerKind.forward`.
+        rectify : bool
+            Apply ReLU in the epilogue (after the residual).
+        residual : array, optional
+            Added to the result in the epilogue.
+        in_place : bool
+            Write the result into ``residual`` itself.
+        activity : numpy.ndarray, optional
+            uint8 ``[B, nodes / 8]``: receives the output's packed ``> 0`` bits
+            (on a device that ``writes_activity_bits``).
+        """
         x = inputs[0]
         c = layer.config
         out = residual if in_place else backend.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
@@ -575,7 +690,16 @@ class BatchNormKind(LayerKind):
         return {}, {"scale": scale, "shift": beta - mean * scale}, None
 
     def fold_into(self, previous, weights, refuse):
-        """Fold the normalisation into a convolution's weights, in place."""
+        """Fold the normalisation into a convolution's weights, in place (float64, then float32).
+
+        Parameters
+        ----------
+        previous : Layer
+            A layer whose kind ``folds_normalisation``.
+        weights : dict
+            ``scale`` and ``shift`` per channel.
+        refuse : callable
+        """
         if not previous.handler.folds_normalisation:
             refuse("BatchNormalization must directly follow the Conv2D it normalises "
                    "(with nothing else reading that convolution's output) to be folded")
@@ -601,7 +725,15 @@ def refuser(keras_layer):
 
 
 def inline_activation(activation, refuse):
-    """``None``, ``"relu"`` or ``"softmax"`` for a layer's ``activation`` setting."""
+    """``None``, ``"relu"`` or ``"softmax"`` for a layer's ``activation`` setting.
+
+    Parameters
+    ----------
+    activation : str, callable or None
+        The Keras setting.
+    refuse : callable
+        Raises :class:`UnsupportedLayerError` for any other activation.
+    """
     name = activation if isinstance(activation, str) or activation is None \
         else getattr(activation, "__name__", str(activation))
     if name in ("linear", None):
@@ -612,7 +744,23 @@ def inline_activation(activation, refuse):
 
 
 def window_config(window, cfg, input_shapes, refuse):
-    """Strides and padding of a convolution or pooling layer, checked against its input."""
+    """Strides and padding of a convolution or pooling layer, checked against its input.
+
+    Parameters
+    ----------
+    window : (int, int)
+        Kernel or pool size.
+    cfg : dict
+        The Keras layer's configuration.
+    input_shapes : list of tuple of int
+    refuse : callable
+        Raises :class:`UnsupportedLayerError` for what cannot be imported.
+
+    Returns
+    -------
+    dict
+        ``strides``, ``padding`` and ``pads`` (top, bottom, left, right).
+    """
     if len(input_shapes[0]) != 3:
         refuse(f"input of shape {input_shapes[0]}; expected (height, width, channels)")
     if cfg.get("data_format", "channels_last") != "channels_last":

@@ -59,17 +59,26 @@ def assemble(network, classes, options, base_keep, samples, info, concerned_bits
 class ModuleSet:
     """The modules of a decomposition, one per class, sharing one network.
 
-    Built by :func:`fastdecomp.decompose` or :func:`fastdecomp.load_modules`;
-    see :func:`assemble` for the parameters.
+    Built by :func:`fastdecomp.decompose` or :func:`fastdecomp.load_modules`
+    (through :func:`assemble`, which computes the masks).
 
-    Attributes
+    Parameters
     ----------
     network : Network
     classes : list of int
         The class of each module, in module order.
     options : DecompositionOptions
+    keep : dict
+        Mask-point name -> bool ``[M] + shape``: the masks after backtracking.
+    feature_keep : numpy.ndarray
+        bool ``[M, F]``: the output layer's input features each module keeps.
+    base_keep : dict
+        The masks after CI and TI (see :func:`assemble`).
+    samples : (list, list)
+        Each module's concerned and unconcerned input indices.
     info : dict
         Timings and counts of the decomposition.
+    concerned_bits : dict, optional
     """
 
     def __init__(self, network, classes, options, keep, feature_keep, base_keep, samples, info,
@@ -317,6 +326,12 @@ class Module:
 
     A binary classifier: ``predict`` says whether an input is of the
     module's class, ``predict_proba`` gives [P(concerned), P(unconcerned)].
+
+    Parameters
+    ----------
+    modules : ModuleSet
+    k : int
+        The module's class.
     """
 
     modules: ModuleSet

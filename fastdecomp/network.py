@@ -82,7 +82,14 @@ class Network:
 
     def fusion_plan(self, observed, masked, activity_bits):
         """The engine's :class:`~fastdecomp.engine.FusionPlan` for these observed and masked layers
-        (planned once, then kept)."""
+        (planned once, then kept).
+
+        Parameters
+        ----------
+        observed, masked : frozenset of str
+        activity_bits : bool
+            Plan packed activity bits too.
+        """
         key = (observed, masked, activity_bits)
         if key not in self._plans:
             self._plans[key] = engine.plan_fusions(self, observed, masked, activity_bits)

@@ -33,6 +33,17 @@ def map_batches(fn, batches, n_jobs=None, chunk=None):
     :data:`CHUNK_IMAGES`); results are
     yielded in order. At most ``2 * n_jobs`` pieces are in flight, so memory
     stays bounded by the batch size, not by the number of images.
+
+    Parameters
+    ----------
+    fn : callable
+        Called with each ``(positions, x, y)`` piece.
+    batches : iterable
+        ``(positions, x, y)`` batches.
+    n_jobs : int, optional
+        Threads (default: :func:`fastdecomp.config.jobs`).
+    chunk : int, optional
+        Images per piece.
     """
     n_jobs = config.jobs(n_jobs)  # the argument, else FASTDECOMP_JOBS, else every core
     batches = chunks(batches, chunk or CHUNK_IMAGES)

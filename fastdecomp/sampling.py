@@ -24,6 +24,13 @@ __all__ = ["class_ranks", "tangling_counts", "max_tangling_counts"]
 def class_ranks(labels, num_classes, seed):
     """Rank of every input within its class's seeded random order.
 
+    Parameters
+    ----------
+    labels : array_like of int
+        ``[N]`` class labels.
+    num_classes : int
+    seed : int
+
     Returns
     -------
     numpy.ndarray
@@ -98,6 +105,20 @@ def max_tangling_counts(class_sizes, ti_ratio, seed, modules):
 
     ``tangling_counts`` is non-decreasing in ``concerned_size``, so the bound
     uses ``|X_k| <= class_sizes[k]``; it is known before the pass.
+
+    Parameters
+    ----------
+    class_sizes : numpy.ndarray
+        ``[C]`` inputs per class.
+    ti_ratio : float
+    seed : int
+    modules : sequence of int
+        The classes modules are built for.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``[C]``.
     """
     bound = np.zeros(len(class_sizes), dtype=np.int64)
     for k in modules:

@@ -61,8 +61,15 @@ class ActivityStatistics:
     def batch_roles(self, labels, ranks, concerned):
         """(concerned_class, tangle_class, tangle_rank) arrays for a batch.
 
-        ``concerned`` is a boolean per image, or None when it is not known yet
-        (every ``concerned_class`` is then -1; see :meth:`update_concerned`).
+        Parameters
+        ----------
+        labels : array_like of int
+            ``[B]``.
+        ranks : numpy.ndarray
+            ``[B]``: each image's rank in its class's order (:func:`fastdecomp.sampling.class_ranks`).
+        concerned : numpy.ndarray or None
+            bool ``[B]``, or None when it is not known yet (every
+            ``concerned_class`` is then -1; see :meth:`update_concerned`).
         """
         labels = np.asarray(labels, dtype=np.int64)
         concerned_class = np.full(len(labels), -1) if concerned is None else np.where(concerned, labels, -1)
@@ -74,10 +81,25 @@ class ActivityStatistics:
     def update(self, name, values, concerned_class, tangle_class, tangle_rank, packed=False, bits=None):
         """Fold one batch's values ``[B] + shape`` at mask point ``name`` into the statistics.
 
-        With ``packed=True`` also return each image's bit-packed activity
-        ``[B, nbytes]``, for :meth:`update_concerned` once concern is known.
-        ``bits``, when given, is that packed activity already computed (by the
-        convolution epilogue): it is used instead of ``values``.
+        Parameters
+        ----------
+        name : str
+            The mask point.
+        values : array
+            float32 ``[B] + shape``, on this statistics' device.
+        concerned_class, tangle_class, tangle_rank : array
+            int64 ``[B]`` each, from :meth:`batch_roles`, on the device.
+        packed : bool
+            Also return each image's bit-packed activity ``[B, nbytes]``, for
+            :meth:`update_concerned` once concern is known.
+        bits : array, optional
+            That packed activity already computed (by the convolution
+            epilogue): it is used instead of ``values``.
+
+        Returns
+        -------
+        array or None
+            The packed activity, with ``packed=True``.
         """
         kernels, xp = self.backend.kernels, self.backend.xp
         if bits is not None:
@@ -94,8 +116,18 @@ class ActivityStatistics:
         return bits if packed else None
 
     def update_concerned(self, name, bits, concerned_class):
-        """Fold bit-packed activity ``[B, nbytes]`` (``numpy.packbits`` of ``values > 0``) into
-        the concerned statistics, for images whose concern was decided after :meth:`update`."""
+        """Fold bit-packed activity into the concerned statistics, for images whose concern was
+        decided after :meth:`update`.
+
+        Parameters
+        ----------
+        name : str
+            The mask point.
+        bits : array
+            uint8 ``[B, nbytes]``: ``numpy.packbits`` of ``values > 0``.
+        concerned_class : array
+            int64 ``[B]``: the class whose concerned set each image joins, or -1.
+        """
         with self._locks[name]:
             self.backend.kernels.accumulate_concerned(bits, concerned_class, self.active[name])
 

@@ -15,6 +15,12 @@ def atomic_directory(path, overwrite=False):
 
     On any error the temporary directory is removed and ``path`` is left as it
     was, so a failed save never leaves half-written output behind.
+
+    Parameters
+    ----------
+    path : str or Path
+    overwrite : bool
+        Replace an existing ``path`` (else :class:`FileExistsError`).
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -36,6 +42,11 @@ def atomic_file(path, data):
 
     Readers see the old file or the new one, whole; on any error the temporary
     file is removed and the error raised.
+
+    Parameters
+    ----------
+    path : str or Path
+    data : bytes
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

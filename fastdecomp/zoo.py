@@ -91,6 +91,13 @@ def small_cnn(input_shape, num_classes, seed=None):
     A model that trains in a minute on a CPU, for "train a small new model
     and take its module" (the paper's motivating example).
 
+    Parameters
+    ----------
+    input_shape : tuple of int
+    num_classes : int
+    seed : int, optional
+        Seed of the initial weights.
+
     Returns
     -------
     keras.Model

@@ -63,7 +63,15 @@ def kernel_signatures(source):
 
 
 def check_source(source, path="<source>"):
-    """Refuse a kernel source that lets threads communicate (see the module docstring)."""
+    """Refuse a kernel source that lets threads communicate (see the module docstring).
+
+    Parameters
+    ----------
+    source : str
+        CUDA C++ text.
+    path : str
+        Its name, for the error message.
+    """
     code = re.sub(r"//[^\n]*", "", source)
     used = [word for word in FORBIDDEN if word in code]
     if used:
@@ -130,7 +138,15 @@ def compile_for_cpu(source, defines=(), compiler=None):
 
 
 class EmulatedModule:
-    """The kernels of one CUDA source, compiled for the CPU, launched like ``cupy.RawModule`` functions."""
+    """The kernels of one CUDA source, compiled for the CPU, launched like ``cupy.RawModule`` functions.
+
+    Parameters
+    ----------
+    source : str
+        CUDA C++ text.
+    defines : tuple of str
+        Preprocessor definitions.
+    """
 
     def __init__(self, source, defines=()):
         library, self.signatures = compile_for_cpu(source, defines)
@@ -143,7 +159,15 @@ class EmulatedModule:
             self._functions[name] = function
 
     def launch(self, name, grid, block, args):
-        """Run kernel ``name`` over ``grid`` blocks of ``block`` threads with ``args``."""
+        """Run kernel ``name`` over ``grid`` blocks of ``block`` threads with ``args``.
+
+        Parameters
+        ----------
+        name : str
+        grid, block : int
+        args : list
+            NumPy arrays and scalars, in the kernel's parameter order.
+        """
         params = self.signatures[name]
         if len(args) != len(params):
             raise TypeError(f"{name} takes {len(params)} arguments, got {len(args)}")

@@ -52,7 +52,20 @@ EPILOGUE = ("rectify", "residual", "activity")  # the ConvShape fields that are 
 
 @dataclass(frozen=True)
 class ConvShape:
-    """Everything the compiled kernel bakes in."""
+    """Everything the compiled kernel bakes in.
+
+    Parameters
+    ----------
+    in_h, in_w, in_channels : int
+        The input's height, width and channels.
+    kernel_h, kernel_w : int
+    stride_h, stride_w : int
+    pad_top, pad_left : int
+        Padding rows above and columns left of the input (the rest follows from the output's size).
+    out_h, out_w, out_channels : int
+    rectify, residual, activity : bool
+        The epilogue: ReLU, a residual added, packed activity bits written.
+    """
 
     in_h: int
     in_w: int
@@ -85,7 +98,7 @@ class ConvShape:
 class Tiling:
     """How the output is cut into register tiles.
 
-    Attributes
+    Parameters
     ----------
     width : int
         Floats per vector (a vector wider than the target's registers takes
@@ -140,6 +153,15 @@ def candidates(shape, target=None):
 
     For each vector width and channel grouping, the pixel counts whose tile fits
     the register file (:func:`_pixel_counts`). The first is :func:`rule_tiling`'s.
+
+    Parameters
+    ----------
+    shape : ConvShape
+    target : fastdecomp.kernels.target.Target, optional
+
+    Returns
+    -------
+    list of Tiling
     """
     target = target or targets.current()
     rule = rule_tiling(shape, target)
@@ -155,7 +177,18 @@ def candidates(shape, target=None):
 def rule_tiling(shape, target=None):
     """The tiling chosen without measuring: the widest vector that fits one register
     (else the narrowest offered), two channel blocks when they divide evenly, and as
-    many pixels as :data:`ACCUMULATOR_CAP` allows."""
+    many pixels as :data:`ACCUMULATOR_CAP` allows.
+
+    Parameters
+    ----------
+    shape : ConvShape
+    target : fastdecomp.kernels.target.Target, optional
+        Default: the current target.
+
+    Returns
+    -------
+    Tiling
+    """
     target = target or targets.current()
     widths = _widths(shape.out_channels, target)
     fitting = [w for w in widths if w <= target.vector_floats]
@@ -208,6 +241,18 @@ def conv_ir(shape: ConvShape, tiling: Tiling, name="conv"):
     ``[images, nodes / 8]``: the output's ``> 0`` bits packed as
     ``numpy.packbits`` does (needs a vector width of 8 or 16). ``tiling``
     decides the speed, never the values.
+
+    Parameters
+    ----------
+    shape : ConvShape
+    tiling : Tiling
+    name : str
+        The function's symbol.
+
+    Returns
+    -------
+    str
+        The module's IR text.
     """
     s = shape
     width, group, pixels = tiling.width, tiling.group, tiling.pixels

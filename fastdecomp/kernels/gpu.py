@@ -79,6 +79,15 @@ class Device:
         return f"{type(self).__name__}()"
 
     def module(self, name, defines=()):
+        """The compiled module of source ``name`` with ``-D`` ``defines``, compiled once per device.
+
+        Parameters
+        ----------
+        name : str
+            A key of :data:`SOURCES`.
+        defines : tuple of str
+            Preprocessor definitions such as ``RANK_T=unsigned char``.
+        """
         key = (name, tuple(defines))
         with self._lock:
             if key not in self._modules:
@@ -86,7 +95,20 @@ class Device:
             return self._modules[key]
 
     def launch(self, source_name, kernel, threads, args, defines=()):
-        """Run ``kernel`` of source ``source_name`` with at least ``threads`` threads."""
+        """Run ``kernel`` of source ``source_name`` with at least ``threads`` threads.
+
+        Parameters
+        ----------
+        source_name : str
+            A key of :data:`SOURCES`.
+        kernel : str
+            The ``__global__`` function's name.
+        threads : int
+            Threads needed (rounded up to whole blocks of :data:`BLOCK`).
+        args : list
+            The kernel's arguments: device arrays and NumPy scalars of its parameter types.
+        defines : tuple of str
+        """
         if threads <= 0:
             return
         grid = (int(threads) + BLOCK - 1) // BLOCK
@@ -125,8 +147,17 @@ class Device:
         pass
 
     def run_batches(self, fn, batches, n_jobs=None):
-        """``fn`` over ``batches`` one after another as they reach the device (``n_jobs`` is unused: the
-        device's parallelism is its own); waits for the device before the last result is handed out."""
+        """``fn`` over ``batches`` one after another as they reach the device; waits for the device
+        before the last result is handed out.
+
+        Parameters
+        ----------
+        fn : callable
+        batches : iterable
+            ``(positions, x, y)`` batches of host arrays; ``fn`` gets ``x`` on the device.
+        n_jobs : int, optional
+            Unused: the device's parallelism is its own.
+        """
         for batch in self.streamed(batches):
             yield fn(batch)
         self.synchronize()
@@ -263,7 +294,15 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
                    activity=None, *, device):
     """2-D convolution ``out = conv(x, kernel) + bias [+ residual]`` (NHWC input, HWIO kernel); see
     :func:`fastdecomp.kernels.direct_conv.conv2d_forward`. Bit-identical to it. The packed
-    ``activity`` bits are a CPU epilogue only (the device statistics read the values)."""
+    ``activity`` bits are a CPU epilogue only (the device statistics read the values).
+
+    Parameters
+    ----------
+    x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify, residual, activity :
+        As the CPU twin's, arrays being the device's (C-contiguous).
+    device : Device
+        Where the kernel runs (:func:`fastdecomp.backends.get`).
+    """
     if activity is not None:
         raise ValueError("the device convolution does not write packed activity; pass activity=None")
     n, h, w, ci = x.shape
@@ -278,14 +317,30 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
 
 
 def dense_forward(x, kernel, bias, out, *, device):
-    """``out = x @ kernel + bias``, each output summed in input order; see :func:`cpu.dense_forward`."""
+    """``out = x @ kernel + bias``, each output summed in input order; see :func:`cpu.dense_forward`.
+
+    Parameters
+    ----------
+    x, kernel, bias, out :
+        As the CPU twin's, arrays being the device's (C-contiguous).
+    device : Device
+        Where the kernel runs (:func:`fastdecomp.backends.get`).
+    """
     n, f = x.shape
     device.launch("forward", "dense_forward", n * kernel.shape[1],
                   [x, kernel, bias, out, np.int64(n), np.int64(f), np.int32(kernel.shape[1])])
 
 
 def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out, *, device):
-    """Max or average pooling; padding positions are excluded (as in Keras); see :func:`cpu.pool2d_forward`."""
+    """Max or average pooling; padding positions are excluded (as in Keras); see :func:`cpu.pool2d_forward`.
+
+    Parameters
+    ----------
+    x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out :
+        As the CPU twin's, arrays being the device's (C-contiguous).
+    device : Device
+        Where the kernel runs (:func:`fastdecomp.backends.get`).
+    """
     n, h, w, c = x.shape
     oh, ow = out.shape[1], out.shape[2]
     device.launch("forward", "pool2d_forward", n * oh * ow * c,
@@ -294,7 +349,15 @@ def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_
 
 
 def global_average_pool_forward(x, out, *, device):
-    """Mean over height and width, summed in row-major order; see :func:`cpu.global_average_pool_forward`."""
+    """Mean over height and width, summed in row-major order; see :func:`cpu.global_average_pool_forward`.
+
+    Parameters
+    ----------
+    x, out :
+        As the CPU twin's, arrays being the device's (C-contiguous).
+    device : Device
+        Where the kernel runs (:func:`fastdecomp.backends.get`).
+    """
     n, h, w, c = x.shape
     device.launch("forward", "global_average_pool_forward", n * c, [x, out, np.int64(n), *_scalars(h, w, c)])
 
@@ -316,6 +379,13 @@ def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, acti
     big-endian) and ``first_rank`` ``[C, nodes or more]`` updated in place;
     ``packed`` ``[B, ceil(nodes / 8)]`` receives each image's packed activity
     when it has rows. One thread per byte of packed nodes, looping over the batch.
+
+    Parameters
+    ----------
+    values, concerned_class, tangle_class, tangle_rank, active, first_rank, packed :
+        As the CPU twin's, arrays being the device's (C-contiguous).
+    device : Device
+        Where the kernel runs (:func:`fastdecomp.backends.get`).
     """
     n, nodes = values.shape
     keep_bits = packed.shape[0] > 0
@@ -327,7 +397,15 @@ def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, acti
 
 def accumulate_concerned(bits, concerned_class, active, *, device):
     """OR bit-packed activity ``bits [B, nbytes]`` into ``active[concerned_class[b]]`` (skipping -1);
-    see :func:`cpu.accumulate_concerned`."""
+    see :func:`cpu.accumulate_concerned`.
+
+    Parameters
+    ----------
+    bits, concerned_class, active :
+        As the CPU twin's, arrays being the device's (C-contiguous).
+    device : Device
+        Where the kernel runs (:func:`fastdecomp.backends.get`).
+    """
     n, nbytes = bits.shape
     device.launch("statistics", "accumulate_concerned", nbytes,
                   [bits, np.int64(n), np.int64(nbytes), concerned_class, active])
@@ -335,7 +413,15 @@ def accumulate_concerned(bits, concerned_class, active, *, device):
 
 def accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank, *, device):
     """:func:`accumulate_activity` from bit-packed activity ``bits [B, nbytes]`` instead of values; see
-    :func:`fastdecomp.kernels.cpu.accumulate_packed_activity`. One thread per byte of packed nodes."""
+    :func:`fastdecomp.kernels.cpu.accumulate_packed_activity`. One thread per byte of packed nodes.
+
+    Parameters
+    ----------
+    bits, concerned_class, tangle_class, tangle_rank, active, first_rank :
+        As the CPU twin's, arrays being the device's (C-contiguous).
+    device : Device
+        Where the kernel runs (:func:`fastdecomp.backends.get`).
+    """
     n, nbytes = bits.shape
     device.launch("statistics", "accumulate_packed_activity", nbytes,
                   [bits, np.int64(n), np.int64(nbytes), concerned_class, tangle_class, tangle_rank,
@@ -358,7 +444,15 @@ def module_reach(counts):
 def tangling_keep(first_rank, counts, keep, *, device):
     """Add tangling identification to every module's kept nodes, in place; see
     :func:`fastdecomp.kernels.cpu.tangling_keep` (``keep`` is uint8 or bool
-    ``[M, nodes]`` on the device). One thread per node."""
+    ``[M, nodes]`` on the device). One thread per node.
+
+    Parameters
+    ----------
+    first_rank, counts, keep :
+        As the CPU twin's, arrays being the device's (C-contiguous).
+    device : Device
+        Where the kernel runs (:func:`fastdecomp.backends.get`).
+    """
     reach, most, words = module_reach(counts)
     modules, nodes = keep.shape
     device.launch("statistics", "tangling_keep", nodes,
@@ -374,7 +468,15 @@ def tangling_keep(first_rank, counts, keep, *, device):
 def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left, *,
                        device):
     """Input nodes of a sliding window whose every reader is dead, channel by channel; see
-    :func:`fastdecomp.kernels.cpu.window_dead_inputs`. Returns bool ``[M, in_h, in_w, C]``."""
+    :func:`fastdecomp.kernels.cpu.window_dead_inputs`. Returns bool ``[M, in_h, in_w, C]``.
+
+    Parameters
+    ----------
+    dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left :
+        As the CPU twin's, arrays being the device's (C-contiguous).
+    device : Device
+        Where the kernel runs (:func:`fastdecomp.backends.get`).
+    """
     m, oh, ow, c = dead_out.shape
     dead_in = device.xp.empty((m, in_h, in_w, c), dtype=np.bool_)
     device.launch("backward", "window_dead_inputs", m * in_h * in_w * c,

@@ -45,7 +45,19 @@ def _machine(target):
 
 def object_code(ir, target=None):
     """Machine code of ``ir`` for ``target`` (default: :func:`.target.current`), from the cache or
-    compiled (and then cached). Works for targets this machine cannot execute."""
+    compiled (and then cached). Works for targets this machine cannot execute.
+
+    Parameters
+    ----------
+    ir : str
+        LLVM IR text of one module.
+    target : fastdecomp.kernels.target.Target, optional
+
+    Returns
+    -------
+    bytes
+        An object file.
+    """
     machine, target_key = _machine(target or targets.current())
     key = hashlib.sha256(f"{target_key}\n{ir}".encode()).hexdigest()
     path = config.cache_dir() / f"{key}.o"
@@ -75,7 +87,13 @@ def _optimised(ir, machine):
 
 
 def assembly(ir, target=None):
-    """The assembly text ``ir`` compiles to for ``target`` (default: the current one), for inspection."""
+    """The assembly text ``ir`` compiles to for ``target`` (default: the current one), for inspection.
+
+    Parameters
+    ----------
+    ir : str
+    target : fastdecomp.kernels.target.Target, optional
+    """
     machine, _ = _machine(target or targets.current())
     with _LOCK:
         return machine.emit_assembly(_optimised(ir, machine))
@@ -85,8 +103,20 @@ def compile_ir(ir, name, arguments, target=None):
     """Function ``name`` of the IR module ``ir``, optimised for ``target`` (default: the
     current one, :func:`.target.current`) and loaded.
 
-    Returns a ctypes function of ``arguments`` 64-bit integer arguments
-    (addresses and counts) returning nothing.
+    Parameters
+    ----------
+    ir : str
+        LLVM IR text of one module.
+    name : str
+        The function to load.
+    arguments : int
+        How many 64-bit integer arguments it takes.
+    target : fastdecomp.kernels.target.Target, optional
+
+    Returns
+    -------
+    ctypes function
+        Of ``arguments`` 64-bit integer arguments (addresses and counts), returning nothing.
 
     Raises
     ------
@@ -111,7 +141,21 @@ def compile_ir(ir, name, arguments, target=None):
 
 def counted_loop(loop, first, stop, body):
     """IR of ``for (%loop = first; %loop < stop; ++%loop) body``, its counter kept in
-    ``%loop.var`` (an ``alloca`` the caller declares; the optimiser makes it a register)."""
+    ``%loop.var`` (an ``alloca`` the caller declares; the optimiser makes it a register).
+
+    Parameters
+    ----------
+    loop : str
+        The counter's name.
+    first, stop : str or int
+        IR values: the first count and the bound.
+    body : list of str
+        IR lines of the body.
+
+    Returns
+    -------
+    list of str
+    """
     return [f"  store i64 {first}, ptr %{loop}.var", f"  br label %{loop}.test", f"{loop}.test:",
             f"  %{loop} = load i64, ptr %{loop}.var", f"  %{loop}.more = icmp slt i64 %{loop}, {stop}",
             f"  br i1 %{loop}.more, label %{loop}.body, label %{loop}.end", f"{loop}.body:",

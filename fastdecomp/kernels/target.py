@@ -77,7 +77,7 @@ _TRIPLES = {"x86_64": "x86_64-unknown-linux-gnu", "aarch64": "aarch64-unknown-li
 class Target:
     """A CPU to generate code for.
 
-    Attributes
+    Parameters
     ----------
     name : str
         ``"native"`` or a key of :data:`KNOWN_TARGETS`.

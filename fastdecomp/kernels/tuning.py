@@ -52,6 +52,16 @@ def choose(geometry, target):
 
     The rule's choice when tuning is off, when there is only one candidate,
     or when the target cannot run here; else the recorded or measured fastest.
+
+    Parameters
+    ----------
+    geometry : fastdecomp.kernels.direct_conv.ConvShape
+        Without its epilogue (``ConvShape.geometry``).
+    target : fastdecomp.kernels.target.Target
+
+    Returns
+    -------
+    fastdecomp.kernels.direct_conv.Tiling
     """
     key = (target, geometry)
     if key in _CHOSEN:
@@ -80,7 +90,20 @@ def _choose(geometry, target):
 
 def measure(geometry, options, target, rounds=ROUNDS):
     """Seconds per image of each tiling in ``options`` on ``geometry``: the best of ``rounds``
-    interleaved runs, after one run that compiles and warms each."""
+    interleaved runs, after one run that compiles and warms each.
+
+    Parameters
+    ----------
+    geometry : fastdecomp.kernels.direct_conv.ConvShape
+    options : list of Tiling
+    target : fastdecomp.kernels.target.Target
+    rounds : int
+
+    Returns
+    -------
+    dict
+        Tiling -> seconds per image.
+    """
     rng = np.random.default_rng(0)
     images = int(np.clip(SECONDS_PER_RUN * 50e9 / geometry.flops, 1, 64))
     x = rng.standard_normal((images, geometry.in_h, geometry.in_w, geometry.in_channels)).astype(np.float32)
