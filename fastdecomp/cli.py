@@ -24,6 +24,32 @@ def _backtrack(value):
     return None if value in ("none", "None", "") else value
 
 
+def _class_list(text):
+    """``--classes 0,3,7`` as a list of ints (argparse reports anything else in one line)."""
+    try:
+        return [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of class numbers, e.g. 0,3,7") \
+            from None
+
+
+def _check_output(path, overwrite):
+    """Refuse, before any work, an output folder that could not be written or may not be replaced."""
+    from .saving import is_save
+
+    if os.path.lexists(path):
+        if not overwrite:
+            raise FastDecompError(f"{path} exists; pass --overwrite or choose another directory")
+        if not is_save(path):
+            raise FastDecompError(f"{path} exists and is not a fastdecomp save, so it is not replaced; "
+                                  "choose another directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FastDecompError(f"cannot write {path}: {parent} is not writable; choose another directory")
+
+
 def _load_model(spec):
     from . import zoo
 
@@ -41,6 +67,7 @@ def build_parser():
                     "(Pan & Rajan, ICSE 2022), then compose, evaluate and reuse the modules.",
         epilog="Example: fastdecomp decompose zoo:resnet20-fmnist fashion-mnist:train -o modules/ "
                "--limit 6000 && fastdecomp evaluate modules/ fashion-mnist:test --limit 2000")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("decompose", help="decompose a model into modules saved in a directory",
@@ -51,7 +78,8 @@ def build_parser():
     d.add_argument("data", help="training images: " + DATA_HELP)
     d.add_argument("-o", "--out", required=True, help="directory to write the modules to")
     d.add_argument("--limit", type=int, help="use a stratified random subset of this many images")
-    d.add_argument("--classes", help="comma-separated classes to build modules for (default: all)")
+    d.add_argument("--classes", type=_class_list,
+                   help="comma-separated classes to build modules for (default: all)")
     d.add_argument("--mask-at", choices=MASK_PLACEMENTS, default=DEFAULTS.mask_at,
                    help="where nodes are observed and removed: relu outputs (default, exact on "
                         "concerned inputs) or conv outputs before activation (the paper's)")
@@ -96,12 +124,10 @@ def cmd_decompose(args):
     from .decompose import decompose
     from .saving import save
 
+    _check_output(args.out, args.overwrite)
     model = _load_model(args.model)
     source = data.open_data(args.data, args.limit)
-    classes = [int(c) for c in args.classes.split(",")] if args.classes else None
-    if os.path.exists(args.out) and not args.overwrite:
-        raise FastDecompError(f"{args.out} exists; pass --overwrite or choose another directory")
-    modules = decompose(model, source, classes=classes, mask_at=args.mask_at,
+    modules = decompose(model, source, classes=args.classes, mask_at=args.mask_at,
                         backtrack=_backtrack(args.backtrack), delta=args.delta, bln_rule=args.bln_rule,
                         ti_ratio=args.ti_ratio, concerned=args.concerned, batch_size=args.batch_size,
                         seed=args.seed, backend=args.backend, progress=not args.no_progress)
@@ -180,9 +206,17 @@ def main(argv=None):
     handler = {"decompose": cmd_decompose, "evaluate": cmd_evaluate, "demo": cmd_demo}[args.command]
     try:
         return handler(args)
-    except (FastDecompError, FileExistsError) as exc:
-        print(f"fastdecomp {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"fastdecomp {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the command line shows one line; --debug the traceback
+        if args.debug:
+            raise
+        known = isinstance(exc, (FastDecompError, OSError))
+        what = "error" if known else f"unexpected error ({type(exc).__name__}; --debug shows where)"
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"fastdecomp {args.command}: {what}: {message}", file=sys.stderr)
+        return 2 if known else 3
 
 
 if __name__ == "__main__":

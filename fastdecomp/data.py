@@ -83,7 +83,7 @@ class DataSource:
                 f"indices span {indices.min()}..{indices.max()}")
         x = np.asarray(self._read(indices), dtype=np.float32)
         if self.scale != 1.0:
-            x *= np.float32(self.scale)
+            x = x * np.float32(self.scale)  # a new array: the caller's (or a memory-mapped file) is never written
         if not np.isfinite(x).all():
             bad = indices[~np.isfinite(x.reshape(len(x), -1)).all(axis=1)]
             raise InputError(
@@ -150,8 +150,10 @@ class ArraySource(DataSource):
     y : array_like of int
         Class labels, shape ``(N,)``.
     scale : float, optional
-        Factor applied to every value as it is read (``1/255`` for uint8).
-        By default uint8 images are scaled by 1/255 and floats are kept.
+        Factor applied to every value as it is read, into a new array (the
+        caller's is never changed). By default values are fed as given,
+        whatever their dtype, as Keras feeds them: pass ``scale=1/255`` when
+        the model was trained on 0-255 pixels divided by 255.
     """
 
     def __init__(self, x, y, scale=None):
@@ -167,7 +169,9 @@ class ArraySource(DataSource):
         self.x = x
         self.labels = _check_labels(y, x.shape[0])
         self.sample_shape = tuple(int(d) for d in x.shape[1:])
-        self.scale = (1 / 255 if x.dtype == np.uint8 else 1.0) if scale is None else float(scale)
+        self.scale = 1.0 if scale is None else float(scale)
+        if not np.isfinite(self.scale) or self.scale <= 0:
+            raise InputError(f"scale must be a finite number > 0, got {scale!r}")
 
     def _read(self, indices):
         if len(indices) > 1 and (np.diff(indices) == 1).all():
@@ -344,7 +348,7 @@ def fashion_mnist(split="train", path=None):
                 "to a folder holding the IDX .gz files")
     images = _read_idx(images_path, 0x803)[..., None]
     labels = _read_idx(labels_path, 0x801)
-    return ArraySource(images, labels)
+    return ArraySource(images, labels, scale=1 / 255)  # the zoo models were trained on [0, 1]
 
 
 MNIST_TEST_PER_CLASS = 100
@@ -384,7 +388,7 @@ def mnist(split="train"):
             rows.append(members[-MNIST_TEST_PER_CLASS:] if split == "test" else members[:-MNIST_TEST_PER_CLASS])
         order = np.sort(np.concatenate(rows))
         images, labels = images[order], labels[order]
-    return ArraySource(images, labels)
+    return ArraySource(images, labels, scale=1 / 255)
 
 
 class TinyImageNetFolder(DataSource):
@@ -562,13 +566,15 @@ def open_data(spec, limit=None, seed=0):
     elif kind == "mnist":
         source = mnist(rest or "train")
     elif kind == "synthetic":
+        if not (rest or "1000").isdigit() or int(rest or 1000) < 1:
+            raise InputError(f"synthetic:{rest} is not a number of images; use synthetic:N with N >= 1")
         source = SyntheticTinyImageNet(int(rest or 1000), seed=seed)
     elif kind == "tiny-imagenet":
         folder, _, split = rest.rpartition(":") if rest.endswith((":train", ":val")) else (rest, "", "train")
         source = TinyImageNetFolder(folder, split or "train")
     elif spec.endswith(".npz"):
         source = from_npz(spec)
-    elif "," in spec and all(p.endswith(".npy") for p in spec.split(",")):
+    elif "," in spec and all(p.endswith(".npy") for p in spec.split(",")) and spec.count(",") == 1:
         x_path, y_path = spec.split(",")
         source = from_npy(x_path, y_path)
     else:

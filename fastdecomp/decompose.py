@@ -128,6 +128,8 @@ class _StatisticsPass:
 
         probs = self.network.forward(xb, observe=observe, mask_at=self.options.mask_at, backend=device,
                                      packed_activity=True, observed_reusable=True)
+        if not np.isfinite(probs).all():
+            raise self._overflow(positions, xb, probs)
         self.correct[positions] = probs.argmax(axis=1) == yb
         concerned_class = roles[0]
         if not known:
@@ -137,6 +139,24 @@ class _StatisticsPass:
                 stats.update_concerned(name, packed, moved)
         stats.count(concerned_class)
         return len(positions)
+
+
+    def _overflow(self, positions, xb, probs):
+        """The error for images whose values overflow: it names them and the first layer affected."""
+        rows = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+        first = []
+
+        def find(layer, values):
+            if not first and not np.isfinite(np.asarray(values)).all():
+                first.append(layer.keras_name)
+
+        host = np.asarray(xb if isinstance(xb, np.ndarray) else self.device.to_host(xb))[rows]
+        self.network.forward(host, observe=find, mask_at=self.options.mask_at, backend="cpu")
+        where = f"from layer {first[0]!r} on" if first else "at the output layer"
+        return InputError(
+            f"images {positions[rows][:5].tolist()}{'...' if len(rows) > 5 else ''} overflow to NaN or inf "
+            f"{where} (in the batch of images {positions[0]}..{positions[-1]}); check their scale (values up "
+            f"to {float(np.abs(host).max()):.3g}) against what the model was trained on")
 
 
 def _samples(labels, correct, classes, options, gathered, tangling):

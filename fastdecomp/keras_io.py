@@ -115,8 +115,13 @@ class _Import:
         return next(layer for layer in reversed(self.layers) if layer.name == name)
 
     def add(self, op, node):
+        import keras
+
         refuse = refuser(op)
         cls = type(op).__name__
+        if not isinstance(op, keras.layers.Layer):
+            refuse(f"a Keras operation ({type(op).__module__}.{cls}, from an expression such as x + 3.0 or a "
+                   "keras.ops call), not a layer; write it with keras.layers so that all its inputs are known")
         if cls in NESTED_MODEL_CLASSES or hasattr(op, "layers"):
             refuse("a nested model; build the classifier as one flat model")
         if cls not in KERAS_CLASSES:

@@ -166,6 +166,10 @@ class LayerKind:
     output_activation, output_layer : bool
         It may end the classifier (the softmax), or be the layer before that,
         whose columns are channeled into modules (the Dense layer).
+    weight_names : tuple of str
+        The weights a layer of this kind has.
+    input_count : (int, int or None)
+        The fewest and the most inputs it takes (None: no limit).
     """
 
     kind = ""
@@ -179,6 +183,8 @@ class LayerKind:
     folds_normalisation = False
     output_activation = False
     output_layer = False
+    weight_names = ()
+    input_count = (1, 1)
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         """Read a Keras layer of this kind.
@@ -250,6 +256,37 @@ class LayerKind:
             bool ``[M] + input_shapes[i]`` per input (views allowed; read-only).
         """
         return [dead_out]
+
+    def check(self, layer, input_shapes):
+        """Raise ValueError unless ``layer`` is a consistent layer of this kind (a saved graph is
+        checked so before anything runs: no kernel may read or write out of bounds).
+
+        Parameters
+        ----------
+        layer : Layer
+        input_shapes : list of tuple of int
+            The shapes of its inputs, themselves checked.
+        """
+        low, high = self.input_count
+        if len(input_shapes) < low or (high is not None and len(input_shapes) > high):
+            raise ValueError(f"layer {layer.name!r} ({self.kind}) has {len(input_shapes)} inputs")
+        if set(layer.weights) != set(self.weight_names):
+            raise ValueError(f"layer {layer.name!r} ({self.kind}) has weights {sorted(layer.weights)}, "
+                             f"not {sorted(self.weight_names)}")
+        self.check_config(layer, input_shapes)
+        expected = tuple(self.output_shape(layer.config, layer.weights, input_shapes))
+        if tuple(layer.shape) != expected:
+            raise ValueError(f"layer {layer.name!r} ({self.kind}) has shape {tuple(layer.shape)}; its inputs "
+                             f"and settings give {expected}")
+
+    def check_config(self, layer, input_shapes):
+        """Raise ValueError unless ``layer``'s settings and weight shapes fit its inputs (see :meth:`check`).
+
+        Parameters
+        ----------
+        layer : Layer
+        input_shapes : list of tuple of int
+        """
 
     def writes_activity(self, layer):
         """Whether its epilogue can pack the ``> 0`` bits of ``layer``'s output (:attr:`epilogue` kinds)."""
@@ -324,8 +361,13 @@ class InputKind(LayerKind):
             refuse(f"input shape {tuple(shape)}; fastdecomp needs a fixed (height, width, channels)")
         return {"shape": tuple(int(d) for d in shape)}, {}, None
 
+    input_count = (0, 0)
+
     def output_shape(self, config, weights, input_shapes):
         return tuple(config["shape"])
+
+    def check_config(self, layer, input_shapes):
+        _expect(_ints(layer.config.get("shape"), 3, low=1), layer, "shape", "3 positive integers")
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         return []
@@ -339,6 +381,15 @@ class Conv2DKind(LayerKind):
     epilogue = True
     prunes_channels = True
     folds_normalisation = True
+    weight_names = ("kernel", "bias")
+
+    def check_config(self, layer, input_shapes):
+        kernel, bias = layer.weights["kernel"], layer.weights["bias"]
+        _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
+        _expect(kernel.ndim == 4 and kernel.shape[2] == input_shapes[0][2] and min(kernel.shape) >= 1, layer,
+                "kernel", f"[height, width, {input_shapes[0][2]}, channels]")
+        _expect(bias.shape == (kernel.shape[3],), layer, "bias", f"[{kernel.shape[3]}]")
+        _check_window(layer, kernel.shape[:2], input_shapes[0])
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1) or cfg.get("groups", 1) != 1:
@@ -421,6 +472,14 @@ class DenseKind(LayerKind):
     keras_classes = ("Dense",)
     mask_placements = ("conv",)
     output_layer = True
+    weight_names = ("kernel", "bias")
+
+    def check_config(self, layer, input_shapes):
+        kernel, bias = layer.weights["kernel"], layer.weights["bias"]
+        _expect(len(input_shapes[0]) == 1, layer, "input", "a vector")
+        _expect(kernel.ndim == 2 and kernel.shape[0] == input_shapes[0][0] and kernel.shape[1] >= 1, layer,
+                "kernel", f"[{input_shapes[0][0]}, units]")
+        _expect(bias.shape == (kernel.shape[1],), layer, "bias", f"[{kernel.shape[1]}]")
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if len(input_shapes[0]) != 1:
@@ -502,6 +561,10 @@ class AddKind(LayerKind):
     kind = "add"
     keras_classes = ("Add",)
     fuses_as = "residual"
+    input_count = (2, None)
+
+    def check_config(self, layer, input_shapes):
+        _expect(len({tuple(s) for s in input_shapes}) == 1, layer, "inputs", "of one shape")
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if len({tuple(s) for s in input_shapes}) != 1:
@@ -526,6 +589,11 @@ class AddKind(LayerKind):
 class Pool2DKind(LayerKind):
     is_max = True
     passes_channels = True
+
+    def check_config(self, layer, input_shapes):
+        _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
+        _expect(_ints(layer.config.get("pool"), 2, low=1), layer, "pool", "2 positive integers")
+        _check_window(layer, layer.config["pool"], input_shapes[0])
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         config = window_config(tuple(cfg["pool_size"]), cfg, input_shapes, refuse)
@@ -577,6 +645,9 @@ class GlobalAveragePoolKind(LayerKind):
     kind = "gap"
     keras_classes = ("GlobalAveragePooling2D",)
 
+    def check_config(self, layer, input_shapes):
+        _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
+
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("keepdims"):
             refuse("keepdims=True; use the default keepdims=False")
@@ -608,6 +679,10 @@ class ZeroPaddingKind(LayerKind):
     kind = "zeropad"
     keras_classes = ("ZeroPadding2D",)
     passes_channels = True
+
+    def check_config(self, layer, input_shapes):
+        _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
+        _expect(_ints(layer.config.get("pads"), 4, low=0), layer, "pads", "4 integers of at least 0")
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("data_format", "channels_last") != "channels_last":
@@ -772,3 +847,23 @@ def window_config(window, cfg, input_shapes, refuse):
     if oh < 1 or ow < 1:
         refuse(f"a {tuple(window)} window does not fit its {tuple(input_shapes[0][:2])} input")
     return {"strides": strides, "padding": cfg["padding"], "pads": pads}
+
+
+def _expect(condition, layer, field, what):
+    if not condition:
+        raise ValueError(f"layer {layer.name!r} ({layer.kind}): {field} should be {what}")
+
+
+def _ints(values, count, low):
+    return (isinstance(values, (tuple, list)) and len(values) == count
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values))
+
+
+def _check_window(layer, window, in_shape):
+    """Strides, padding and pads of a sliding window: valid, and the ones its input and size give."""
+    c = layer.config
+    _expect(_ints(c.get("strides"), 2, low=1), layer, "strides", "2 positive integers")
+    _expect(c.get("padding") in ("same", "valid"), layer, "padding", "'same' or 'valid'")
+    oh, ow, pads = window_geometry(in_shape, window, c["strides"], c["padding"])
+    _expect(oh >= 1 and ow >= 1, layer, "window", f"no larger than its input {tuple(in_shape[:2])}")
+    _expect(tuple(c.get("pads", ())) == pads, layer, "pads", f"{pads}, as its padding gives")

@@ -199,7 +199,7 @@ class Network:
         Parameters
         ----------
         x : numpy.ndarray or DataSource
-            Images ``(N,) + input_shape`` (float32, or uint8 scaled by 1/255), or
+            Images ``(N,) + input_shape`` (any numeric dtype, fed as given, as Keras does), or
             a data source.
         batch_size : int
         n_jobs : int, optional

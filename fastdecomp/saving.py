@@ -4,16 +4,26 @@ A saved module set is a directory with ``manifest.json`` (the graph, the
 options, the mask shapes, the SHA-256 of the arrays) and ``arrays.npz`` (the
 weights, bit-packed masks and sample indices). A composition is a directory
 with ``composition.json`` and one such directory per module set it draws on.
-Directories are written beside their final place and renamed into it when
-complete (:func:`fastdecomp.storage.atomic_directory`). :func:`read_manifest`
-is the one reader: it checks the format, the version and every field's type
-before a loader uses any of them.
+Each manifest ends with a SHA-256 over itself, which holds the arrays' own,
+so one checksum covers the manifest and the arrays together. Directories are
+written beside their final place and swapped into it when complete
+(:func:`fastdecomp.storage.atomic_directory`); only a fastdecomp save is ever
+replaced.
+
+Nothing read is trusted before it is checked. :func:`read_manifest` is the one
+reader: it checks the format, the version, the checksum and every field's
+type; the loaders then check every value against the others (each layer
+against its kind's rules and its inputs, each weight's shape and dtype, the
+masks against the network's mask points, classes and sample indices against
+their ranges) before any kernel can see them. Anything off is a
+:class:`ModelFileError` naming the file and the field.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +39,7 @@ from .storage import atomic_directory
 __all__ = ["save", "load", "load_modules", "load_composition", "read_manifest", "FORMATS"]
 
 MODULES, COMPOSITION = "fastdecomp-modules", "fastdecomp-composition"
-FORMATS = {MODULES: ("manifest.json", 1), COMPOSITION: ("composition.json", 1)}
+FORMATS = {MODULES: ("manifest.json", 2), COMPOSITION: ("composition.json", 2)}
 
 
 def save(obj, path, *, overwrite=False):
@@ -54,9 +64,41 @@ def save(obj, path, *, overwrite=False):
         writer = _write_composition
     else:
         raise ModelFileError(f"cannot save a {type(obj).__name__}: pass a ModuleSet or a Composition")
-    with atomic_directory(path, overwrite) as tmp:
+    with atomic_directory(path, overwrite, replaceable=is_save) as tmp:
         writer(obj, tmp)
     return path
+
+
+def is_save(path):
+    """Whether ``path`` is a folder :func:`save` wrote (a module set or a composition, any version).
+
+    Parameters
+    ----------
+    path : str or Path
+    """
+    for kind, (name, _) in FORMATS.items():
+        try:
+            if json.loads((Path(path) / name).read_text()).get("format") == kind:
+                return True
+        except (OSError, ValueError, AttributeError, RecursionError):
+            continue
+    return False
+
+
+def manifest_checksum(manifest):
+    """The SHA-256 a manifest carries: over every field but the checksum itself.
+
+    Parameters
+    ----------
+    manifest : dict
+    """
+    body = {key: value for key, value in manifest.items() if key != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _write_manifest(path, manifest):
+    manifest["checksum"] = manifest_checksum(manifest)
+    path.write_text(json.dumps(manifest, indent=1))
 
 
 def load(path):
@@ -97,7 +139,7 @@ def _write_modules(modules, folder):
         "classes": modules.classes, "options": modules.options.to_dict(), "info": _jsonable(modules.info),
         "sha256": {"arrays.npz": _sha256(folder / "arrays.npz")},
     }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    _write_manifest(folder / "manifest.json", manifest)
 
 
 def _write_composition(composition, folder):
@@ -107,9 +149,8 @@ def _write_composition(composition, folder):
         _write_modules(modules, folder / f"set{i}")
     entries = [{"set": next(i for i, s in enumerate(sets) if s is r.modules), "class": int(r.k),
                 "label": label} for r, label in zip(composition.refs, composition.labels)]
-    (folder / "composition.json").write_text(json.dumps(
-        {"format": COMPOSITION, "version": FORMATS[COMPOSITION][1], "sets": len(sets), "entries": entries},
-        indent=1))
+    _write_manifest(folder / "composition.json",
+                    {"format": COMPOSITION, "version": FORMATS[COMPOSITION][1], "sets": len(sets), "entries": entries})
 
 
 def read_manifest(path, kind):
@@ -138,13 +179,17 @@ def read_manifest(path, kind):
         raise ModelFileError(f"{path} is not a saved {what} (no {name})")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{manifest_path} is corrupt ({exc}); save the {what} again") from exc
+    except (ValueError, RecursionError, OSError) as exc:
+        raise ModelFileError(f"{manifest_path} is corrupt ({type(exc).__name__}: {exc}); save the {what} again") \
+            from exc
     if not isinstance(manifest, dict) or manifest.get("format") != kind:
         raise ModelFileError(f"{path} is not a fastdecomp {what} (its {name} is corrupt or of another kind)")
     if manifest.get("version") != version:
         raise ModelFileError(f"{path} has format version {manifest.get('version')}; this fastdecomp "
                              f"reads version {version}. Save it again with this version")
+    if manifest.get("checksum") != manifest_checksum(manifest):
+        raise ModelFileError(f"{manifest_path} does not match its checksum: it was changed after saving, or "
+                             f"is damaged; save the {what} again")
     _check_fields(manifest, _SCHEMAS[kind], manifest_path)
     return manifest
 
@@ -153,7 +198,7 @@ _LAYER = {"name": str, "kind": str, "inputs": [str], "shape": [int], "keras_name
           "weights": [str]}
 _SCHEMAS = {
     MODULES: {"network_name": str, "graph": [_LAYER], "masks": [{"layer": str, "shape": [int]}],
-              "classes": [int], "options": dict, "info": dict, "sha256": {"arrays.npz": str}},
+              "classes": [int], "options": dict, "info": {"num_images": int}, "sha256": {"arrays.npz": str}},
     COMPOSITION: {"sets": int, "entries": [{"set": int, "class": int, "label": int}]},
 }
 
@@ -177,7 +222,7 @@ def _check_fields(value, schema, where, field="manifest"):
 
 
 def load_modules(path):
-    """Load a :class:`ModuleSet` saved with :func:`save`.
+    """Load a :class:`ModuleSet` saved with :func:`save`, after checking every value in it.
 
     Parameters
     ----------
@@ -186,7 +231,8 @@ def load_modules(path):
     Raises
     ------
     ModelFileError
-        If the directory is missing, truncated, tampered with or of another version.
+        If the directory is missing, truncated, tampered with, inconsistent or
+        of another version; the message names the file and the field.
     """
     path = Path(path)
     manifest = read_manifest(path, MODULES)
@@ -194,14 +240,13 @@ def load_modules(path):
     try:
         network = Network(_layers(manifest, arrays), name=manifest["network_name"])
         options = DecompositionOptions.from_dict(manifest["options"])
-        m = len(manifest["classes"])
-        keep, concerned_bits = _masks(manifest, arrays, m)
-        samples = ([arrays[f"concerned{i}"] for i in range(m)], [arrays[f"unconcerned{i}"] for i in range(m)])
-        return assemble(network, manifest["classes"], options, keep, samples, manifest["info"],
-                        concerned_bits or None)
+        classes = _classes(manifest, network)
+        keep, concerned_bits = _masks(manifest, arrays, network, options, len(classes))
+        samples = _samples(manifest, arrays, len(classes))
     except (KeyError, ValueError, TypeError, IndexError, FastDecompError) as exc:
-        raise ModelFileError(f"{path} is inconsistent ({type(exc).__name__}: {exc}); save the modules again") \
-            from exc
+        raise ModelFileError(f"{path / 'manifest.json'} is inconsistent with itself or with arrays.npz "
+                             f"({type(exc).__name__}: {exc}); save the modules again") from exc
+    return assemble(network, classes, options, keep, samples, manifest["info"], concerned_bits)
 
 
 def _read_arrays(path, manifest):
@@ -214,31 +259,79 @@ def _read_arrays(path, manifest):
     try:
         with np.load(arrays_path, allow_pickle=False) as npz:
             return {key: npz[key] for key in npz.files}
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ModelFileError(f"{arrays_path} cannot be read ({exc}); save the modules again") from exc
 
 
 def _layers(manifest, arrays):
-    layers = []
+    """The graph's layers, each checked against its kind's rules and its inputs' shapes."""
+    layers, shapes = [], {}
     for i, g in enumerate(manifest["graph"]):
+        where = f"graph[{i}] ({g['name']!r})"
         if g["kind"] not in KINDS:
-            raise ValueError(f"layer {g['name']!r} has kind {g['kind']!r}, which this fastdecomp does not know")
+            raise ValueError(f"{where} has kind {g['kind']!r}, which this fastdecomp does not know")
+        if g["name"] in shapes or any(src not in shapes for src in g["inputs"]):
+            raise ValueError(f"{where}: a repeated name, or an input that is not an earlier layer")
+        if not all(d >= 1 for d in g["shape"]):
+            raise ValueError(f"{where}: shape {g['shape']} has a dimension below 1")
+        weights = {key: _weight(arrays, f"w{i}_{key}", where) for key in g["weights"]}
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in g["config"].items()}
-        weights = {key: arrays[f"w{i}_{key}"] for key in g["weights"]}
-        layers.append(Layer(g["name"], g["kind"], list(g["inputs"]), tuple(g["shape"]), config, weights,
-                            g["keras_name"]))
+        layer = Layer(g["name"], g["kind"], list(g["inputs"]), tuple(g["shape"]), config, weights, g["keras_name"])
+        layer.handler.check(layer, [shapes[src] for src in layer.inputs])
+        shapes[layer.name] = layer.shape
+        layers.append(layer)
     return layers
 
 
-def _masks(manifest, arrays, m):
+def _weight(arrays, key, where):
+    w = arrays[key]
+    if w.dtype != np.float32 or not np.isfinite(w).all():
+        raise ValueError(f"{where}: weight {key} is {w.dtype}{'' if np.isfinite(w).all() else ' with NaN or inf'}"
+                         f", not finite float32")
+    return w
+
+
+def _classes(manifest, network):
+    classes = manifest["classes"]
+    if not classes or len(set(classes)) != len(classes) or not all(0 <= c < network.num_classes for c in classes):
+        raise ValueError(f"classes {classes} are not distinct classes of the model (0..{network.num_classes - 1})")
+    return classes
+
+
+def _masks(manifest, arrays, network, options, m):
+    points = network.mask_points(options.mask_at)
+    listed = [meta["layer"] for meta in manifest["masks"]]
+    if listed != [p.name for p in points]:
+        raise ValueError(f"masks are for {listed}, but the network's mask points at {options.mask_at!r} "
+                         f"are {[p.name for p in points]}")
     keep, concerned_bits = {}, {}
-    for j, meta in enumerate(manifest["masks"]):
-        shape = tuple(meta["shape"])
-        bits = np.unpackbits(arrays[f"mask{j}"], axis=1, count=int(np.prod(shape)))
-        keep[meta["layer"]] = bits.astype(bool).reshape((m,) + shape)
+    for j, (meta, point) in enumerate(zip(manifest["masks"], points)):
+        nodes = int(np.prod(point.shape))
+        if tuple(meta["shape"]) != tuple(point.shape):
+            raise ValueError(f"masks[{j}] has shape {meta['shape']}, but {point.name!r} outputs {point.shape}")
+        packed = (m, (nodes + 7) // 8)
+        for key in (f"mask{j}", f"concerned_mask{j}"):
+            if key in arrays and (arrays[key].dtype != np.uint8 or arrays[key].shape != packed):
+                raise ValueError(f"array {key} is {arrays[key].dtype} {arrays[key].shape}, not uint8 {packed}")
+        bits = np.unpackbits(arrays[f"mask{j}"], axis=1, count=nodes)
+        keep[point.name] = bits.astype(bool).reshape((m,) + tuple(point.shape))
         if f"concerned_mask{j}" in arrays:
-            concerned_bits[meta["layer"]] = arrays[f"concerned_mask{j}"]
-    return keep, concerned_bits
+            concerned_bits[point.name] = arrays[f"concerned_mask{j}"]
+    if concerned_bits and len(concerned_bits) != len(keep):
+        raise ValueError("concern records exist for some mask points only")
+    return keep, concerned_bits or None
+
+
+def _samples(manifest, arrays, m):
+    images = manifest["info"]["num_images"]
+    samples = ([], [])
+    for i in range(m):
+        for side, key in enumerate((f"concerned{i}", f"unconcerned{i}")):
+            indices = arrays[key]
+            if indices.dtype != np.int64 or indices.ndim != 1 or ((indices < 0) | (indices >= images)).any():
+                raise ValueError(f"array {key} is not int64 indices of the {images} decomposed images")
+            samples[side].append(indices)
+    return samples
 
 
 def load_composition(path):

@@ -1,5 +1,15 @@
-"""Writing a directory or a file all at once: complete, or not at all."""
+"""Writing a directory or a file all at once: complete, or not at all.
 
+A directory is written beside its final place under a lock on the parent
+folder, then swapped into place: with ``renameat2(RENAME_EXCHANGE)`` where the
+file system has it, so that at every instant the path holds the complete old
+directory or the complete new one; else by two renames. A directory left by a
+killed save is removed by the next save of the same path.
+"""
+
+import ctypes
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -8,10 +18,14 @@ from pathlib import Path
 
 __all__ = ["atomic_directory", "atomic_file"]
 
+PARTIAL, REPLACED = ".partial", ".replaced"
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_AT_FDCWD = -100
+
 
 @contextmanager
-def atomic_directory(path, overwrite=False):
-    """Yield a temporary directory beside ``path``; on success it replaces ``path``.
+def atomic_directory(path, overwrite=False, *, replaceable=None):
+    """Yield a temporary directory beside ``path``; on success it takes ``path``'s place.
 
     On any error the temporary directory is removed and ``path`` is left as it
     was, so a failed save never leaves half-written output behind.
@@ -20,21 +34,97 @@ def atomic_directory(path, overwrite=False):
     ----------
     path : str or Path
     overwrite : bool
-        Replace an existing ``path`` (else :class:`FileExistsError`).
+        Replace an existing ``path`` (else :class:`FileExistsError`, also when
+        another process creates ``path`` meanwhile).
+    replaceable : callable, optional
+        ``replaceable(path)`` is True when an existing ``path`` may be
+        replaced (e.g. it is a save of the same kind); else
+        :class:`FileExistsError` says why not.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and may not be replaced: ``overwrite`` is False, it is
+        not ``replaceable``, or it holds the current directory.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
+    path = Path(os.path.abspath(path))
+    if path.parent == path:
+        raise FileExistsError(f"{path} is a root folder; save into a folder of its own")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    with _locked(path.parent):
+        _remove_leftovers(path)
+        _check_replaceable(path, overwrite, replaceable)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=path.parent))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())
+            yield tmp
+            _check_replaceable(path, overwrite, replaceable)
+            _swap_into_place(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_replaceable(path, overwrite, replaceable):
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
+    cwd = Path.cwd().resolve()
+    if cwd == path.resolve() or path.resolve() in cwd.parents:
+        raise FileExistsError(f"{path} holds the current directory; it is not replaced. Choose a new folder")
+    if not path.is_dir() or path.is_symlink() or (replaceable is not None and not replaceable(path)):
+        raise FileExistsError(f"{path} is not a folder this kind of save wrote, so it is not replaced; "
+                              "remove it yourself or choose another path")
+
+
+def _swap_into_place(tmp, path):
+    """Put ``tmp`` at ``path``; what was at ``path`` ends up at ``tmp`` (to be removed)."""
+    if os.path.lexists(path):
+        if not _renameat2(tmp, path, _RENAME_EXCHANGE):
+            os.rename(path, str(tmp) + REPLACED)
+            os.rename(tmp, path)
+            os.rename(str(tmp) + REPLACED, tmp)
+    elif not _renameat2(tmp, path, _RENAME_NOREPLACE):
+        os.rename(tmp, path)
+
+
+def _renameat2(source, target, flags):
+    """Linux's ``renameat2``: True when done, False where the system or the file system lacks it."""
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if function is None:
+        return False
+    if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), ctypes.c_uint(flags)) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    if code == errno.EEXIST:
+        raise FileExistsError(f"{target} was created by someone else during the save; it is not replaced")
+    raise OSError(code, os.strerror(code), str(target))
+
+
+@contextmanager
+def _locked(folder):
+    """An exclusive lock on ``folder`` (saves into one folder wait for each other)."""
+    descriptor = os.open(folder, os.O_RDONLY)
     try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _remove_leftovers(path):
+    """Temporary folders of earlier saves of ``path`` that were killed (we hold the lock: nobody writes them)."""
+    for leftover in path.parent.glob(f".{path.name}.*"):
+        if leftover.name.endswith((PARTIAL, PARTIAL + REPLACED)) and leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_file(path, data):

@@ -147,10 +147,10 @@ def load(name):
     -------
     keras.Model
     """
-    path = MODELS_DIR / f"{name}.keras"
-    if not path.is_file():
-        known = ", ".join(sorted(available())) or "none (train them with bench/train_zoo.py)"
-        raise ModelFileError(f"no zoo model named {name!r}; available: {known}")
-    import keras
+    known = available()
+    if name not in known:  # only the shipped names: never a path out of the zoo
+        listed = ", ".join(sorted(known)) or "none (train them with bench/train_zoo.py)"
+        raise ModelFileError(f"no zoo model named {name!r}; available: {listed}")
+    from .keras_io import load_keras_model
 
-    return keras.models.load_model(path, compile=False)
+    return load_keras_model(MODELS_DIR / f"{name}.keras")

@@ -1,5 +1,6 @@
 """The fastdecomp command line."""
 
+import os
 import subprocess
 import sys
 
@@ -42,3 +43,48 @@ def test_console_script_help():
     assert result.returncode == 0
     for word in ("decompose", "evaluate", "demo"):
         assert word in result.stdout
+
+
+def one_line(capsys):
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_bad_inputs_get_one_line_before_any_work(files, capsys, monkeypatch, tmp_path):
+    import importlib
+
+    def never(*args, **kwargs):
+        raise AssertionError("the decomposition ran before the output was checked")
+
+    monkeypatch.setattr(importlib.import_module("fastdecomp.decompose"), "decompose", never)
+    model, data = str(files / "model.keras"), str(files / "data.npz")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cases = [
+        (["decompose", model, data, "-o", str(locked / "out")], "not writable"),
+        (["decompose", model, data, "-o", str(tmp_path), "--overwrite"], "not a fastdecomp save"),
+        (["decompose", model, "synthetic:abc", "-o", str(tmp_path / "a")], "synthetic:abc"),
+        (["decompose", model, "a.npy,b.npy,c.npy", "-o", str(tmp_path / "b")], "cannot read data"),
+        (["decompose", "zoo:../../etc/passwd", data, "-o", str(tmp_path / "c")], "no zoo model named"),
+    ]
+    if os.geteuid() == 0:  # root writes anywhere
+        cases = cases[1:]
+    for argv, message in cases:
+        assert cli.main(argv + ["--no-progress"]) == 2, argv
+        assert message in one_line(capsys)
+
+
+def test_unexpected_errors_are_one_line_unless_debugging(files, capsys, monkeypatch):
+    import fastdecomp.saving
+
+    def broken(path):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(fastdecomp.saving, "load_modules", broken)
+    assert cli.main(["evaluate", str(files), str(files / "data.npz")]) == 3
+    error = one_line(capsys)
+    assert "ZeroDivisionError" in error and "--debug" in error
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["--debug", "evaluate", str(files), str(files / "data.npz")])

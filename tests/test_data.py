@@ -10,7 +10,8 @@ from fastdecomp.errors import DatasetNotFoundError, InputError, ModelFileError
 def test_array_source_batches_and_scaling():
     x = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4)
     y = np.arange(10) % 3
-    source = data.ArraySource(x, y)
+    np.testing.assert_array_equal(data.ArraySource(x, y).read([5]), x[5:6, ..., None])  # as given, as Keras
+    source = data.ArraySource(x, y, scale=1 / 255)
     assert source.sample_shape == (4, 4, 1)
     batches = list(source.batches(4))
     assert [len(p) for p, _, _ in batches] == [4, 4, 2]
@@ -154,3 +155,20 @@ def test_stratified_subset_keeps_proportions():
 def test_open_data_errors():
     with pytest.raises(InputError, match="cannot read data"):
         data.open_data("imagenet")
+
+
+def test_reading_never_changes_the_callers_arrays_or_files(tmp_path):
+    """A scale is applied to a copy: neither an array nor a read/write memory-mapped .npy is written."""
+    x = np.random.default_rng(1).random((6, 4, 4, 1), dtype=np.float32)
+    before = x.copy()
+    source = data.ArraySource(x, np.arange(6) % 2, scale=0.5)
+    for _ in range(2):
+        np.testing.assert_array_equal(source.read(np.arange(6)), before * np.float32(0.5))
+    np.testing.assert_array_equal(x, before)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r+")
+    data.ArraySource(mapped, np.arange(6) % 2, scale=0.5).read(np.arange(6))
+    mapped.flush()
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), before)
+    with pytest.raises(InputError, match="scale"):
+        data.ArraySource(x, np.arange(6), scale=float("nan"))

@@ -213,5 +213,60 @@ def test_a_manifest_field_of_the_wrong_shape_is_refused_by_name(modules, tmp_pat
     manifest = json.loads((path / "manifest.json").read_text())
     manifest[field] = value
     (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match="does not match its checksum"):
+        fd.load_modules(path)
+    manifest["checksum"] = fd.saving.manifest_checksum(manifest)  # a crafted file, sealed again
+    (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelFileError, match=message):
         fd.load_modules(path)
+
+
+def reseal(path, arrays=None, **changes):
+    """Rewrite a saved module set with ``arrays`` and manifest ``changes``, its checksums recomputed."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    if arrays is not None:
+        np.savez(path / "arrays.npz", **arrays)
+        manifest["sha256"]["arrays.npz"] = fd.saving._sha256(path / "arrays.npz")
+    manifest.update(changes)
+    manifest["checksum"] = fd.saving.manifest_checksum(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_crafted_saves_with_valid_checksums_are_refused_before_any_kernel_runs(modules, tmp_path):
+    """Shapes, strides, classes and indices that do not fit are caught by the loader, naming them."""
+    original = fd.save(modules, tmp_path / "original")
+    with np.load(original / "arrays.npz") as npz:
+        arrays = dict(npz)
+    manifest = json.loads((original / "manifest.json").read_text())
+    conv = next(i for i, g in enumerate(manifest["graph"]) if g["kind"] == "conv2d")
+    dense = next(i for i, g in enumerate(manifest["graph"]) if g["name"] == manifest["graph"][-1]["inputs"][0])
+    graph_with = lambda i, **fields: [dict(g, **fields) if j == i else g for j, g in enumerate(manifest["graph"])]
+    config = manifest["graph"][conv]["config"]
+    cases = [
+        ({f"w{conv}_kernel": np.zeros((3, 3, 1, 4096), np.float32)}, {}, "kernel|bias"),
+        ({f"w{dense}_kernel": np.zeros((8, 200000), np.float32)}, {}, "kernel"),
+        ({f"w{conv}_kernel": np.zeros((3, 3, 2, 16), np.float32)}, {}, "kernel"),
+        ({f"w{conv}_kernel": arrays[f"w{conv}_kernel"].astype(np.float64)}, {}, "float32"),
+        ({}, {"graph": graph_with(conv, shape=[16, 16, 4096])}, "shape"),
+        ({}, {"graph": graph_with(conv, config=dict(config, strides=[0, 1]))}, "strides"),
+        ({}, {"graph": graph_with(conv, config=dict(config, pads=[-40, 0, 0, 0]))}, "pads"),
+        ({}, {"classes": [-1, 1, 2, 3]}, "classes"),
+        ({}, {"classes": [0, 0, 2, 3]}, "classes"),
+        ({}, {"masks": []}, "mask points"),
+        ({"concerned0": np.array([10 ** 9])}, {}, "concerned0"),
+        ({"mask0": arrays["mask0"][:, :3]}, {}, "mask0"),
+    ]
+    for number, (changed_arrays, changed_manifest, message) in enumerate(cases):
+        path = tmp_path / f"case{number}"
+        fd.save(modules, path)
+        reseal(path, dict(arrays, **changed_arrays) if changed_arrays else None, **changed_manifest)
+        with pytest.raises(ModelFileError, match=message):
+            fd.load_modules(path)
+
+
+def test_values_that_overflow_are_an_error_naming_images_and_layer(resnet_case):
+    model, x, y = resnet_case
+    huge = x.copy()
+    huge[5] = 3e38  # finite pixels, infinite activations
+    with pytest.raises(InputError, match=r"images \[5\] overflow to NaN or inf from layer '.*' on"):
+        fd.decompose(model, huge, y, progress=False)

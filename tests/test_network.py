@@ -385,3 +385,17 @@ def test_compiled_kernels_are_cached_on_disk(tmp_path, monkeypatch):
     config._reset()
     np.testing.assert_array_equal(convolve(), expected)
     assert len(optimised) == 3
+
+
+@pytest.mark.parametrize("expression", ["plus_constant", "ops_add"])
+def test_keras_operations_are_refused_not_read_as_layers(expression):
+    """``x + 3.0`` and ``keras.ops.add(x, c)`` build an operation named Add: taking it for the layer drops c."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((6, 6, 1))
+    x = layers.Conv2D(4, 3, padding="same", name="c")(inputs)
+    x = x + 3.0 if expression == "plus_constant" else keras.ops.add(x, np.ones((6, 6, 4), np.float32))
+    model = keras.Model(inputs, layers.Dense(3, activation="softmax")(layers.Flatten()(x)))
+    with pytest.raises(UnsupportedLayerError, match="a Keras operation"):
+        fd.from_keras(model)

@@ -1,0 +1,112 @@
+"""Saves are atomic, replace only saves, and never destroy what they should not."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fastdecomp as fd
+from fastdecomp import storage
+
+
+@pytest.fixture(scope="module")
+def modules(resnet_case):
+    model, x, y = resnet_case
+    return fd.decompose(model, x, y, backtrack="bln", delta=0.05, progress=False)
+
+
+def test_the_current_directory_and_foreign_folders_are_never_replaced(modules, tmp_path, monkeypatch):
+    data = tmp_path / "work"
+    data.mkdir()
+    (data / "train.npy").write_bytes(b"precious")
+    monkeypatch.chdir(data)
+    with pytest.raises(FileExistsError, match="current directory"):
+        fd.save(modules, ".", overwrite=True)
+    with pytest.raises(FileExistsError, match="current directory"):
+        fd.save(modules, tmp_path, overwrite=True)
+    unrelated = tmp_path / "photos"
+    unrelated.mkdir()
+    (unrelated / "cat.jpg").write_bytes(b"cat")
+    with pytest.raises(FileExistsError, match="not a folder this kind of save wrote"):
+        fd.save(modules, unrelated, overwrite=True)
+    assert (data / "train.npy").read_bytes() == b"precious" and (unrelated / "cat.jpg").read_bytes() == b"cat"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "work"]
+
+
+def test_a_folder_created_during_the_save_is_not_replaced(modules, tmp_path, monkeypatch):
+    target = tmp_path / "mods"
+    original = fd.saving._write_modules
+
+    def racing(obj, folder):
+        original(obj, folder)
+        target.mkdir()
+        (target / "theirs.txt").write_text("someone else's")
+
+    monkeypatch.setattr(fd.saving, "_write_modules", racing)
+    with pytest.raises(FileExistsError):
+        fd.save(modules, target)
+    assert (target / "theirs.txt").read_text() == "someone else's"
+    assert [p.name for p in tmp_path.iterdir()] == ["mods"]  # no temporary folder left
+
+
+def test_saves_respect_the_umask(modules, tmp_path):
+    previous = os.umask(0o027)
+    try:
+        path = fd.save(modules, tmp_path / "mods")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o750
+
+
+SAVER = """
+import sys, fastdecomp as fd
+modules = fd.load_modules(sys.argv[1])
+print("ready", flush=True)
+while True:
+    fd.save(modules, sys.argv[2], overwrite=True)
+"""
+
+
+def test_a_save_killed_at_any_moment_leaves_the_old_or_the_new_save_whole(modules, tmp_path):
+    source = fd.save(modules, tmp_path / "source")
+    target = fd.save(modules, tmp_path / "target")
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        process = subprocess.Popen([sys.executable, "-c", SAVER, str(source), str(target)], stdout=subprocess.PIPE)
+        assert process.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.05, 0.6))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        loaded = fd.load_modules(target)  # complete, whichever it is
+        assert loaded.classes == modules.classes
+    fd.save(modules, target, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source", "target"]  # leftovers cleaned up
+
+
+def test_two_writers_of_one_new_path_do_not_both_succeed(modules, tmp_path):
+    source = fd.save(modules, tmp_path / "source")
+    code = "import sys, fastdecomp as fd; fd.save(fd.load_modules(sys.argv[1]), sys.argv[2])"
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(source), str(tmp_path / "new")],
+                             stderr=subprocess.PIPE) for _ in range(2)]
+    outcomes = sorted(run.wait() for run in runs)
+    assert outcomes[0] == 0 and outcomes[1] != 0
+    assert b"FileExistsError" in b"".join(run.stderr.read() for run in runs)
+    fd.load_modules(tmp_path / "new")
+
+
+def test_atomic_directory_swaps_whole_folders(tmp_path):
+    path = tmp_path / "out"
+    with storage.atomic_directory(path) as tmp:
+        (tmp / "a").write_text("1")
+    with storage.atomic_directory(path, overwrite=True) as tmp:
+        (tmp / "b").write_text("2")
+    assert [p.name for p in path.iterdir()] == ["b"]
+    with pytest.raises(RuntimeError):
+        with storage.atomic_directory(path, overwrite=True) as tmp:
+            (tmp / "c").write_text("3")
+            raise RuntimeError("disk full")
+    assert [p.name for p in path.iterdir()] == ["b"] and len(list(tmp_path.iterdir())) == 1
