@@ -371,7 +371,7 @@ def test_compiled_kernels_are_cached_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTDECOMP_CACHE_DIR", str(tmp_path / "cache"))
     config._reset()
     expected = convolve()
-    files = list((tmp_path / "cache").iterdir())
+    files = list((tmp_path / "cache").glob("*.o"))
     assert len(optimised) == 1 and len(files) == 1
     np.testing.assert_array_equal(convolve(), expected)
     assert len(optimised) == 1  # loaded, not compiled
@@ -383,7 +383,8 @@ def test_compiled_kernels_are_cached_on_disk(tmp_path, monkeypatch):
     (tmp_path / "not-a-directory").write_text("")
     monkeypatch.setenv("FASTDECOMP_CACHE_DIR", str(tmp_path / "not-a-directory" / "cache"))
     config._reset()
-    np.testing.assert_array_equal(convolve(), expected)
+    with pytest.warns(UserWarning, match="is not used"):
+        np.testing.assert_array_equal(convolve(), expected)
     assert len(optimised) == 3
 
 
@@ -399,3 +400,41 @@ def test_keras_operations_are_refused_not_read_as_layers(expression):
     model = keras.Model(inputs, layers.Dense(3, activation="softmax")(layers.Flatten()(x)))
     with pytest.raises(UnsupportedLayerError, match="a Keras operation"):
         fd.from_keras(model)
+
+
+def test_the_kernel_cache_runs_only_code_this_user_compiled_for_that_key(tmp_path, monkeypatch):
+    """A planted object file with a valid plain checksum, or two entries swapped, is compiled again;
+    a cache folder other users can write is not used."""
+    import hashlib
+
+    from fastdecomp import config
+    from fastdecomp.kernels import direct_conv, llvm_jit
+    from fastdecomp.kernels import target as targets
+
+    monkeypatch.setenv("FASTDECOMP_CACHE_DIR", str(tmp_path / "cache"))
+    config._reset()
+    shapes = [direct_conv.ConvShape(6, 6, 3, 3, 3, 1, 1, 1, 1, 6, 6, co) for co in (8, 16)]
+    irs = [direct_conv.conv_ir(s, direct_conv.rule_tiling(s)) for s in shapes]
+    codes = [llvm_jit.object_code(ir) for ir in irs]
+    secret = tmp_path / "cache" / "secret.key"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    entries = sorted((tmp_path / "cache").glob("*.o"))
+    assert len(entries) == 2
+    first, second = (entry.read_bytes() for entry in entries)
+    entries[0].write_bytes(second)  # swapped
+    entries[1].write_bytes(first)
+    assert [llvm_jit.object_code(ir) for ir in irs] == codes
+    planted = b"\x7fELF planted code"
+    for entry in entries:
+        entry.write_bytes(hashlib.sha256(planted).digest() + planted)  # the old, unauthenticated format
+    assert [llvm_jit.object_code(ir) for ir in irs] == codes
+    assert all(planted not in entry.read_bytes() for entry in entries)
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("FASTDECOMP_CACHE_DIR", str(shared))
+    config._reset()
+    with pytest.warns(UserWarning, match="writable by other users"):
+        assert llvm_jit.object_code(irs[0], targets.current()) == codes[0]
+    assert list(shared.iterdir()) == []  # nothing read from it or written to it

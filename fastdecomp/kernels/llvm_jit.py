@@ -10,9 +10,10 @@ own: a ResNet-56 needs two dozen kernel variants, half a second each to
 optimise. The cache lives in ``FASTDECOMP_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/fastdecomp`` or ``~/.cache/fastdecomp``), one file per
 kernel, keyed by the IR text, the target CPU's name and features
-(:mod:`.target`), and the llvmlite version; a file that fails its checksum is
-compiled again and replaced, and a directory that cannot be written just
-means no caching.
+(:mod:`.target`), and the llvmlite version. An entry is run only when its
+HMAC under this user's secret ties its code to its key (:mod:`.trusted_cache`):
+any other file is compiled again and replaced; a folder other users could
+write is not used at all; one that cannot be written just means no caching.
 """
 
 import ctypes
@@ -24,12 +25,12 @@ from .. import config
 from ..errors import TargetError
 from ..storage import atomic_file
 from . import target as targets
+from . import trusted_cache
 
 __all__ = ["compile_ir", "object_code", "assembly", "counted_loop"]
 
 _LOCK = threading.RLock()  # LLVM's global context is not thread-safe
 _ENGINES = []  # loaded code lives as long as its execution engine
-_CHECKSUM = hashlib.sha256().digest_size
 
 
 @lru_cache(maxsize=None)
@@ -60,19 +61,23 @@ def object_code(ir, target=None):
     """
     machine, target_key = _machine(target or targets.current())
     key = hashlib.sha256(f"{target_key}\n{ir}".encode()).hexdigest()
-    path = config.cache_dir() / f"{key}.o"
-    try:
-        stored = path.read_bytes()
-        if hashlib.sha256(stored[_CHECKSUM:]).digest() == stored[:_CHECKSUM]:
-            return stored[_CHECKSUM:]
-    except OSError:
-        pass
+    folder = config.cache_dir()
+    secret = trusted_cache.secret(folder)
+    path = folder / f"{key}.o"
+    if secret is not None:
+        try:
+            code = trusted_cache.unseal(key, path.read_bytes(), secret)
+            if code is not None:
+                return code
+        except OSError:
+            pass
     with _LOCK:
         code = machine.emit_object(_optimised(ir, machine))
-    try:
-        atomic_file(path, hashlib.sha256(code).digest() + code)
-    except OSError:
-        pass  # an unwritable cache folder only means no caching
+    if secret is not None:
+        try:
+            atomic_file(path, trusted_cache.seal(key, code, secret))
+        except OSError:
+            pass  # an unwritable cache folder only means no caching
     return code
 
 
