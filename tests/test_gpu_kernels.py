@@ -274,3 +274,61 @@ def test_cuda_backend_without_a_device_says_what_is_missing(resnet_case):
         fd.decompose(model, x, y, backend="cuda", progress=False)
     with pytest.raises(fd.errors.InputError, match="backend must be one of"):
         fd.decompose(model, x, y, backend="tpu")
+
+
+def valid_arguments():
+    """Each kernel's arguments (host arrays), consistent with each other."""
+    values, concerned, tangle, rank, active, first_rank = statistics_inputs(np.uint8)
+    bits = np.packbits(values > 0, axis=1)
+    return {
+        "dense_forward": [floats(5, 7), floats(7, 3), floats(3), np.zeros((5, 3), np.float32)],
+        "pool2d_forward": [floats(2, 7, 8, 3), 3, 2, 2, 2, 1, 0, True, np.zeros((2, 4, 4, 3), np.float32)],
+        "global_average_pool_forward": [floats(2, 5, 5, 3), np.zeros((2, 3), np.float32)],
+        "accumulate_activity": [values, concerned, tangle, rank, active, first_rank, np.zeros((0, 0), np.uint8)],
+        "accumulate_packed_activity": [bits, concerned, tangle, rank, active, first_rank],
+        "accumulate_concerned": [bits, concerned, active],
+        "tangling_keep": [first_rank, np.ones((2, first_rank.shape[0]), np.int64),
+                          np.zeros((2, values.shape[1]), bool)],
+        "window_dead_inputs": [np.zeros((2, 4, 4, 3), bool), 9, 8, 3, 3, 2, 2, 1, 1],
+    }
+
+
+ROWS_FREE = {("accumulate_concerned", 2), ("window_dead_inputs", 0)}  # more classes, more modules: valid
+
+
+def hostile(name, arguments):
+    """(description, arguments) pairs that must be refused before any memory is touched."""
+    arrays = [i for i, a in enumerate(arguments) if isinstance(a, np.ndarray) and a.size]
+    for i in arrays:
+        a = arguments[i]
+        yield f"argument {i} one element short", arguments[:i] + [a.reshape(-1)[:-1].copy()] + arguments[i + 1:]
+        other = np.float64 if a.dtype != np.float64 else np.float32
+        yield f"argument {i} of dtype {np.dtype(other)}", arguments[:i] + [a.astype(other)] + arguments[i + 1:]
+        if a.ndim >= 2 and (name, i) not in ROWS_FREE:
+            grown = np.zeros((a.shape[0] + 3,) + a.shape[1:], a.dtype)
+            yield f"argument {i} with more rows", arguments[:i] + [grown] + arguments[i + 1:]
+    if name.startswith("accumulate"):
+        classes = arguments[1].copy()
+        classes[0] = arguments[-2 if name == "accumulate_packed_activity" else (2 if name == "accumulate_concerned"
+                                                                                 else -3)].shape[0]
+        yield "a class beyond the table", arguments[:1] + [classes] + arguments[2:]
+
+
+@pytest.mark.parametrize("name", sorted(TWINS.keys() - {"conv2d_forward"}))
+@pytest.mark.parametrize("side", ["cpu", "emulated-cuda"])
+def test_kernels_refuse_arrays_that_do_not_fit_before_touching_memory(name, side):
+    from fastdecomp.errors import InputError
+
+    arguments = valid_arguments()[name]
+    device = backends.get(side)
+    kernel = getattr(device.kernels, name)
+    place = (lambda args: [device.asarray(a) if isinstance(a, np.ndarray) and name != "tangling_keep" or
+                           isinstance(a, np.ndarray) and a.dtype != np.int64 else a for a in args])
+    kernel(*place([a.copy() if isinstance(a, np.ndarray) else a for a in arguments]))  # the valid call runs
+    for what, bad in hostile(name, arguments):
+        try:
+            kernel(*place(bad))
+        except InputError as error:
+            assert name in str(error)
+        else:
+            pytest.fail(f"{name} ran with {what}")

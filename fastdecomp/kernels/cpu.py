@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from ..errors import InputError, TargetError
-from . import direct_conv, tuning
+from . import checks, direct_conv, tuning
 from . import target as targets
 
 
@@ -62,6 +62,7 @@ def jit(parallel=False):
 # --------------------------------------------------------------------------
 # forward
 # --------------------------------------------------------------------------
+
 
 def kernel_for(shape):
     """The compiled convolution for ``shape`` (a :class:`.direct_conv.ConvShape`), with the
@@ -148,10 +149,11 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
                       0 if activity is None else activity.ctypes.data)
 
 
-
 @jit()
-def dense_forward(x, kernel, bias, out):
-    """``out = x @ kernel + bias``, each output summed in input order."""
+
+
+def _dense_forward(x, kernel, bias, out):
+    """The kernel of :func:`dense_forward`, called after its checks."""
     n, f = x.shape
     u = kernel.shape[1]
     for b in prange(n):
@@ -164,9 +166,17 @@ def dense_forward(x, kernel, bias, out):
             out[b, o] = acc[o] + bias[o]
 
 
+def dense_forward(x, kernel, bias, out):
+    """``out = x @ kernel + bias``, each output summed in input order."""
+    checks.dense_forward(x, kernel, bias, out)
+    _dense_forward(x, kernel, bias, out)
+
+
 @jit()
-def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out):
-    """Max or average pooling; padding positions are excluded (as in Keras)."""
+
+
+def _pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out):
+    """The kernel of :func:`pool2d_forward`, called after its checks."""
     n, h, w, c = x.shape
     oh, ow = out.shape[1], out.shape[2]
     for task in prange(n * oh):
@@ -194,9 +204,17 @@ def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_
                 out[b, i, j, ch] = acc if is_max else acc / np.float32(count)
 
 
+def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out):
+    """Max or average pooling; padding positions are excluded (as in Keras)."""
+    checks.pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, out)
+    _pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out)
+
+
 @jit()
-def global_average_pool_forward(x, out):
-    """Mean over height and width, summed in row-major order."""
+
+
+def _global_average_pool_forward(x, out):
+    """The kernel of :func:`global_average_pool_forward`, called after its checks."""
     n, h, w, c = x.shape
     for b in prange(n):
         acc = np.zeros(c, dtype=np.float32)
@@ -208,33 +226,22 @@ def global_average_pool_forward(x, out):
             out[b, ch] = acc[ch] / np.float32(h * w)
 
 
+def global_average_pool_forward(x, out):
+    """Mean over height and width, summed in row-major order."""
+    checks.global_average_pool_forward(x, out)
+    _global_average_pool_forward(x, out)
+
+
 # --------------------------------------------------------------------------
 # activity statistics
 # --------------------------------------------------------------------------
 
-@jit()
-def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, packed):
-    """Fold a batch's values at one mask point into per-class activity statistics.
 
-    Parameters
-    ----------
-    values : float32 [B, nodes]
-        The images' values at the mask point; a node is active when its value > 0.
-    concerned_class : int64 [B]
-        Class whose concerned set the image belongs to, or -1.
-    tangle_class, tangle_rank : int64 [B]
-        The image's class and its rank in that class's seeded order, or -1 when
-        the image is beyond every module's unconcerned sample.
-    active : uint8 [C, ceil(nodes / 8)]
-        Per-class OR of concerned activity, bit-packed big-endian (as
-        ``numpy.packbits``); updated in place.
-    first_rank : uint8, uint16 or uint32 [C, nodes or more]
-        Per-class minimum rank at which each node was active; updated in place.
-    packed : uint8 [B, ceil(nodes / 8)] or [0, 0]
-        When it has rows, also receives each image's bit-packed activity
-        (``numpy.packbits(values > 0, axis=1)``), for a concern decided later
-        (:func:`accumulate_concerned`).
-    """
+@jit()
+
+
+def _accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, packed):
+    """The kernel of :func:`accumulate_activity`, called after its checks."""
     n, nodes = values.shape
     whole = nodes // 8
     keep_bits = packed.shape[0] > 0
@@ -271,13 +278,37 @@ def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, acti
                 ranks[node] = r if v[node] > 0 and r < old else old
 
 
-@jit()
-def accumulate_concerned(bits, concerned_class, active):
-    """OR bit-packed activity ``bits [B, nbytes]`` into ``active[concerned_class[b]]`` (skipping -1).
+def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, packed):
+    """Fold a batch's values at one mask point into per-class activity statistics.
 
-    The deferred half of :func:`accumulate_activity`, for when an image's
-    concern is known only after its prediction.
+    Parameters
+    ----------
+    values : float32 [B, nodes]
+        The images' values at the mask point; a node is active when its value > 0.
+    concerned_class : int64 [B]
+        Class whose concerned set the image belongs to, or -1.
+    tangle_class, tangle_rank : int64 [B]
+        The image's class and its rank in that class's seeded order, or -1 when
+        the image is beyond every module's unconcerned sample.
+    active : uint8 [C, ceil(nodes / 8)]
+        Per-class OR of concerned activity, bit-packed big-endian (as
+        ``numpy.packbits``); updated in place.
+    first_rank : uint8, uint16 or uint32 [C, nodes or more]
+        Per-class minimum rank at which each node was active; updated in place.
+    packed : uint8 [B, ceil(nodes / 8)] or [0, 0]
+        When it has rows, also receives each image's bit-packed activity
+        (``numpy.packbits(values > 0, axis=1)``), for a concern decided later
+        (:func:`accumulate_concerned`).
     """
+    checks.accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, packed)
+    _accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, packed)
+
+
+@jit()
+
+
+def _accumulate_concerned(bits, concerned_class, active):
+    """The kernel of :func:`accumulate_concerned`, called after its checks."""
     n, nbytes = bits.shape
     for b in range(n):
         k = concerned_class[b]
@@ -287,16 +318,22 @@ def accumulate_concerned(bits, concerned_class, active):
                 row[byte] |= bits[b, byte]
 
 
-@jit()
-def accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank):
-    """:func:`accumulate_activity` from bit-packed activity instead of values.
+def accumulate_concerned(bits, concerned_class, active):
+    """OR bit-packed activity ``bits [B, nbytes]`` into ``active[concerned_class[b]]`` (skipping -1).
 
-    ``bits [B, nbytes]`` is ``numpy.packbits(values > 0, axis=1)`` (the
-    convolution epilogue writes it while the values are in registers); the
-    statistics are updated exactly as :func:`accumulate_activity` would from
-    the values, reading an eighth of a float's bytes per node.
+    The deferred half of :func:`accumulate_activity`, for when an image's
+    concern is known only after its prediction.
     """
-    accumulate_concerned(bits, concerned_class, active)
+    checks.accumulate_concerned(bits, concerned_class, active)
+    _accumulate_concerned(bits, concerned_class, active)
+
+
+@jit()
+
+
+def _accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank):
+    """The kernel of :func:`accumulate_packed_activity`, called after its checks."""
+    _accumulate_concerned(bits, concerned_class, active)
     n, nbytes = bits.shape
     for b in range(n):
         c = tangle_class[b]
@@ -314,30 +351,23 @@ def accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank,
                 ranks[node] = r if ((word >> (7 - bit)) & 1) and r < old else old
 
 
-@jit(parallel=True)
-def tangling_keep(first_rank, counts, keep):
-    """Add tangling identification to every module's kept nodes, in place.
+def accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank):
+    """:func:`accumulate_activity` from bit-packed activity instead of values.
 
-    Module m keeps a node when, for some class c, the node was active for one
-    of the first ``counts[m, c]`` inputs in class c's order, i.e. when
-    ``first_rank[c, node] < counts[m, c]``.
-
-    Samples take nearly the same number of inputs from every class (at least
-    one from each), so each module has a *floor*: the fewest it takes from any
-    sampled class other than its own. A node whose smallest rank over the
-    other sampled classes is below the floor is kept; that smallest rank comes
-    from each node's two smallest ranks and the class of the first, computed
-    once for all modules. Only the classes a module takes more than its floor
-    from are then scanned row by row. Every step is a vectorised pass over
-    the nodes: no per-node loop over modules and classes.
-
-    Parameters
-    ----------
-    first_rank : uint8, uint16 or uint32 [C, nodes or more]
-    counts : int64 [M, C]
-    keep : bool [M, nodes]
-        Kept nodes after concern identification; updated in place.
+    ``bits [B, nbytes]`` is ``numpy.packbits(values > 0, axis=1)`` (the
+    convolution epilogue writes it while the values are in registers); the
+    statistics are updated exactly as :func:`accumulate_activity` would from
+    the values, reading an eighth of a float's bytes per node.
     """
+    checks.accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank)
+    _accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank)
+
+
+@jit(parallel=True)
+
+
+def _tangling_keep(first_rank, counts, keep):
+    """The kernel of :func:`tangling_keep`, called after its checks."""
     m, nodes = keep.shape
     classes = first_rank.shape[0]
     sampled = np.zeros(classes, dtype=np.bool_)
@@ -393,21 +423,44 @@ def tangling_keep(first_rank, counts, keep):
                     out[node] |= row[node] < limit
 
 
+def tangling_keep(first_rank, counts, keep):
+    """Add tangling identification to every module's kept nodes, in place.
+
+    Module m keeps a node when, for some class c, the node was active for one
+    of the first ``counts[m, c]`` inputs in class c's order, i.e. when
+    ``first_rank[c, node] < counts[m, c]``.
+
+    Samples take nearly the same number of inputs from every class (at least
+    one from each), so each module has a *floor*: the fewest it takes from any
+    sampled class other than its own. A node whose smallest rank over the
+    other sampled classes is below the floor is kept; that smallest rank comes
+    from each node's two smallest ranks and the class of the first, computed
+    once for all modules. Only the classes a module takes more than its floor
+    from are then scanned row by row. Every step is a vectorised pass over
+    the nodes: no per-node loop over modules and classes.
+
+    Parameters
+    ----------
+    first_rank : uint8, uint16 or uint32 [C, nodes or more]
+    counts : int64 [M, C]
+    keep : bool [M, nodes]
+        Kept nodes after concern identification; updated in place.
+    """
+    checks.tangling_keep(first_rank, counts, keep)
+    _tangling_keep(first_rank, counts, keep)
+
+
 # --------------------------------------------------------------------------
 # backward dead-node propagation, for many modules at once ([M, ...] arrays)
 # --------------------------------------------------------------------------
 
-@jit(parallel=True)
-def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w,
-                       pad_top, pad_left):
-    """Input nodes of a sliding window whose every reader is dead, channel by channel.
 
-    The paper's two-pass map in one: an input (h, w) reads forward into the
-    outputs (i, j) whose window covers it (padding positions are not inputs);
-    it is dead when all of those are dead (or none reads it). For pooling the
-    channels are independent; a convolution passes ``dead_out`` reduced over
-    its output channels and broadcasts the result over its input channels.
-    """
+@jit(parallel=True)
+
+
+def _window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w,
+                       pad_top, pad_left):
+    """The kernel of :func:`window_dead_inputs`, called after its checks."""
     m, oh, ow, c = dead_out.shape
     dead_in = np.empty((m, in_h, in_w, c), dtype=np.bool_)
     for task in prange(m * in_h):
@@ -435,3 +488,17 @@ def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, strid
                         break
                 dead_in[mod, h, w, ch] = dead
     return dead_in
+
+
+def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w,
+                       pad_top, pad_left):
+    """Input nodes of a sliding window whose every reader is dead, channel by channel.
+
+    The paper's two-pass map in one: an input (h, w) reads forward into the
+    outputs (i, j) whose window covers it (padding positions are not inputs);
+    it is dead when all of those are dead (or none reads it). For pooling the
+    channels are independent; a convolution passes ``dead_out`` reduced over
+    its output channels and broadcasts the result over its input channels.
+    """
+    checks.window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left)
+    return _window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left)

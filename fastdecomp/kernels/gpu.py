@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError
-from . import KERNEL_NAMES
+from ..errors import BackendError, InputError
+from . import KERNEL_NAMES, checks
 
 __all__ = ["SOURCES", "source", "Device", "CudaDevice", "EmulatedDevice", "make_device",
            "conv2d_forward", "dense_forward", "pool2d_forward", "global_average_pool_forward",
@@ -304,12 +304,11 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
         Where the kernel runs (:func:`fastdecomp.backends.get`).
     """
     if activity is not None:
-        raise ValueError("the device convolution does not write packed activity; pass activity=None")
+        raise InputError("the device convolution does not write packed activity; pass activity=None")
+    checks.conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, residual)
     n, h, w, ci = x.shape
     kh, kw, _, co = kernel.shape
     oh, ow = out.shape[1], out.shape[2]
-    if residual is not None and residual.shape != out.shape:
-        raise ValueError(f"residual of shape {residual.shape} for an output of shape {out.shape}")
     device.launch("forward", "conv2d_forward", n * oh * ow * co,
                   [x, kernel, bias, out, out if residual is None else residual, np.int64(n),
                    *_scalars(h, w, ci, kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, co,
@@ -326,6 +325,7 @@ def dense_forward(x, kernel, bias, out, *, device):
     device : Device
         Where the kernel runs (:func:`fastdecomp.backends.get`).
     """
+    checks.dense_forward(x, kernel, bias, out)
     n, f = x.shape
     device.launch("forward", "dense_forward", n * kernel.shape[1],
                   [x, kernel, bias, out, np.int64(n), np.int64(f), np.int32(kernel.shape[1])])
@@ -341,6 +341,7 @@ def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_
     device : Device
         Where the kernel runs (:func:`fastdecomp.backends.get`).
     """
+    checks.pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, out)
     n, h, w, c = x.shape
     oh, ow = out.shape[1], out.shape[2]
     device.launch("forward", "pool2d_forward", n * oh * ow * c,
@@ -358,6 +359,7 @@ def global_average_pool_forward(x, out, *, device):
     device : Device
         Where the kernel runs (:func:`fastdecomp.backends.get`).
     """
+    checks.global_average_pool_forward(x, out)
     n, h, w, c = x.shape
     device.launch("forward", "global_average_pool_forward", n * c, [x, out, np.int64(n), *_scalars(h, w, c)])
 
@@ -387,6 +389,7 @@ def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, acti
     device : Device
         Where the kernel runs (:func:`fastdecomp.backends.get`).
     """
+    checks.accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, packed)
     n, nodes = values.shape
     keep_bits = packed.shape[0] > 0
     device.launch("statistics", "accumulate_activity", (nodes + 7) // 8,
@@ -406,6 +409,7 @@ def accumulate_concerned(bits, concerned_class, active, *, device):
     device : Device
         Where the kernel runs (:func:`fastdecomp.backends.get`).
     """
+    checks.accumulate_concerned(bits, concerned_class, active)
     n, nbytes = bits.shape
     device.launch("statistics", "accumulate_concerned", nbytes,
                   [bits, np.int64(n), np.int64(nbytes), concerned_class, active])
@@ -422,6 +426,7 @@ def accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank,
     device : Device
         Where the kernel runs (:func:`fastdecomp.backends.get`).
     """
+    checks.accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank)
     n, nbytes = bits.shape
     device.launch("statistics", "accumulate_packed_activity", nbytes,
                   [bits, np.int64(n), np.int64(nbytes), concerned_class, tangle_class, tangle_rank,
@@ -453,6 +458,7 @@ def tangling_keep(first_rank, counts, keep, *, device):
     device : Device
         Where the kernel runs (:func:`fastdecomp.backends.get`).
     """
+    checks.tangling_keep(first_rank, counts, keep)
     reach, most, words = module_reach(counts)
     modules, nodes = keep.shape
     device.launch("statistics", "tangling_keep", nodes,
@@ -477,6 +483,7 @@ def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, strid
     device : Device
         Where the kernel runs (:func:`fastdecomp.backends.get`).
     """
+    checks.window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left)
     m, oh, ow, c = dead_out.shape
     dead_in = device.xp.empty((m, in_h, in_w, c), dtype=np.bool_)
     device.launch("backward", "window_dead_inputs", m * in_h * in_w * c,
