@@ -9,12 +9,12 @@ whose modules compose (:func:`compose`), export to Keras and save
 (:func:`save`). Importing fastdecomp never needs TensorFlow, CuPy or a GPU.
 """
 
-from . import backends, config, data, engine, keras_io, metrics, pruning, zoo
+from . import backends, config, data, engine, keras_io, layers, metrics, pruning, zoo
 from .backends import set_backend
 from .compose import Composition, compose
 from .decompose import decompose
 from .errors import (BackendError, ConfigError, DatasetNotFoundError, FastDecompError, InputError,
-                     ModelFileError, TargetError, UnsupportedLayerError)
+                     ModelFileError, OutputExistsError, TargetError, UnsupportedLayerError)
 from .keras_io import from_keras
 from .modules import Module, ModuleSet
 from .network import Network
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "decompose", "DecompositionOptions", "compose", "Composition", "Module", "ModuleSet", "from_keras", "Network",
     "save", "load", "load_modules", "load_composition", "set_backend", "backends", "config", "data", "engine",
-    "keras_io", "metrics", "pruning",
+    "keras_io", "layers", "metrics", "pruning",
     "zoo", "FastDecompError", "UnsupportedLayerError", "InputError", "ModelFileError", "DatasetNotFoundError",
-    "BackendError", "ConfigError", "TargetError", "__version__",
+    "BackendError", "ConfigError", "TargetError", "OutputExistsError", "__version__",
 ]

@@ -31,18 +31,19 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import config
-from .errors import ConfigError, InputError
+from .errors import BackendError, ConfigError, InputError
 from .kernels import KERNEL_NAMES, cpu
 from .kernels import target as targets
 from .parallel import map_batches
 
 __all__ = ["BACKENDS", "KERNEL_NAMES", "CpuDevice", "get", "register", "set_backend", "using", "names"]
 
-BACKENDS = {}  # name -> a function returning its device (or None for "auto" without a GPU)
+BACKENDS = {}  # name -> a function returning its device
+_FRESH = set()  # backends whose factory is asked every time ("auto": whichever device is there now)
 
 
-def register(name, factory):
-    """Make a backend available under ``name``.
+def register(name, factory, *, cached=True):
+    """Make a backend available under ``name`` (replacing one of that name).
 
     Parameters
     ----------
@@ -51,13 +52,22 @@ def register(name, factory):
         Called with no arguments the first time the backend is asked for;
         returns its device. May raise :class:`~fastdecomp.errors.BackendError`
         saying what is missing.
+    cached : bool
+        Keep the device it returns (else ask the factory every time).
     """
+    if not isinstance(name, str) or not name or not callable(factory):
+        raise InputError(f"register a backend as register(name: str, factory: callable), got {name!r}, {factory!r}")
     BACKENDS[name] = factory
+    _DEVICES.pop(name, None)
+    (_FRESH.discard if cached else _FRESH.add)(name)
 
 
 def names():
     """The known backend names."""
     return tuple(BACKENDS)
+
+
+_DEVICES = {}
 
 
 class _CpuKernels:
@@ -132,7 +142,6 @@ def _nothing():
 
 
 _CPU = CpuDevice()
-_DEVICES = {}
 
 
 def _gpu_device(name):
@@ -144,8 +153,6 @@ def _gpu_device(name):
 
 
 def _auto():
-    from .errors import BackendError
-
     try:
         return get("cuda")
     except BackendError:
@@ -155,7 +162,7 @@ def _auto():
 register("cpu", lambda: _CPU)
 register("cuda", _gpu_device("cuda"))
 register("emulated-cuda", _gpu_device("emulated-cuda"))
-register("auto", _auto)
+register("auto", _auto, cached=False)
 
 
 def get(backend=None):
@@ -193,11 +200,12 @@ def get(backend=None):
         raise InputError(f"backend must be one of {names()} or a device, got {type(backend).__name__}")
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {names()}, got {backend!r}")
-    if backend == "auto":
-        return BACKENDS["auto"]()
-    if backend not in _DEVICES:
-        _DEVICES[backend] = BACKENDS[backend]()
-    return _DEVICES[backend]
+    device = _DEVICES.get(backend) or BACKENDS[backend]()
+    if not (hasattr(device, "kernels") and hasattr(device, "run_batches")):
+        raise BackendError(f"backend {backend!r} gave {device!r}, not a device (no kernels or run_batches)")
+    if backend not in _FRESH:
+        _DEVICES[backend] = device
+    return device
 
 
 def set_backend(backend):
@@ -208,8 +216,7 @@ def set_backend(backend):
     backend : str
         A name from :data:`BACKENDS`.
     """
-    get(backend)
-    config.set("backend", backend)
+    config.set("backend", _usable_name(backend))
 
 
 @contextmanager
@@ -221,6 +228,13 @@ def using(backend):
     backend : str
         A name from :data:`BACKENDS`.
     """
-    get(backend)
-    with config.using(backend=backend):
+    with config.using(backend=_usable_name(backend)):
         yield
+
+
+def _usable_name(backend):
+    """``backend`` when it names a backend that runs here (a default is a name, not a device)."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise InputError(f"backend must be one of {names()}, got {backend!r} (a default is a name, not a device)")
+    get(backend)
+    return backend

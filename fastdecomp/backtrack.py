@@ -132,7 +132,7 @@ def apply_backtracking(network, classes, base_keep, backtrack, delta, bln_rule):
     if backtrack not in BACKTRACKS:
         raise InputError(f"backtrack must be one of {BACKTRACKS}, got {backtrack!r}")
     dense = network.by_name[network.output_dense]
-    kernel, bias = dense.weights["kernel"], dense.weights["bias"]
+    kernel, bias = dense.handler.head_weights(dense)
     removed = np.zeros((len(classes), kernel.shape[0]), dtype=bool)
     keep = dict(base_keep)
     if backtrack is None:

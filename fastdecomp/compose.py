@@ -14,6 +14,8 @@ label of the module with the highest P(concerned | x).
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .data import Subset, as_input_source
@@ -35,7 +37,12 @@ class Composition:
     """
 
     def __init__(self, refs, labels):
-        refs, labels = list(refs), [int(label) for label in labels]
+        refs, labels = list(refs), list(labels)
+        if not all(isinstance(r, Module) for r in refs):
+            raise InputError("a composition is made of modules: pass modules.module(k) for each")
+        if not all(_label(label) for label in labels):
+            raise InputError(f"labels must be integers, got {labels}")
+        labels = [int(label) for label in labels]
         if not refs:
             raise InputError("a composition needs at least one module")
         if len(labels) != len(refs):
@@ -64,7 +71,7 @@ class Composition:
         return sets
 
     def _position(self, label):
-        if int(label) not in self.labels:
+        if not _label(label) or int(label) not in self.labels:
             raise InputError(f"no module answers to label {label}; this composition has {self.labels}")
         return self.labels.index(int(label))
 
@@ -200,9 +207,14 @@ def compose(*parts, labels=None):
             refs.append(part)
         elif isinstance(part, ModuleSet):
             refs += [part.module(k) for k in part.classes]
-        elif isinstance(part, tuple) and len(part) == 2 and isinstance(part[0], ModuleSet):
+        elif isinstance(part, tuple) and len(part) == 2 and isinstance(part[0], ModuleSet) \
+                and hasattr(part[1], "__iter__") and not isinstance(part[1], str):
             refs += [part[0].module(k) for k in part[1]]
         else:
             raise InputError(f"cannot compose a {type(part).__name__}: pass modules.module(k), a "
                              "ModuleSet, or (ModuleSet, [classes])")
     return Composition(refs, labels if labels is not None else [r.k for r in refs])
+
+
+def _label(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

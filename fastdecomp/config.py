@@ -108,9 +108,7 @@ def set(name, value):
     value : object
         The value, as :func:`get` would return it.
     """
-    if name not in DEFAULTS:
-        raise ConfigError(f"unknown setting {name!r}; the settings are {sorted(DEFAULTS)}")
-    _values[name] = value
+    _values[name] = _checked(name, value)
 
 
 @contextmanager
@@ -122,9 +120,7 @@ def using(**values):
     **values
         Setting name -> value, e.g. ``using(backend="emulated-cuda")``.
     """
-    unknown = sorted(k for k in values if k not in DEFAULTS)
-    if unknown:
-        raise ConfigError(f"unknown settings {unknown}; the settings are {sorted(DEFAULTS)}")
+    values = {name: _checked(name, value) for name, value in values.items()}
     saved = {name: _values[name] for name in values if name in _values}
     _values.update(values)
     try:
@@ -133,6 +129,19 @@ def using(**values):
         for name in values:
             _values.pop(name, None)
         _values.update(saved)
+
+
+def _checked(name, value):
+    """``value`` for setting ``name``, as :func:`get` returns it, or ConfigError."""
+    if name not in DEFAULTS:
+        raise ConfigError(f"unknown setting {name!r}; the settings are {sorted(DEFAULTS)}")
+    kinds = {"jobs": (int, type(None)), "cache_dir": (str, os.PathLike, type(None)), "target_cpu": (str,),
+             "tune": (bool,), "backend": (str,)}[name]
+    if not isinstance(value, kinds) or (name == "jobs" and value is not None and (isinstance(value, bool)
+                                                                                   or value < 1)):
+        raise ConfigError(f"setting {name}={value!r} is not valid: give {' or '.join(k.__name__ for k in kinds)}"
+                          + (" (a positive number of threads)" if name == "jobs" else ""))
+    return Path(value) if name == "cache_dir" and value is not None else value
 
 
 def cache_dir():

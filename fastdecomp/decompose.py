@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import time
 
 import numpy as np
@@ -64,7 +65,7 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
     started = time.perf_counter()
     options = DecompositionOptions(mask_at=mask_at, backtrack=backtrack, delta=delta, bln_rule=bln_rule,
                                    ti_ratio=ti_ratio, concerned=concerned, seed=seed)
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     device = backends.get(backend)
     network = from_keras(model)
@@ -199,6 +200,10 @@ def _checked_classes(network, source, classes):
             f"(0..{network.num_classes - 1}); are these the model's labels?")
     if network.num_classes < 2:
         raise InputError("the model must have at least two classes")
+    if classes is not None and (isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__")
+                                or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool)
+                                           for c in classes)):
+        raise InputError(f"classes must be a list of class numbers, got {classes!r}")
     classes = list(range(network.num_classes)) if classes is None else [int(c) for c in classes]
     unknown = [c for c in classes if not 0 <= c < network.num_classes]
     if unknown:

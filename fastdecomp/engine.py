@@ -10,11 +10,12 @@ every layer computed before their masks part.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import numpy as np
+
+from .layers import DEFAULT_MASK_AT
 
 __all__ = ["FusionPlan", "plan_fusions", "walk"]
 
@@ -191,9 +192,7 @@ class _Walk:
         plan, values = self.plan, branch.values
         inputs = [values[src] for src in layer.inputs]
         if head is not None and layer.name == self.network.output_dense:
-            channeled = dataclasses.replace(layer, shape=(head[0].shape[1],), weights={
-                "kernel": np.ascontiguousarray(head[0], dtype=np.float32),
-                "bias": np.ascontiguousarray(head[1], dtype=np.float32)})
+            channeled = layer.handler.with_head(layer, head)
             return layer.handler.forward(channeled, inputs, backend=self.backend), None
         fused = next((src for src in layer.inputs if src in plan.residuals), None)
         if layer.handler.fuses_as == "residual" and fused is not None:
@@ -228,7 +227,7 @@ class _Walk:
         return branch.remaining[src] == 1 and self._owned(src, branch.shared)
 
 
-def walk(network, x, variants, backend, *, observe=None, mask_at="relu", logits=False, keys=None,
+def walk(network, x, variants, backend, *, observe=None, mask_at=DEFAULT_MASK_AT, logits=False, keys=None,
          packed_activity=False, observed_reusable=False):
     """Run one batch ``x`` (an array of ``backend``) through ``network`` for every variant.
 

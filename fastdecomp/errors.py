@@ -22,6 +22,11 @@ class ModelFileError(FastDecompError, ValueError):
     """A model or module file is missing, corrupt or of the wrong kind."""
 
 
+class OutputExistsError(FastDecompError, FileExistsError):
+    """A save would replace something it may not (an existing folder without ``overwrite``, a
+    folder that is not a fastdecomp save, the current directory)."""
+
+
 class DatasetNotFoundError(FastDecompError, FileNotFoundError):
     """A dataset's files are not on this machine."""
 

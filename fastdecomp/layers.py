@@ -20,11 +20,11 @@ decorated with :func:`register`, here or in the caller's own code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .errors import UnsupportedLayerError
+from .errors import InputError, UnsupportedLayerError
 from .kernels import cpu
 from .kernels.direct_conv import packs_activity
 
@@ -34,19 +34,28 @@ MASK_PLACEMENTS = ("conv", "relu")
 DEFAULT_MASK_AT = "relu"  # docs/method.md section 0.2
 
 
-def register(cls):
+def register(cls=None, *, replace=False):
     """Add a layer kind to the registry (by ``cls.kind`` and its Keras classes).
 
     Parameters
     ----------
     cls : type
         A :class:`LayerKind` subclass with a unique ``kind``.
+    replace : bool
+        Let it replace a registered kind of the same name or Keras class
+        (``@register(replace=True)``); otherwise that is refused.
 
     Returns
     -------
     type
         ``cls``, so that ``register`` can decorate the class.
     """
+    if cls is None:
+        return lambda cls: register(cls, replace=replace)
+    taken = ([cls.kind] if cls.kind in KINDS else []) + [k for k in cls.keras_classes if k in KERAS_CLASSES]
+    if taken and not replace:
+        raise InputError(f"layer kind {cls.__name__}: {taken} are registered already; pass replace=True "
+                         "to replace them")
     KINDS[cls.kind] = cls()
     for name in cls.keras_classes:
         KERAS_CLASSES[name] = cls.kind
@@ -345,6 +354,21 @@ class LayerKind:
         """
         raise NotImplementedError
 
+    def head_weights(self, layer):
+        """``(kernel [F, K], bias [K])`` of an :attr:`output_layer` kind: what modules channel."""
+        raise NotImplementedError
+
+    def with_head(self, layer, head):
+        """A copy of an :attr:`output_layer` layer with its weights replaced by a channeled head.
+
+        Parameters
+        ----------
+        layer : Layer
+        head : (numpy.ndarray, numpy.ndarray)
+            ``kernel [F, K']`` and ``bias [K']``.
+        """
+        raise NotImplementedError
+
     def keras_weights(self, layer):
         """The arrays ``set_weights`` takes for the layer :meth:`to_keras` returns."""
         return [layer.weights["kernel"], layer.weights["bias"]] if layer.weights else []
@@ -498,6 +522,13 @@ class DenseKind(LayerKind):
         backend.kernels.dense_forward(x, backend.weights(layer.weights["kernel"]),
                                       backend.weights(layer.weights["bias"]), out)
         return out
+
+    def head_weights(self, layer):
+        return layer.weights["kernel"], layer.weights["bias"]
+
+    def with_head(self, layer, head):
+        kernel, bias = (np.ascontiguousarray(a, dtype=np.float32) for a in head)
+        return replace(layer, shape=(kernel.shape[1],), weights={"kernel": kernel, "bias": bias})
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         # a node is dead when every outgoing edge ends in a dead node

@@ -9,6 +9,7 @@ in :mod:`fastdecomp.saving`.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,10 +135,9 @@ class ModuleSet:
 
     def index(self, k):
         """Position of class ``k``'s module in :attr:`classes`."""
-        try:
-            return self.classes.index(int(k))
-        except (ValueError, TypeError):
-            raise InputError(f"no module for class {k!r}; this set has modules for {self.classes}") from None
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or int(k) not in self.classes:
+            raise InputError(f"no module for class {k!r}; this set has modules for {self.classes}")
+        return self.classes.index(int(k))
 
     def masks(self, k, *, names="keras"):
         """Boolean keep masks of module ``k`` (True = kept): read-only views into the set.
@@ -185,7 +185,7 @@ class ModuleSet:
         """
         i = self.index(k)
         dense = self.network.by_name[self.network.output_dense]
-        kernel, bias = channel_head(dense.weights["kernel"], dense.weights["bias"], k)
+        kernel, bias = channel_head(*dense.handler.head_weights(dense), self.classes[i])
         kernel[~self._feature_keep[i]] = 0.0
         return kernel, bias
 
@@ -208,8 +208,8 @@ class ModuleSet:
     def to_keras(self, k):
         """Module ``k`` as a Keras model with output ``(None, 2)`` = [P(concerned), P(unconcerned)].
 
-        Removed nodes output 0; convolution channels removed at every position
-        are zeroed, and dropped where only convolutions read them.
+        Removed nodes output 0; channels removed at every position are zeroed,
+        and dropped where only layers that can drop them read them.
         """
         return to_keras(self.pruned(k))
 
@@ -244,6 +244,8 @@ class ModuleSet:
             float32; ``[..., 0]`` concerned, ``[..., 1]`` unconcerned.
         """
         device = backends.get(backend)
+        if classes is not None and (isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__")):
+            raise InputError(f"classes must be a list of the set's classes, got {classes!r}")
         ks = self.classes if classes is None else [self.classes[self.index(k)] for k in classes]
         variants = [(self.masks(k, names="network"), self.head(k)) for k in ks]
         keys = {}

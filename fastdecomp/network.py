@@ -41,6 +41,9 @@ class Network:
 
     def __init__(self, layers, name="network"):
         self.layers = list(layers)
+        if len(self.layers) < 3:
+            raise InputError(f"a network needs an input, an output layer and its softmax; got {len(self.layers)} "
+                             "layers (build one with fastdecomp.from_keras)")
         self.name = name
         self.by_name = {layer.name: layer for layer in self.layers}
         self.position = {layer.name: i for i, layer in enumerate(self.layers)}

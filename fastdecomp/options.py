@@ -21,7 +21,7 @@ __all__ = ["DecompositionOptions", "CONCERNED"]
 CONCERNED = ("correct", "all")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DecompositionOptions:
     """What a decomposition computes (not how fast, or where).
 
@@ -66,9 +66,9 @@ class DecompositionOptions:
         _one_of("backtrack", self.backtrack, BACKTRACKS)
         _one_of("bln_rule", self.bln_rule, BLN_RULES)
         _one_of("concerned", self.concerned, CONCERNED)
-        if not _real(self.delta) or not math.isfinite(self.delta) or self.delta < 0:
+        if not _finite(self.delta) or self.delta < 0:
             raise InputError(f"delta must be a finite number >= 0, got {self.delta!r}")
-        if not _real(self.ti_ratio) or not math.isfinite(self.ti_ratio) or self.ti_ratio < 0:
+        if not _finite(self.ti_ratio) or self.ti_ratio < 0:
             raise InputError(f"ti_ratio must be a number >= 0 (0 turns TI off), got {self.ti_ratio!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise InputError(f"seed must be an integer >= 0, got {self.seed!r}")
@@ -107,7 +107,7 @@ class DecompositionOptions:
             For a missing, unknown or invalid option.
         """
         if not isinstance(values, dict) or set(values) != set(cls.names()):
-            got = sorted(values) if isinstance(values, dict) else type(values).__name__
+            got = sorted(map(repr, values)) if isinstance(values, dict) else type(values).__name__
             raise InputError(f"options must have exactly the keys {cls.names()}, got {got}")
         return cls(**values)
 
@@ -118,9 +118,12 @@ class DecompositionOptions:
 
 
 def _one_of(name, value, allowed):
-    if not any(value is a or (value == a and type(value) is type(a)) for a in allowed):
+    if not (value is None or isinstance(value, str)) or value not in allowed:
         raise InputError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def _real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+def _finite(value):
+    try:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        return False

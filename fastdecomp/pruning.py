@@ -12,7 +12,6 @@ rebuilds the result as a Keras model.
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import numpy as np
 
@@ -47,10 +46,7 @@ class PrunedModule:
 
     def channeled(self, layer):
         """``layer``, or for the output layer a copy carrying the channeled head."""
-        if layer.name != self.output_dense:
-            return layer
-        return dataclasses.replace(layer, shape=(self.head[0].shape[1],),
-                                   weights={"kernel": self.head[0], "bias": self.head[1]})
+        return layer.handler.with_head(layer, self.head) if layer.name == self.output_dense else layer
 
     def parameter_count(self):
         """Weights left after pruning, the channeled head included."""

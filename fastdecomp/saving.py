@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .compose import Composition
-from .errors import FastDecompError, ModelFileError
+from .errors import FastDecompError, InputError, ModelFileError
 from .layers import KINDS, Layer
 from .modules import ModuleSet, assemble
 from .network import Network
@@ -57,13 +58,13 @@ def save(obj, path, *, overwrite=False):
     Path
         ``path``; a failed save leaves nothing there.
     """
-    path = Path(path)
+    path = _path(path)
     if isinstance(obj, ModuleSet):
         writer = _write_modules
     elif isinstance(obj, Composition):
         writer = _write_composition
     else:
-        raise ModelFileError(f"cannot save a {type(obj).__name__}: pass a ModuleSet or a Composition")
+        raise InputError(f"cannot save a {type(obj).__name__}: pass a ModuleSet or a Composition")
     with atomic_directory(path, overwrite, replaceable=is_save) as tmp:
         writer(obj, tmp)
     return path
@@ -108,7 +109,7 @@ def load(path):
     ----------
     path : str or Path
     """
-    path = Path(path)
+    path = _path(path)
     if (path / FORMATS[COMPOSITION][0]).is_file():
         return load_composition(path)
     return load_modules(path)
@@ -185,7 +186,7 @@ def read_manifest(path, kind):
     if not isinstance(manifest, dict) or manifest.get("format") != kind:
         raise ModelFileError(f"{path} is not a fastdecomp {what} (its {name} is corrupt or of another kind)")
     if manifest.get("version") != version:
-        raise ModelFileError(f"{path} has format version {manifest.get('version')}; this fastdecomp "
+        raise ModelFileError(f"{path} has format version {manifest.get('version')!r}; this fastdecomp "
                              f"reads version {version}. Save it again with this version")
     if manifest.get("checksum") != manifest_checksum(manifest):
         raise ModelFileError(f"{manifest_path} does not match its checksum: it was changed after saving, or "
@@ -234,7 +235,7 @@ def load_modules(path):
         If the directory is missing, truncated, tampered with, inconsistent or
         of another version; the message names the file and the field.
     """
-    path = Path(path)
+    path = _path(path)
     manifest = read_manifest(path, MODULES)
     arrays = _read_arrays(path, manifest)
     try:
@@ -346,7 +347,7 @@ def load_composition(path):
     ModelFileError
         If the directory or one of its module sets is missing, corrupt or inconsistent.
     """
-    path = Path(path)
+    path = _path(path)
     manifest = read_manifest(path, COMPOSITION)
     entries = manifest["entries"]
     if not 0 < manifest["sets"] <= len(entries) or any(not 0 <= e["set"] < manifest["sets"] for e in entries):
@@ -356,6 +357,12 @@ def load_composition(path):
         return Composition([sets[e["set"]].module(e["class"]) for e in entries], [e["label"] for e in entries])
     except (IndexError, FastDecompError) as exc:
         raise ModelFileError(f"{path / 'composition.json'} is inconsistent ({exc}); save it again") from exc
+
+
+def _path(path):
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"a save's path must be a str or a Path, got {type(path).__name__}")
+    return Path(path)
 
 
 def _sha256(path):

@@ -16,6 +16,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import OutputExistsError
+
 __all__ = ["atomic_directory", "atomic_file"]
 
 PARTIAL, REPLACED = ".partial", ".replaced"
@@ -43,13 +45,13 @@ def atomic_directory(path, overwrite=False, *, replaceable=None):
 
     Raises
     ------
-    FileExistsError
+    OutputExistsError
         ``path`` exists and may not be replaced: ``overwrite`` is False, it is
         not ``replaceable``, or it holds the current directory.
     """
     path = Path(os.path.abspath(path))
     if path.parent == path:
-        raise FileExistsError(f"{path} is a root folder; save into a folder of its own")
+        raise OutputExistsError(f"{path} is a root folder; save into a folder of its own")
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path.parent):
         _remove_leftovers(path)
@@ -68,12 +70,12 @@ def _check_replaceable(path, overwrite, replaceable):
     if not os.path.lexists(path):
         return
     if not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
+        raise OutputExistsError(f"{path} exists; pass overwrite=True or choose another path")
     cwd = Path.cwd().resolve()
     if cwd == path.resolve() or path.resolve() in cwd.parents:
-        raise FileExistsError(f"{path} holds the current directory; it is not replaced. Choose a new folder")
+        raise OutputExistsError(f"{path} holds the current directory; it is not replaced. Choose a new folder")
     if not path.is_dir() or path.is_symlink() or (replaceable is not None and not replaceable(path)):
-        raise FileExistsError(f"{path} is not a folder this kind of save wrote, so it is not replaced; "
+        raise OutputExistsError(f"{path} is not a folder this kind of save wrote, so it is not replaced; "
                               "remove it yourself or choose another path")
 
 
@@ -99,7 +101,7 @@ def _renameat2(source, target, flags):
     if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
         return False
     if code == errno.EEXIST:
-        raise FileExistsError(f"{target} was created by someone else during the save; it is not replaced")
+        raise OutputExistsError(f"{target} was created by someone else during the save; it is not replaced")
     raise OSError(code, os.strerror(code), str(target))
 
 

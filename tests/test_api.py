@@ -176,3 +176,34 @@ def test_importing_fastdecomp_needs_no_framework():
     code = ("import sys, fastdecomp; heavy = [m for m in ('tensorflow', 'keras', 'cupy', 'onnx', 'onnxruntime', "
             "'dask', 'torch') if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_hostile_arguments_get_fastdecomp_errors(modules, resnet_case, tmp_path):
+    """Odd types and values anywhere in the public API are refused with a FastDecompError, not a raw one."""
+    model, x, y = resnet_case
+    network = modules.network
+    attempts = [
+        lambda: modules.masks(0.5), lambda: modules.masks(True), lambda: modules.head(1.5),
+        lambda: modules.module(2.9), lambda: modules.predict_proba(x, classes=5),
+        lambda: modules.predict_proba(x, classes=[0.5]), lambda: modules.updated(1.5, x),
+        lambda: fd.set_backend(backends.get("cpu")), lambda: fd.set_backend(None),
+        lambda: backends.register("x", None), lambda: fd.DecompositionOptions(delta=10 ** 400),
+        lambda: fd.DecompositionOptions(ti_ratio=10 ** 400), lambda: fd.DecompositionOptions(mask_at=np.array([1])),
+        lambda: fd.DecompositionOptions.from_dict({1: 2, "a": 3}),
+        lambda: fd.decompose(network, x, y, batch_size="x", progress=False),
+        lambda: fd.decompose(network, x, y, batch_size=None, progress=False),
+        lambda: fd.decompose(network, x, y, classes=["a"], progress=False),
+        lambda: fd.decompose(network, x, y, classes=5, progress=False),
+        lambda: fd.compose(modules, labels=["a"] * 4), lambda: fd.compose(modules, labels=[1.5, 2, 3, 4]),
+        lambda: fd.Composition([1], [0]), lambda: fd.compose(modules).replace(0, "x"),
+        lambda: fd.compose((modules, 5)), lambda: fd.compose(modules).remove("a"),
+        lambda: fd.load(None), lambda: fd.load(123), lambda: fd.save(network, tmp_path / "n"),
+        lambda: fd.config.set("jobs", "abc"), lambda: fd.config.set("jobs", -1),
+        lambda: fd.Network([]), lambda: fd.layers.register(type(fd.layers.KINDS["relu"])),
+        lambda: modules.predict_proba(x, backend="emulated-cuda", n_jobs=-1),
+    ]
+    for attempt in attempts:
+        with pytest.raises(fd.FastDecompError):
+            attempt()
+    with pytest.raises(TypeError):  # options are keyword-only
+        fd.DecompositionOptions("conv")

@@ -94,7 +94,7 @@ def test_two_writers_of_one_new_path_do_not_both_succeed(modules, tmp_path):
                              stderr=subprocess.PIPE) for _ in range(2)]
     outcomes = sorted(run.wait() for run in runs)
     assert outcomes[0] == 0 and outcomes[1] != 0
-    assert b"FileExistsError" in b"".join(run.stderr.read() for run in runs)
+    assert b"OutputExistsError" in b"".join(run.stderr.read() for run in runs)
     fd.load_modules(tmp_path / "new")
 
 

@@ -292,7 +292,7 @@ def test_numba_kernels_are_generated_for_the_named_target():
     script = ("import numpy as np, numba.core.config as c; from fastdecomp.kernels import cpu; "
               "x = np.ones((4, 64), np.float32); out = np.empty((4, 32), np.float32); "
               "cpu.dense_forward(x, np.ones((64, 32), np.float32), np.zeros(32, np.float32), out); "
-              "asm = cpu.dense_forward.overloads[cpu.dense_forward.signatures[0]].library.get_asm_str(); "
+              "asm = cpu._dense_forward.overloads[cpu._dense_forward.signatures[0]].library.get_asm_str(); "
               "print(c.CPU_NAME, 'zmm' in asm)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "FASTDECOMP_"))}
     haswell = subprocess.run([sys.executable, "-c", script], env={**env, "FASTDECOMP_TARGET_CPU": "haswell",

@@ -167,7 +167,16 @@ def _dense_forward(x, kernel, bias, out):
 
 
 def dense_forward(x, kernel, bias, out):
-    """``out = x @ kernel + bias``, each output summed in input order."""
+    """``out = x @ kernel + bias``, each output summed in input order.
+
+    Parameters
+    ----------
+    x : float32 [N, F]
+    kernel : float32 [F, K]
+    bias : float32 [K]
+    out : float32 [N, K], C-contiguous
+        Written in place.
+    """
     checks.dense_forward(x, kernel, bias, out)
     _dense_forward(x, kernel, bias, out)
 
@@ -205,7 +214,19 @@ def _pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is
 
 
 def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out):
-    """Max or average pooling; padding positions are excluded (as in Keras)."""
+    """Max or average pooling; padding positions are excluded (as in Keras).
+
+    Parameters
+    ----------
+    x : float32 [N, H, W, C]
+    pool_h, pool_w, stride_h, stride_w : int
+    pad_top, pad_left : int
+        Padding rows above and columns left of the input.
+    is_max : bool
+        Max pooling, else average.
+    out : float32 [N, Oh, Ow, C], C-contiguous
+        Written in place.
+    """
     checks.pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, out)
     _pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out)
 
@@ -227,7 +248,14 @@ def _global_average_pool_forward(x, out):
 
 
 def global_average_pool_forward(x, out):
-    """Mean over height and width, summed in row-major order."""
+    """Mean over height and width, summed in row-major order.
+
+    Parameters
+    ----------
+    x : float32 [N, H, W, C]
+    out : float32 [N, C], C-contiguous
+        Written in place.
+    """
     checks.global_average_pool_forward(x, out)
     _global_average_pool_forward(x, out)
 
@@ -323,6 +351,15 @@ def accumulate_concerned(bits, concerned_class, active):
 
     The deferred half of :func:`accumulate_activity`, for when an image's
     concern is known only after its prediction.
+
+    Parameters
+    ----------
+    bits : uint8 [B, nbytes]
+        ``numpy.packbits`` of each image's ``values > 0``.
+    concerned_class : int64 [B]
+        The class whose concerned set each image joins, or -1.
+    active : uint8 [C, nbytes]
+        OR-ed into, in place.
     """
     checks.accumulate_concerned(bits, concerned_class, active)
     _accumulate_concerned(bits, concerned_class, active)
@@ -358,6 +395,15 @@ def accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank,
     convolution epilogue writes it while the values are in registers); the
     statistics are updated exactly as :func:`accumulate_activity` would from
     the values, reading an eighth of a float's bytes per node.
+
+    Parameters
+    ----------
+    bits : uint8 [B, nbytes]
+    concerned_class, tangle_class, tangle_rank : int64 [B]
+        As in :func:`accumulate_activity`.
+    active : uint8 [C, nbytes]
+    first_rank : uint8/16/32 [C, nbytes * 8 or more]
+        Updated in place.
     """
     checks.accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank)
     _accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank)
@@ -499,6 +545,20 @@ def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, strid
     it is dead when all of those are dead (or none reads it). For pooling the
     channels are independent; a convolution passes ``dead_out`` reduced over
     its output channels and broadcasts the result over its input channels.
+
+    Parameters
+    ----------
+    dead_out : bool [M, Oh, Ow, C]
+        Dead outputs of M modules.
+    in_h, in_w : int
+        The input's height and width.
+    window_h, window_w, stride_h, stride_w : int
+    pad_top, pad_left : int
+
+    Returns
+    -------
+    numpy.ndarray
+        bool ``[M, in_h, in_w, C]``.
     """
     checks.window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left)
     return _window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left)

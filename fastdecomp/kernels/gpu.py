@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import config
 from ..errors import BackendError, InputError
 from . import KERNEL_NAMES, checks
 
@@ -158,6 +159,7 @@ class Device:
         n_jobs : int, optional
             Unused: the device's parallelism is its own.
         """
+        config.jobs(n_jobs)  # checked as on the CPU
         for batch in self.streamed(batches):
             yield fn(batch)
         self.synchronize()
