@@ -12,7 +12,7 @@ whose modules compose (:func:`compose`), export to Keras and save
 from . import backends, config, data, engine, keras_io, layers, metrics, pruning, zoo
 from .backends import set_backend
 from .compose import Composition, compose
-from .decompose import decompose
+from .decompose import DecompositionWarning, decompose
 from .errors import (BackendError, ConfigError, DatasetNotFoundError, FastDecompError, InputError,
                      ModelFileError, OutputExistsError, TargetError, UnsupportedLayerError)
 from .keras_io import from_keras
@@ -24,7 +24,7 @@ from .saving import load, load_composition, load_modules, save
 __version__ = "0.1.0"
 
 __all__ = [
-    "decompose", "DecompositionOptions", "compose", "Composition", "Module", "ModuleSet", "from_keras", "Network",
+    "decompose", "DecompositionWarning", "DecompositionOptions", "compose", "Composition", "Module", "ModuleSet", "from_keras", "Network",
     "save", "load", "load_modules", "load_composition", "set_backend", "backends", "config", "data", "engine",
     "keras_io", "layers", "metrics", "pruning",
     "zoo", "FastDecompError", "UnsupportedLayerError", "InputError", "ModelFileError", "DatasetNotFoundError",

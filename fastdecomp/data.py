@@ -415,6 +415,10 @@ class TinyImageNetFolder(DataSource):
                 f"{wnids_path} is missing: point root= at a Tiny-ImageNet folder "
                 "(holding wnids.txt, train/ and val/)")
         self.wnids = [w.strip() for w in wnids_path.read_text().split() if w.strip()]
+        repeated = sorted({w for w in self.wnids if self.wnids.count(w) > 1})
+        if repeated or any(w in (".", "..") or "/" in w or "\\" in w for w in self.wnids):
+            raise ModelFileError(f"{wnids_path} lists {repeated or 'a path'} as class names; each wnid must "
+                                 "appear once and be a plain folder name")
         class_of = {w: i for i, w in enumerate(self.wnids)}
         files, labels = [], []
         if split == "train":
@@ -437,7 +441,11 @@ class TinyImageNetFolder(DataSource):
                     raise ModelFileError(
                         f"{annotations}:{line_no}: expected 'file<TAB>wnid...', with a wnid "
                         f"from wnids.txt; got {line!r}")
-                files.append(root / "val" / "images" / fields[0])
+                image = Path(fields[0])
+                if image.is_absolute() or image.name != fields[0] or image.name in (".", ".."):
+                    raise ModelFileError(f"{annotations}:{line_no}: {fields[0]!r} is not a file name in "
+                                         "val/images; the dataset may only name its own images")
+                files.append(root / "val" / "images" / image)
                 labels.append(class_of[fields[1]])
         else:
             raise InputError(f"split must be 'train' or 'val', got {split!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import time
+import warnings
 
 import numpy as np
 
@@ -16,7 +17,11 @@ from .options import DecompositionOptions
 from .sampling import class_ranks, max_tangling_counts, tangling_counts
 from .statistics import ActivityStatistics
 
-__all__ = ["decompose"]
+__all__ = ["decompose", "DecompositionWarning"]
+
+
+class DecompositionWarning(UserWarning):
+    """A decomposition ran, but its modules may not be what the caller wants (the message says why)."""
 
 _DEFAULTS = DecompositionOptions()
 
@@ -81,6 +86,11 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
                          for k in classes])
     base_keep = stats.keep(classes, tangling, release=True)
     samples = _samples(source.labels, correct, classes, options, gathered, tangling)
+    alone = [k for k, unconcerned in zip(classes, samples[1]) if options.ti_ratio > 0 and len(unconcerned) == 0]
+    if alone:
+        warnings.warn(f"the modules of classes {alone} saw no input of any other class (the data holds no other "
+                      "class), so tangling identification kept nothing for them: they will not tell their class "
+                      "from others. Decompose with data of several classes", DecompositionWarning, stacklevel=2)
     info = {"num_images": len(source), "statistics_seconds": stats_seconds,
             "train_top1": float(correct.mean()) if len(source) else 0.0}
     concerned_bits = {name: active[classes] for name, active in stats.active.items()}

@@ -172,3 +172,16 @@ def test_reading_never_changes_the_callers_arrays_or_files(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), before)
     with pytest.raises(InputError, match="scale"):
         data.ArraySource(x, np.arange(6), scale=float("nan"))
+
+
+def test_a_tiny_imagenet_folder_names_only_its_own_images(tmp_path):
+    root = tmp_path / "tiny"
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("n01\nn02\nn01\n")
+    with pytest.raises(ModelFileError, match="n01"):
+        data.TinyImageNetFolder(root, "val")
+    (root / "wnids.txt").write_text("n01\nn02\n")
+    for escape in ("../../secret.JPEG", "/etc/passwd", ".."):
+        (root / "val" / "val_annotations.txt").write_text(f"{escape}\tn01\t0\t0\t1\t1\n")
+        with pytest.raises(ModelFileError, match="not a file name"):
+            data.TinyImageNetFolder(root, "val")

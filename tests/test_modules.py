@@ -270,3 +270,10 @@ def test_values_that_overflow_are_an_error_naming_images_and_layer(resnet_case):
     huge[5] = 3e38  # finite pixels, infinite activations
     with pytest.raises(InputError, match=r"images \[5\] overflow to NaN or inf from layer '.*' on"):
         fd.decompose(model, huge, y, progress=False)
+
+
+def test_modules_that_never_saw_another_class_are_warned_about(resnet_case):
+    model, x, y = resnet_case
+    rows = y == 1
+    with pytest.warns(UserWarning, match=r"classes \[1\] saw no input"):
+        fd.decompose(model, x[rows], y[rows], classes=[1], progress=False)
