@@ -1,4 +1,4 @@
-"""Plant one bug at a time in the restructured code, run the tests that should catch it, restore the file.
+"""Plant one bug at a time in the restructured and hardened code, run the tests that should catch it, restore the file.
 
 Prints one table row per bug for ``bench/results/mutations.md``.
 """
@@ -27,7 +27,7 @@ MUTANTS = [
      "        if backend not in BACKENDS:\n            raise ConfigError", "        if False:\n            raise ConfigError",
      "tests/test_api.py -k 'environment'"),
     ("options: delta not checked", "fastdecomp/options.py",
-     "        if not _real(self.delta) or not math.isfinite(self.delta) or self.delta < 0:",
+     "        if not _finite(self.delta) or self.delta < 0:",
      "        if False:", "tests/test_modules.py -k bad_options tests/test_api.py -k options"),
     ("a manifest's fields are not checked", "fastdecomp/saving.py",
      "    _check_fields(manifest, _SCHEMAS[kind], manifest_path)\n", "",
@@ -41,6 +41,34 @@ MUTANTS = [
      "tests/test_gpu_kernels.py -k 'same_kernels or equals_cpu'"),
     ("variant keeps the old backtracking", "fastdecomp/modules.py",
      'changes = {"backtrack": backtrack}', 'changes = {}', "tests/test_modules.py -k variants"),
+    # robustness (#13)
+    ("the manifest's own checksum not compared", "fastdecomp/saving.py",
+     'if manifest.get("checksum") != manifest_checksum(manifest):', "if False:",
+     "tests/test_modules.py -k wrong_shape"),
+    ("a layer's weights not checked against its kind", "fastdecomp/saving.py",
+     "        layer.handler.check(layer, [shapes[src] for src in layer.inputs])\n", "",
+     "tests/test_modules.py -k crafted"),
+    ("saved masks not checked against the mask points", "fastdecomp/saving.py",
+     "    if listed != [p.name for p in points]:", "    if False:", "tests/test_modules.py -k crafted"),
+    ("a save replaces the old folder by delete-then-rename", "fastdecomp/storage.py",
+     "    if os.path.lexists(path):\n        if not _renameat2(tmp, path, _RENAME_EXCHANGE):",
+     "    if os.path.lexists(path):\n        shutil.rmtree(path)\n        os.rename(tmp, path)\n        return\n"
+     "        if not _renameat2(tmp, path, _RENAME_EXCHANGE):", "tests/test_storage.py -k killed"),
+    ("overwrite replaces a foreign folder", "fastdecomp/storage.py",
+     "(replaceable is not None and not replaceable(path))", "False", "tests/test_storage.py -k foreign"),
+    ("the kernel cache trusts a plain checksum", "fastdecomp/kernels/trusted_cache.py",
+     "    return data if hmac.compare_digest(stored[:_DIGEST], _mac(key, data, secret_bytes)) else None",
+     "    return data", "tests/test_network.py -k kernel_cache"),
+    ("dense_forward runs unchecked", "fastdecomp/kernels/cpu.py",
+     "    checks.dense_forward(x, kernel, bias, out)\n", "", "tests/test_gpu_kernels.py -k 'refuse and cpu'"),
+    ("a scale multiplies the caller's array in place", "fastdecomp/data.py",
+     "            x = x * np.float32(self.scale)", "            x *= np.float32(self.scale)",
+     "tests/test_data.py -k never_changes"),
+    ("Keras operations read as layers", "fastdecomp/keras_io.py",
+     "        if not isinstance(op, keras.layers.Layer):", "        if False:", "tests/test_network.py -k operations"),
+    ("the CLI checks the output after the pass", "fastdecomp/cli.py",
+     "    _check_output(args.out, args.overwrite)\n    model = _load_model(args.model)",
+     "    model = _load_model(args.model)", "tests/test_cli.py -k before_any_work"),
 ]
 rows = []
 for what, path, old, new, tests in MUTANTS:
