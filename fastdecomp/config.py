@@ -20,6 +20,9 @@ setting             environment variable      meaning
 ``backend``         ``FASTDECOMP_BACKEND``    where passes run when a function is given no
                                               ``backend=``: a name from
                                               :data:`fastdecomp.backends.BACKENDS`
+``fashion_mnist_dir`` ``FASHION_MNIST_DIR``   the Fashion-MNIST IDX files (``None``: the
+                                              Debian package's folder)
+``cxx``             ``CXX``                   the C++ compiler of the CUDA kernels' CPU emulator
 ==================  ========================  ==============================================
 
 Values are read once and kept; :func:`set` overrides one for the rest of the
@@ -44,6 +47,8 @@ DEFAULTS = {
     "target_cpu": "native",
     "tune": True,
     "backend": "cpu",
+    "fashion_mnist_dir": None,
+    "cxx": "g++",
 }
 
 ENVIRONMENT = {
@@ -52,6 +57,8 @@ ENVIRONMENT = {
     "target_cpu": "FASTDECOMP_TARGET_CPU",
     "tune": "FASTDECOMP_TUNE",
     "backend": "FASTDECOMP_BACKEND",
+    "fashion_mnist_dir": "FASHION_MNIST_DIR",
+    "cxx": "CXX",
 }
 
 _values = {}
@@ -77,7 +84,8 @@ def _parse_tune(text, variable):
 
 _PARSERS = {"jobs": _parse_jobs, "cache_dir": lambda text, variable: Path(text),
             "target_cpu": lambda text, variable: text.strip(),
-            "tune": _parse_tune, "backend": lambda text, variable: text.strip()}
+            "tune": _parse_tune, "backend": lambda text, variable: text.strip(),
+            "fashion_mnist_dir": lambda text, variable: Path(text), "cxx": lambda text, variable: text.strip()}
 
 
 def get(name):
@@ -136,12 +144,13 @@ def _checked(name, value):
     if name not in DEFAULTS:
         raise ConfigError(f"unknown setting {name!r}; the settings are {sorted(DEFAULTS)}")
     kinds = {"jobs": (int, type(None)), "cache_dir": (str, os.PathLike, type(None)), "target_cpu": (str,),
-             "tune": (bool,), "backend": (str,)}[name]
+             "tune": (bool,), "backend": (str,), "fashion_mnist_dir": (str, os.PathLike, type(None)),
+             "cxx": (str,)}[name]
     if not isinstance(value, kinds) or (name == "jobs" and value is not None and (isinstance(value, bool)
                                                                                    or value < 1)):
         raise ConfigError(f"setting {name}={value!r} is not valid: give {' or '.join(k.__name__ for k in kinds)}"
                           + (" (a positive number of threads)" if name == "jobs" else ""))
-    return Path(value) if name == "cache_dir" and value is not None else value
+    return Path(value) if name in ("cache_dir", "fashion_mnist_dir") and value is not None else value
 
 
 def cache_dir():

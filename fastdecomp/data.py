@@ -10,13 +10,13 @@ Tiny-ImageNet's layout, and a seeded synthetic Tiny-ImageNet-shaped source.
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from . import config
 from .errors import DatasetNotFoundError, InputError, ModelFileError
 
 __all__ = [
@@ -336,7 +336,7 @@ def fashion_mnist(split="train", path=None):
     """
     if split not in ("train", "test"):
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
-    folder = Path(path or os.environ.get("FASHION_MNIST_DIR", FASHION_MNIST_DIR))
+    folder = Path(path or config.get("fashion_mnist_dir") or FASHION_MNIST_DIR)
     kind = "train" if split == "train" else "t10k"
     images_path = folder / f"{kind}-images-idx3-ubyte.gz"
     labels_path = folder / f"{kind}-labels-idx1-ubyte.gz"

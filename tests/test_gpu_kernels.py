@@ -332,3 +332,20 @@ def test_kernels_refuse_arrays_that_do_not_fit_before_touching_memory(name, side
             assert name in str(error)
         else:
             pytest.fail(f"{name} ran with {what}")
+
+
+def test_the_emulator_loads_libraries_only_from_a_folder_of_its_own(tmp_path, monkeypatch):
+    """Another user's (or a world-writable) folder in the temporary directory is not trusted."""
+    import os
+    import tempfile
+
+    from fastdecomp.kernels import cuda_emulator
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    planted = tmp_path / f"fastdecomp-cuda-emulator-{os.getuid()}"
+    planted.mkdir()
+    planted.chmod(0o777)
+    source = 'extern "C" __global__ void one(float* x) { x[threadIdx.x] = 1.0f; }'
+    with pytest.warns(UserWarning, match="writable by other users"):
+        library, _ = cuda_emulator.compile_for_cpu(source)
+    assert planted not in library.parents and list(planted.iterdir()) == []

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import config
+from . import trusted_cache
+
 __all__ = ["kernel_signatures", "check_source", "compile_for_cpu", "EmulatedModule"]
 
 PRELUDE = r"""
@@ -111,17 +114,16 @@ def compile_for_cpu(source, defines=(), compiler=None):
         C++ compiler (default ``$CXX`` or ``g++``).
     """
     check_source(source)
-    compiler = compiler or os.environ.get("CXX", "g++")
+    compiler = compiler or config.get("cxx")
     signatures = kernel_signatures(source)
     program = PRELUDE + source + "\n" + "".join(_launcher(n, p) for n, p in signatures.items())
     flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math"]
     flags += [f"-D{d}" for d in defines]
     digest = hashlib.sha256((program + " ".join(flags) + compiler).encode()).hexdigest()[:20]
-    folder = Path(tempfile.gettempdir()) / f"fastdecomp-cuda-emulator-{os.getuid()}"
-    library = folder / f"{digest}.so"
     with _LOCK:
+        folder = trusted_cache.private_folder(Path(tempfile.gettempdir()) / f"fastdecomp-cuda-emulator-{os.getuid()}")
+        library = folder / f"{digest}.so"
         if not library.exists():
-            folder.mkdir(parents=True, exist_ok=True)
             cpp = folder / f"{digest}.cpp"
             cpp.write_text(program)
             partial = folder / f".{digest}.{os.getpid()}.so"

@@ -14,11 +14,12 @@ import hashlib
 import hmac
 import os
 import stat
+import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["secret", "seal", "unseal", "UntrustedCacheWarning"]
+__all__ = ["secret", "seal", "unseal", "private_folder", "UntrustedCacheWarning"]
 
 SECRET_FILE = "secret.key"
 SECRET_BYTES = 32
@@ -57,6 +58,27 @@ def _secret(folder):
                   "permissions (chmod go-w), or set FASTDECOMP_CACHE_DIR to a folder of your own",
                   UntrustedCacheWarning, stacklevel=4)
     return None
+
+
+def private_folder(folder):
+    """``folder`` (created with mode 0700) when only this user can write it, else a new private temporary
+    folder, with a warning: libraries loaded from it are then this process's own.
+
+    Parameters
+    ----------
+    folder : str or Path
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        problem = _unsafe(folder)
+    except OSError as exc:
+        problem = f"it cannot be used ({exc.strerror})"
+    if problem is None:
+        return folder
+    warnings.warn(f"{folder} is not used: {problem}; compiling into a private temporary folder",
+                  UntrustedCacheWarning, stacklevel=3)
+    return Path(tempfile.mkdtemp(prefix="fastdecomp-"))
 
 
 def _unsafe(path):
