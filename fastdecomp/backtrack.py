@@ -81,7 +81,9 @@ def propagate_dead(network, dead_features, through_conv):
     dict
         Layer name -> bool ``[M] + layer.shape`` for every layer found to have
         a dead node. A node read by several layers is dead only when it is dead
-        for every reader.
+        for every reader; a layer in which a module has no dead node kills
+        nothing upstream for that module (not even the positions a strided
+        window never reads), module by module as the reference does.
     """
     m = dead_features.shape[0]
     contributions = {}  # layer -> list of dead arrays, one per reader that reached it
@@ -101,8 +103,12 @@ def propagate_dead(network, dead_features, through_conv):
             continue
         dead[layer.name] = dead_out
         input_shapes = [network.by_name[s].shape for s in layer.inputs]
+        idle = ~dead_out.reshape(m, -1).any(axis=1)  # modules with nothing dead here kill nothing upstream
         for src, dead_in in zip(layer.inputs,
                                 layer.handler.dead_inputs(layer, dead_out, input_shapes, through_conv)):
+            if idle.any() and dead_in[idle].any():  # e.g. the positions a strided window never reads
+                dead_in = np.array(dead_in)
+                dead_in[idle] = False
             contributions.setdefault(src, []).append(dead_in)
     return dead
 

@@ -80,8 +80,9 @@ def plan_fusions(network, observed, masked, activity_bits):
 
 def _sole_reader(network, layer, role, untouched):
     readers = network.readers[layer.name]
-    if len(readers) == 1 and layer.name not in untouched and network.by_name[readers[0]].handler.fuses_as == role:
-        return network.by_name[readers[0]]
+    reader = network.by_name[readers[0]] if len(readers) == 1 else None
+    if reader is not None and layer.name not in untouched and reader.handler.fusion(reader) == role:
+        return reader
     return None
 
 
@@ -195,9 +196,9 @@ class _Walk:
             channeled = layer.handler.with_head(layer, head)
             return layer.handler.forward(channeled, inputs, backend=self.backend), None
         fused = next((src for src in layer.inputs if src in plan.residuals), None)
-        if layer.handler.fuses_as == "residual" and fused is not None:
+        if layer.handler.fusion(layer) == "residual" and fused is not None:
             return values[fused], fused
-        if layer.handler.fuses_as == "rectify" and layer.inputs[0] in plan.rectified:
+        if layer.handler.fusion(layer) == "rectify" and layer.inputs[0] in plan.rectified:
             return inputs[0], layer.inputs[0]
         if layer.handler.epilogue:
             return layer.handler.forward(layer, inputs, backend=self.backend, **self._epilogue(branch, layer)), None

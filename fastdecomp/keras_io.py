@@ -140,7 +140,8 @@ class _Import:
             self.layers.append(Layer(op.name, handler.kind, sources, shape, config, weights, keras_name=op.name))
             out = op.name
         if activation is not None:
-            self.layers.append(Layer(f"{op.name}/{activation}", activation, [out], self.layer(out).shape,
+            kind, activation_config = activation
+            self.layers.append(Layer(f"{op.name}/{kind}", kind, [out], self.layer(out).shape, activation_config,
                                      keras_name=op.name))
             out = self.layers[-1].name
         self.alias[op.name] = out

@@ -162,8 +162,9 @@ class LayerKind:
         Its forward pass can compute the layers after it that fuse into an
         epilogue (a residual ``Add`` and a ReLU) and pack activity bits.
     fuses_as : {None, "residual", "rectify"}
-        What this kind is when it directly follows an epilogue: the residual
-        sum, or the rectifier.
+        What a layer of this kind is when it directly follows an epilogue:
+        the residual sum, or the rectifier (:meth:`fusion` may say otherwise
+        for one layer).
     passes_channels : bool
         One input, and output channel c depends on input channel c alone and
         is 0 where it is all 0: pruning may drop a channel through it.
@@ -296,6 +297,10 @@ class LayerKind:
         layer : Layer
         input_shapes : list of tuple of int
         """
+
+    def fusion(self, layer):
+        """What ``layer`` is when it directly follows an epilogue (see :attr:`fuses_as`)."""
+        return self.fuses_as
 
     def writes_activity(self, layer):
         """Whether its epilogue can pack the ``> 0`` bits of ``layer``'s output (:attr:`epilogue` kinds)."""
@@ -550,18 +555,32 @@ class ReLUKind(LayerKind):
     passes_channels = True
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
-        if cfg.get("max_value") is not None or cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
-            refuse("a ReLU with max_value, negative_slope or threshold; use a plain ReLU")
-        return {}, {}, None
+        if cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
+            refuse("a ReLU with negative_slope or threshold: the method needs an activation whose inactive "
+                   "region outputs exactly 0; use a plain ReLU (max_value is fine)")
+        cap = cfg.get("max_value")
+        if cap is not None and not (isinstance(cap, (int, float)) and np.isfinite(cap) and cap > 0):
+            refuse(f"max_value={cap!r}; give a positive cap (ReLU(max_value=6) is ReLU6)")
+        return ({} if cap is None else {"max_value": float(cap)}), {}, None
+
+    def fusion(self, layer):
+        return None if layer.config.get("max_value") is not None else self.fuses_as  # the epilogue has no cap
 
     def forward(self, layer, inputs, reusable=None, *, backend):
         out = inputs[0] if reusable and reusable[0] else None
-        return backend.xp.maximum(inputs[0], np.float32(0.0), out=out)
+        out = backend.xp.maximum(inputs[0], np.float32(0.0), out=out)
+        cap = layer.config.get("max_value")
+        return out if cap is None else backend.xp.minimum(out, np.float32(cap), out=out)
+
+    def check_config(self, layer, input_shapes):
+        cap = layer.config.get("max_value")
+        _expect(cap is None or (isinstance(cap, float) and np.isfinite(cap) and cap > 0), layer, "max_value",
+                "a positive number")
 
     def to_keras(self, layer, name):
         from keras import layers
 
-        return layers.ReLU(name=name)
+        return layers.ReLU(max_value=layer.config.get("max_value"), name=name)
 
 
 @register
@@ -767,8 +786,9 @@ class IdentityKind(LayerKind):
     """Layers that are the identity at inference; they vanish from the graph."""
 
     kind = "identity"
-    keras_classes = ("Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise",
-                     "ActivityRegularization", "Activation")
+    keras_classes = ("Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "AlphaDropout",
+                     "ActivityRegularization", "Activation", "Identity", "RandomFlip", "RandomRotation",
+                     "RandomZoom", "RandomContrast", "RandomTranslation", "RandomBrightness")
     imported_as = "identity"
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
@@ -831,7 +851,7 @@ def refuser(keras_layer):
 
 
 def inline_activation(activation, refuse):
-    """``None``, ``"relu"`` or ``"softmax"`` for a layer's ``activation`` setting.
+    """The layer an ``activation`` setting adds after its layer: None, or ``(kind, config)``.
 
     Parameters
     ----------
@@ -845,8 +865,11 @@ def inline_activation(activation, refuse):
     if name in ("linear", None):
         return None
     if name in ("relu", "softmax"):
-        return name
-    refuse(f"activation {name!r}; use 'relu' (or 'softmax' on the output)")
+        return name, {}
+    if name == "relu6":
+        return "relu", {"max_value": 6.0}
+    refuse(f"activation {name!r}: the method needs an activation whose inactive region outputs exactly 0; "
+           "use 'relu' or 'relu6' (or 'softmax' on the output)")
 
 
 def window_config(window, cfg, input_shapes, refuse):

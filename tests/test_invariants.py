@@ -258,3 +258,48 @@ def test_tangling_keep_equals_its_definition(regime):
     expected = kept | (first_rank[None, :, :] < counts[:, :, None]).any(axis=1)
     cpu.tangling_keep(first_rank, counts, kept)
     np.testing.assert_array_equal(kept, expected)
+
+
+def relu6_model(seed=6):
+    """ReLU6 both ways (a layer and an inline activation), and layers that are identities at inference."""
+    import keras
+    from keras import layers
+
+    init = keras.initializers.HeNormal(seed=seed)
+    bias = keras.initializers.RandomNormal(stddev=0.5, seed=seed)
+    inputs = keras.Input((10, 10, 2))
+    x = layers.RandomFlip(name="flip")(inputs)
+    x = layers.Conv2D(8, 3, padding="same", kernel_initializer=init, bias_initializer=bias, name="c1")(x)
+    x = layers.ReLU(max_value=0.6, name="r1")(x)  # a low cap, so that the random activations reach it
+    x = layers.Identity(name="same")(x)
+    x = layers.Conv2D(8, 3, strides=2, activation="relu6", kernel_initializer=init, bias_initializer=bias,
+                      name="c2")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = layers.Dense(3, activation="softmax", kernel_initializer=init, name="output")(x)
+    return keras.Model(inputs, outputs, name="relu6")
+
+
+def test_capped_relus_and_inference_identities_hold_the_invariants():
+    from conftest import balance_output_bias, labelled_like_model
+
+    model = relu6_model()
+    x = np.random.default_rng(9).normal(size=(36, 10, 10, 2)).astype(np.float32) * 3
+    balance_output_bias(model, x)
+    y = labelled_like_model(model, x)
+    network = fd.from_keras(model)
+    assert [l.kind for l in network.layers].count("relu") == 2 and "flip" not in network.by_name
+    np.testing.assert_allclose(network.predict_proba(x), model.predict(x, verbose=0), atol=1e-5)
+    capped = []
+    network.forward(x, observe=lambda layer, v: capped.append((v == 0.6).any()), mask_at="relu")
+    assert capped[0], "the cap must be reached, or the test proves little"
+    for mask_at in PLACEMENTS:
+        for backtrack in VARIANTS:
+            fast = fd.decompose(network, x, y, mask_at=mask_at, backtrack=backtrack, delta=DELTA, seed=5,
+                                progress=False)
+            for k in fast.classes:
+                expected = reference_decompose(network, x, y, k, mask_at=mask_at, backtrack=backtrack, delta=DELTA,
+                                               seed=5)
+                assert_same_masks(fast, k, *expected)
+    k = fast.classes[0]
+    engine = fast.module(k).predict_proba(x)
+    np.testing.assert_allclose(fast.to_keras(k).predict(x, verbose=0), engine, atol=2e-6)

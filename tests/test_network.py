@@ -190,7 +190,7 @@ def _model_with(layer, input_shape=(8, 8, 2)):
     (lambda L: L.Conv2D(2, 3, activation="tanh", name="tanhconv"), "tanhconv.*tanh"),
     (lambda L: L.DepthwiseConv2D(3, name="dw"), "'dw' \\(DepthwiseConv2D\\)"),
     (lambda L: L.LeakyReLU(name="leaky"), "'leaky' \\(LeakyReLU\\)"),
-    (lambda L: L.ReLU(max_value=6.0, name="relu6"), "relu6.*max_value"),
+    (lambda L: L.ReLU(negative_slope=0.1, name="leaky"), "leaky.*negative_slope"),  # ReLU(max_value=6) is supported
     (lambda L: L.Conv2D(2, 3, dilation_rate=2, name="dil"), "dil.*dilated"),
 ])
 def test_unsupported_layers_are_named(make_layer, message):
