@@ -525,7 +525,11 @@ class Subset(DataSource):
         self.sample_shape = source.sample_shape
 
     def read(self, indices):
-        return self.source.read(self.rows[np.asarray(indices, dtype=np.int64)])
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self.rows)):
+            raise InputError(f"index out of range: the subset has {len(self.rows)} images, "
+                             f"indices span {indices.min()}..{indices.max()}")
+        return self.source.read(self.rows[indices])
 
 
 def stratified_subset(source, size, seed=0):

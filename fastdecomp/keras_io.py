@@ -126,6 +126,8 @@ class _Import:
             refuse("a nested model; build the classifier as one flat model")
         if cls not in KERAS_CLASSES:
             refuse("no handler for this layer type")
+        if getattr(keras.layers, cls, None) is not type(op):  # a subclass or a namesake computes something else
+            refuse(f"{type(op).__module__}.{cls} is not keras.layers.{cls}; fastdecomp reads Keras' own layers")
         handler = KINDS[KERAS_CLASSES[cls]]
         sources = [self.alias[t._keras_history.operation.name] for t in node.input_tensors]
         input_shapes = [tuple(self.layer(s).shape) for s in sources]

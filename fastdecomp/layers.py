@@ -178,6 +178,8 @@ class LayerKind:
         whose columns are channeled into modules (the Dense layer).
     weight_names : tuple of str
         The weights a layer of this kind has.
+    config_keys : tuple of str
+        The settings a layer of this kind may have.
     input_count : (int, int or None)
         The fewest and the most inputs it takes (None: no limit).
     """
@@ -194,6 +196,7 @@ class LayerKind:
     output_activation = False
     output_layer = False
     weight_names = ()
+    config_keys = ()
     input_count = (1, 1)
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
@@ -280,6 +283,11 @@ class LayerKind:
         low, high = self.input_count
         if len(input_shapes) < low or (high is not None and len(input_shapes) > high):
             raise ValueError(f"layer {layer.name!r} ({self.kind}) has {len(input_shapes)} inputs")
+        if self.imported_as != "layer":
+            raise ValueError(f"layer {layer.name!r} is of kind {self.kind}, which is never a layer of a graph")
+        if not set(layer.config) <= set(self.config_keys):
+            raise ValueError(f"layer {layer.name!r} ({self.kind}) has settings {sorted(layer.config)}; "
+                             f"a {self.kind} takes {sorted(self.config_keys)}")
         if set(layer.weights) != set(self.weight_names):
             raise ValueError(f"layer {layer.name!r} ({self.kind}) has weights {sorted(layer.weights)}, "
                              f"not {sorted(self.weight_names)}")
@@ -391,6 +399,7 @@ class InputKind(LayerKind):
         return {"shape": tuple(int(d) for d in shape)}, {}, None
 
     input_count = (0, 0)
+    config_keys = ("shape",)
 
     def output_shape(self, config, weights, input_shapes):
         return tuple(config["shape"])
@@ -411,6 +420,7 @@ class Conv2DKind(LayerKind):
     prunes_channels = True
     folds_normalisation = True
     weight_names = ("kernel", "bias")
+    config_keys = ("strides", "padding", "pads")
 
     def check_config(self, layer, input_shapes):
         kernel, bias = layer.weights["kernel"], layer.weights["bias"]
@@ -427,7 +437,7 @@ class Conv2DKind(LayerKind):
         bias = keras_layer.bias.numpy() if cfg["use_bias"] else np.zeros(kernel.shape[3])
         weights = {"kernel": kernel, "bias": bias.astype(np.float32)}
         return window_config(kernel.shape[:2], cfg, input_shapes, refuse), weights, \
-            inline_activation(cfg["activation"], refuse)
+            inline_activation(keras_layer.activation, refuse)
 
     def output_shape(self, config, weights, input_shapes):
         oh, ow, _ = window_geometry(input_shapes[0], weights["kernel"].shape[:2],
@@ -516,7 +526,7 @@ class DenseKind(LayerKind):
         kernel = keras_layer.kernel.numpy().astype(np.float32)
         bias = keras_layer.bias.numpy() if cfg["use_bias"] else np.zeros(kernel.shape[1])
         return {}, {"kernel": kernel, "bias": bias.astype(np.float32)}, \
-            inline_activation(cfg["activation"], refuse)
+            inline_activation(keras_layer.activation, refuse)
 
     def output_shape(self, config, weights, input_shapes):
         return (weights["kernel"].shape[1],)
@@ -553,6 +563,7 @@ class ReLUKind(LayerKind):
     mask_placements = ("relu",)
     fuses_as = "rectify"
     passes_channels = True
+    config_keys = ("max_value",)
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
@@ -639,6 +650,7 @@ class AddKind(LayerKind):
 class Pool2DKind(LayerKind):
     is_max = True
     passes_channels = True
+    config_keys = ("strides", "padding", "pads", "pool")
 
     def check_config(self, layer, input_shapes):
         _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
@@ -729,6 +741,7 @@ class ZeroPaddingKind(LayerKind):
     kind = "zeropad"
     keras_classes = ("ZeroPadding2D",)
     passes_channels = True
+    config_keys = ("pads",)
 
     def check_config(self, layer, input_shapes):
         _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
@@ -766,6 +779,11 @@ class FlattenKind(LayerKind):
     kind = "flatten"
     keras_classes = ("Flatten",)
 
+    def from_keras(self, keras_layer, cfg, input_shapes, refuse):
+        if cfg.get("data_format") not in (None, "channels_last"):
+            refuse("data_format='channels_first'; use channels_last")
+        return {}, {}, None
+
     def output_shape(self, config, weights, input_shapes):
         return (int(np.prod(input_shapes[0])),)
 
@@ -792,7 +810,7 @@ class IdentityKind(LayerKind):
     imported_as = "identity"
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
-        return {}, {}, inline_activation(cfg.get("activation", "linear"), refuse)
+        return {}, {}, inline_activation(getattr(keras_layer, "activation", None), refuse)
 
 
 @register
@@ -862,6 +880,8 @@ def inline_activation(activation, refuse):
     """
     name = activation if isinstance(activation, str) or activation is None \
         else getattr(activation, "__name__", str(activation))
+    if not isinstance(activation, (str, type(None))) and not _is_keras_activation(activation, name):
+        refuse(f"the activation function {activation!r} is not Keras' own {name!r}; use the Keras activation")
     if name in ("linear", None):
         return None
     if name in ("relu", "softmax"):
@@ -870,6 +890,15 @@ def inline_activation(activation, refuse):
         return "relu", {"max_value": 6.0}
     refuse(f"activation {name!r}: the method needs an activation whose inactive region outputs exactly 0; "
            "use 'relu' or 'relu6' (or 'softmax' on the output)")
+
+
+def _is_keras_activation(function, name):
+    import keras
+
+    try:
+        return keras.activations.get(name) is function
+    except ValueError:
+        return False
 
 
 def window_config(window, cfg, input_shapes, refuse):

@@ -257,8 +257,10 @@ class ModuleSet:
 
         def run(batch):
             positions, xb, _ = batch
-            outputs = self.network.forward_many(xb, variants, keys=keys, logits=logits, backend=device)
-            out[positions] = np.stack(outputs, axis=1)
+            outputs = np.stack(self.network.forward_many(xb, variants, keys=keys, logits=logits, backend=device),
+                               axis=1)
+            _finite(outputs, positions)
+            out[positions] = outputs
 
         for _ in device.run_batches(run, source.batches(batch_size), n_jobs):
             pass
@@ -312,14 +314,23 @@ class ModuleSet:
     def _activity(self, x, batch_size):
         """Mask-point name -> bool of its shape: active for some image of ``x``."""
         active = {name: np.zeros(keep.shape[1:], dtype=bool) for name, keep in self._base_keep.items()}
-        for _, _, values, _ in self.network.iter_mask_values(self._source(x), mask_at=self.options.mask_at,
-                                                             batch_size=batch_size):
+        for positions, _, values, _ in self.network.iter_mask_values(self._source(x), mask_at=self.options.mask_at,
+                                                                     batch_size=batch_size):
             for name, v in values.items():
+                _finite(v, positions, name)
                 active[name] |= (v > 0).any(axis=0)
         return active
 
     def _source(self, x, y=None):
         return as_input_source(x, self.network.input_shape, y)
+
+
+def _finite(values, positions, where="the output layer"):
+    """InputError naming the images whose values overflowed to NaN or inf."""
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        raise InputError(f"images {positions[bad][:5].tolist()}{'...' if bad.sum() > 5 else ''} overflow to NaN "
+                         f"or inf at {where}; check their scale against what the model was trained on")
 
 
 @dataclass(frozen=True)

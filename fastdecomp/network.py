@@ -220,7 +220,12 @@ class Network:
 
         def run(batch):
             positions, xb, _ = batch
-            out[positions] = self.forward(xb, backend=device)
+            probabilities = self.forward(xb, backend=device)
+            if not np.isfinite(probabilities).all():
+                rows = positions[~np.isfinite(probabilities).all(axis=1)]
+                raise InputError(f"images {rows[:5].tolist()} overflow to NaN or inf; check their scale "
+                                 "against what the model was trained on")
+            out[positions] = probabilities
 
         for _ in device.run_batches(run, source.batches(batch_size), n_jobs):
             pass

@@ -71,19 +71,27 @@ def save(obj, path, *, overwrite=False):
 
 
 def is_save(path):
-    """Whether ``path`` is a folder :func:`save` wrote (a module set or a composition, any version).
+    """Whether ``path`` is a folder :func:`save` wrote, holding nothing else (so replacing it loses nothing).
 
     Parameters
     ----------
     path : str or Path
     """
-    for kind, (name, _) in FORMATS.items():
-        try:
-            if json.loads((Path(path) / name).read_text()).get("format") == kind:
-                return True
-        except (OSError, ValueError, AttributeError, RecursionError):
-            continue
-    return False
+    path = Path(path)
+    try:
+        entries = {entry.name: entry for entry in path.iterdir()}
+        if "composition.json" in entries:
+            sets = {name for name in entries if name.startswith("set") and name[3:].isdigit()}
+            return (set(entries) == {"composition.json"} | sets and _format(path / "composition.json") == COMPOSITION
+                    and all(is_save(entries[name]) for name in sets))
+        return set(entries) == {"manifest.json", "arrays.npz"} and _format(path / "manifest.json") == MODULES \
+            and not any(entry.is_symlink() for entry in entries.values())
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+
+
+def _format(path):
+    return json.loads(path.read_text()).get("format")
 
 
 def manifest_checksum(manifest):
@@ -244,10 +252,10 @@ def load_modules(path):
         classes = _classes(manifest, network)
         keep, concerned_bits = _masks(manifest, arrays, network, options, len(classes))
         samples = _samples(manifest, arrays, len(classes))
-    except (KeyError, ValueError, TypeError, IndexError, FastDecompError) as exc:
+        return assemble(network, classes, options, keep, samples, manifest["info"], concerned_bits)
+    except (KeyError, ValueError, TypeError, IndexError, OverflowError, FastDecompError) as exc:
         raise ModelFileError(f"{path / 'manifest.json'} is inconsistent with itself or with arrays.npz "
                              f"({type(exc).__name__}: {exc}); save the modules again") from exc
-    return assemble(network, classes, options, keep, samples, manifest["info"], concerned_bits)
 
 
 def _read_arrays(path, manifest):
@@ -277,6 +285,8 @@ def _layers(manifest, arrays):
             raise ValueError(f"{where}: shape {g['shape']} has a dimension below 1")
         weights = {key: _weight(arrays, f"w{i}_{key}", where) for key in g["weights"]}
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in g["config"].items()}
+        if (g["kind"] == "input") != (i == 0):
+            raise ValueError(f"{where}: a graph has one input layer, first")
         layer = Layer(g["name"], g["kind"], list(g["inputs"]), tuple(g["shape"]), config, weights, g["keras_name"])
         layer.handler.check(layer, [shapes[src] for src in layer.inputs])
         shapes[layer.name] = layer.shape
@@ -301,6 +311,8 @@ def _classes(manifest, network):
 
 def _masks(manifest, arrays, network, options, m):
     points = network.mask_points(options.mask_at)
+    if len({p.keras_name for p in points}) != len(points):
+        raise ValueError("two mask points come from one Keras layer (their keras_name repeats)")
     listed = [meta["layer"] for meta in manifest["masks"]]
     if listed != [p.name for p in points]:
         raise ValueError(f"masks are for {listed}, but the network's mask points at {options.mask_at!r} "

@@ -10,13 +10,14 @@ killed save is removed by the next save of the same path.
 import ctypes
 import errno
 import fcntl
+import glob
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import InputError, OutputExistsError
 
 __all__ = ["atomic_directory", "atomic_file"]
 
@@ -49,6 +50,8 @@ def atomic_directory(path, overwrite=False, *, replaceable=None):
         ``path`` exists and may not be replaced: ``overwrite`` is False, it is
         not ``replaceable``, or it holds the current directory.
     """
+    if not isinstance(overwrite, bool):
+        raise InputError(f"overwrite must be True or False, got {overwrite!r}")
     path = Path(os.path.abspath(path))
     if path.parent == path:
         raise OutputExistsError(f"{path} is a root folder; save into a folder of its own")
@@ -118,7 +121,7 @@ def _locked(folder):
 
 def _remove_leftovers(path):
     """Temporary folders of earlier saves of ``path`` that were killed (we hold the lock: nobody writes them)."""
-    for leftover in path.parent.glob(f".{path.name}.*"):
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
         if leftover.name.endswith((PARTIAL, PARTIAL + REPLACED)) and leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
 

@@ -307,6 +307,9 @@ def hostile(name, arguments):
         if a.ndim >= 2 and (name, i) not in ROWS_FREE:
             grown = np.zeros((a.shape[0] + 3,) + a.shape[1:], a.dtype)
             yield f"argument {i} with more rows", arguments[:i] + [grown] + arguments[i + 1:]
+    integers = [i for i, a in enumerate(arguments) if isinstance(a, int) and not isinstance(a, bool)]
+    for i in integers:  # the CUDA kernels take sizes as int: a wider value would wrap
+        yield f"argument {i} beyond int32", arguments[:i] + [np.int64(2 ** 32 + 1)] + arguments[i + 1:]
     if name.startswith("accumulate"):
         classes = arguments[1].copy()
         classes[0] = arguments[-2 if name == "accumulate_packed_activity" else (2 if name == "accumulate_concerned"

@@ -438,3 +438,32 @@ def test_the_kernel_cache_runs_only_code_this_user_compiled_for_that_key(tmp_pat
     with pytest.warns(UserWarning, match="writable by other users"):
         assert llvm_jit.object_code(irs[0], targets.current()) == codes[0]
     assert list(shared.iterdir()) == []  # nothing read from it or written to it
+
+
+def test_namesakes_subclasses_and_layouts_keras_computes_differently_are_refused():
+    import keras
+    from keras import layers
+
+    class Dropout(keras.layers.Layer):  # a namesake that is not an identity
+        def call(self, x):
+            return x * 2.0
+
+    class Dense(layers.Dense):  # a subclass with a call of its own
+        def call(self, x):
+            return super().call(x) * 3.0
+
+    def relu(x):  # a function named like Keras' activation
+        return keras.ops.abs(x)
+
+    def model(middle, dense=layers.Dense, activation="softmax"):
+        inputs = keras.Input((6, 6, 2))
+        x = layers.Conv2D(4, 3, activation=activation if activation != "softmax" else None)(inputs)
+        x = middle(x)
+        return keras.Model(inputs, dense(3, activation="softmax")(layers.Flatten()(x)))
+
+    cases = [(model(Dropout()), "not keras.layers.Dropout"), (model(lambda x: x, dense=Dense), "not keras.layers.Dense"),
+             (model(lambda x: x, activation=relu), "not Keras' own 'relu'"),
+             (model(layers.Flatten(data_format="channels_first")), "channels_first")]
+    for built, message in cases:
+        with pytest.raises(UnsupportedLayerError, match=message):
+            fd.from_keras(built)

@@ -110,3 +110,27 @@ def test_atomic_directory_swaps_whole_folders(tmp_path):
             (tmp / "c").write_text("3")
             raise RuntimeError("disk full")
     assert [p.name for p in path.iterdir()] == ["b"] and len(list(tmp_path.iterdir())) == 1
+
+
+def test_only_a_save_with_nothing_else_in_it_is_replaced(modules, tmp_path, monkeypatch):
+    """A save folder where the user also put the model or the data is not replaced (the CLI's -o --overwrite)."""
+    from fastdecomp import cli
+
+    path = fd.save(modules, tmp_path / "out")
+    (path / "x.npy").write_bytes(b"the training data")
+    with pytest.raises(fd.OutputExistsError, match="not a folder this kind of save wrote"):
+        fd.save(modules, path, overwrite=True)
+    assert cli.main(["decompose", "model.keras", str(path / "x.npy") + ",y.npy", "-o", str(path), "--overwrite"]) == 2
+    assert (path / "x.npy").read_bytes() == b"the training data"
+    with pytest.raises(fd.InputError, match="overwrite must be True or False"):
+        fd.save(modules, path, overwrite="no")
+
+
+def test_overflowing_inputs_are_named_wherever_modules_run(modules, resnet_case):
+    _, x, _ = resnet_case
+    huge = x.copy()
+    huge[3] = 3e38
+    for run in (lambda: fd.compose(modules).predict(huge), lambda: modules.network.predict_proba(huge),
+                lambda: modules.updated(0, huge)):
+        with pytest.raises(fd.InputError, match=r"images \[3\] overflow"):
+            run()

@@ -37,10 +37,13 @@ def _array(kernel, name, a, dtypes, ndim, writable=False):
                       f"got shape {a.shape}")
 
 
+INT32_MAX = 2 ** 31 - 1  # the CUDA kernels take their sizes as int
+
+
 def _integers(kernel, low, **values):
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-            _fail(kernel, f"{name} must be an integer of at least {low}, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not low <= v <= INT32_MAX:
+            _fail(kernel, f"{name} must be an integer from {low} to {INT32_MAX}, got {v!r}")
 
 
 def _shape(kernel, name, a, expected):

@@ -32,6 +32,7 @@ from .. import config
 from ..storage import atomic_file
 from . import direct_conv
 from . import target as targets
+from . import trusted_cache
 
 __all__ = ["choose", "measure", "record_path", "GENERATOR"]
 
@@ -147,9 +148,14 @@ def _checksum(choices):
 
 def _read(target):
     """``{shape key: [width, group, pixels]}`` from ``target``'s record; ``{}`` for a missing,
-    unreadable, corrupt or foreign one."""
+    unreadable, corrupt or foreign one, or in a cache folder others could write (never read)."""
+    if trusted_cache.secret(config.cache_dir()) is None:
+        return {}
     try:
-        document = json.loads(record_path(target).read_text())
+        path = record_path(target)
+        if not path.is_file() or path.is_symlink():
+            return {}
+        document = json.loads(path.read_text())
         choices = document["choices"]
         if (document["format"] != FORMAT or document["version"] != VERSION or document["target"] != _record_key(target)
                 or document["generator"] != GENERATOR or document["checksum"] != _checksum(choices)):
@@ -164,6 +170,8 @@ def _read(target):
 def _write(target, shape_key, tiling):
     """Add one choice to ``target``'s record, written whole or not at all (no caching
     when the folder cannot be written)."""
+    if trusted_cache.secret(config.cache_dir()) is None:
+        return
     path = record_path(target)
     choices = _read(target)
     choices[shape_key] = list(astuple(tiling))
