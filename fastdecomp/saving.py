@@ -158,8 +158,10 @@ def _write_composition(composition, folder):
         _write_modules(modules, folder / f"set{i}")
     entries = [{"set": next(i for i, s in enumerate(sets) if s is r.modules), "class": int(r.k),
                 "label": label} for r, label in zip(composition.refs, composition.labels)]
+    sealed = [json.loads((folder / f"set{i}" / "manifest.json").read_text())["checksum"] for i in range(len(sets))]
     _write_manifest(folder / "composition.json",
-                    {"format": COMPOSITION, "version": FORMATS[COMPOSITION][1], "sets": len(sets), "entries": entries})
+                    {"format": COMPOSITION, "version": FORMATS[COMPOSITION][1], "sets": len(sets), "entries": entries,
+                     "set_checksums": sealed})
 
 
 def read_manifest(path, kind):
@@ -208,7 +210,7 @@ _LAYER = {"name": str, "kind": str, "inputs": [str], "shape": [int], "keras_name
 _SCHEMAS = {
     MODULES: {"network_name": str, "graph": [_LAYER], "masks": [{"layer": str, "shape": [int]}],
               "classes": [int], "options": dict, "info": {"num_images": int}, "sha256": {"arrays.npz": str}},
-    COMPOSITION: {"sets": int, "entries": [{"set": int, "class": int, "label": int}]},
+    COMPOSITION: {"sets": int, "entries": [{"set": int, "class": int, "label": int}], "set_checksums": [str]},
 }
 
 
@@ -266,10 +268,25 @@ def _read_arrays(path, manifest):
         raise ModelFileError(f"{arrays_path} does not match its checksum: the file is truncated "
                              "or was changed after saving")
     try:
-        with np.load(arrays_path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        with zipfile.ZipFile(arrays_path) as archive:
+            return {info.filename[:-4]: _member(archive, info) for info in archive.infolist()
+                    if info.filename.endswith(".npy")}
+    except (ValueError, OSError, EOFError, MemoryError, zipfile.BadZipFile) as exc:
         raise ModelFileError(f"{arrays_path} cannot be read ({exc}); save the modules again") from exc
+
+
+def _member(archive, info):
+    """One array of the archive, after checking that its header fits its bytes (no allocation on trust)."""
+    if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+        raise ValueError(f"member {info.filename} is compressed; fastdecomp writes none")
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(member)
+        if dtype.hasobject or fortran or int(np.prod(shape, dtype=object)) * dtype.itemsize > info.file_size:
+            raise ValueError(f"member {info.filename} claims {shape} {dtype}, more than its {info.file_size} bytes")
+    with archive.open(info) as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
 
 
 def _layers(manifest, arrays):
@@ -364,6 +381,10 @@ def load_composition(path):
     entries = manifest["entries"]
     if not 0 < manifest["sets"] <= len(entries) or any(not 0 <= e["set"] < manifest["sets"] for e in entries):
         raise ModelFileError(f"{path / 'composition.json'} refers to module sets it does not have; save it again")
+    if len(manifest["set_checksums"]) != manifest["sets"] or any(
+            read_manifest(path / f"set{i}", MODULES)["checksum"] != sealed
+            for i, sealed in enumerate(manifest["set_checksums"])):
+        raise ModelFileError(f"{path}: a module set is not the one the composition was saved with; save it again")
     sets = [load_modules(path / f"set{i}") for i in range(manifest["sets"])]
     try:
         return Composition([sets[e["set"]].module(e["class"]) for e in entries], [e["label"] for e in entries])

@@ -177,3 +177,14 @@ def test_forward_many_shares_layers_until_masks_differ(two_sets, monkeypatch):
     calls.clear()
     network.forward_many(x, [(masks, head), (masks, first.head(1))], logits=True)
     assert len(calls) == convs
+
+
+def test_a_composition_refuses_module_sets_swapped_after_saving(two_sets, tmp_path):
+    import shutil
+
+    first, second, _, _ = two_sets
+    path = fd.save(fd.compose(first.module(0), second.module(1), labels=[0, 1]), tmp_path / "c")
+    shutil.rmtree(path / "set1")
+    shutil.copytree(path / "set0", path / "set1")  # a valid module set, but not the one saved
+    with pytest.raises(ModelFileError, match="not the one the composition was saved with"):
+        fd.load_composition(path)
