@@ -14,7 +14,7 @@ from .backends import set_backend
 from .compose import Composition, compose
 from .decompose import DecompositionWarning, decompose
 from .errors import (BackendError, ConfigError, DatasetNotFoundError, FastDecompError, InputError,
-                     ModelFileError, OutputExistsError, TargetError, UnsupportedLayerError)
+                     ModelFileError, OutputExistsError, SaveError, TargetError, UnsupportedLayerError)
 from .keras_io import from_keras
 from .modules import Module, ModuleSet
 from .network import Network
@@ -28,5 +28,5 @@ __all__ = [
     "save", "load", "load_modules", "load_composition", "set_backend", "backends", "config", "data", "engine",
     "keras_io", "layers", "metrics", "pruning",
     "zoo", "FastDecompError", "UnsupportedLayerError", "InputError", "ModelFileError", "DatasetNotFoundError",
-    "BackendError", "ConfigError", "TargetError", "OutputExistsError", "__version__",
+    "BackendError", "ConfigError", "TargetError", "OutputExistsError", "SaveError", "__version__",
 ]

@@ -43,6 +43,9 @@ def _check_output(path, overwrite):
         if not is_save(path):
             raise FastDecompError(f"{path} exists and is not a fastdecomp save, so it is not replaced; "
                                   "choose another directory")
+    name = os.path.basename(os.path.abspath(path))
+    if "\0" in path or len(os.fsencode(name)) > 255:
+        raise FastDecompError(f"{path!r} is not a name this file system takes; choose a shorter name")
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)

@@ -10,6 +10,7 @@ Tiny-ImageNet's layout, and a seeded synthetic Tiny-ImageNet-shaped source.
 from __future__ import annotations
 
 import gzip
+import numbers
 import struct
 import zipfile
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config
-from .errors import DatasetNotFoundError, InputError, ModelFileError
+from .errors import DatasetNotFoundError, FastDecompError, InputError, ModelFileError
 
 __all__ = [
     "DataSource",
@@ -297,10 +298,15 @@ def from_npz(path, x_key="x", y_key="y", scale=None):
                            else np.lib.format.read_array_header_2_0)
             shape, fortran, dtype = read_header(f)
             offset = f.tell()
-    except zipfile.BadZipFile as exc:
-        raise ModelFileError(f"{path} is not a valid .npz archive ({exc})") from exc
+    except FastDecompError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, struct.error) as exc:
+        raise ModelFileError(f"{path} is not a valid .npz archive ({type(exc).__name__}: {exc}); re-save it "
+                             "with numpy.savez") from exc
     if fortran or dtype.hasobject:
         raise InputError(f"{path}: array {x_key!r} must be C-ordered numbers")
+    if offset + int(np.prod(shape, dtype=object)) * dtype.itemsize > path.stat().st_size:
+        raise ModelFileError(f"{path}: array {x_key!r} claims {shape}, more than the file holds (truncated?)")
     x = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
     return ArraySource(x, y, scale=scale)
 
@@ -572,13 +578,17 @@ def open_data(spec, limit=None, seed=0):
         Keep a seeded, stratified subset of this many images.
     seed : int
     """
+    if not isinstance(spec, str):
+        raise InputError(f"data must be described by a string such as 'fashion-mnist:train', got {spec!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
+        raise InputError(f"limit must be a positive number of images, got {limit!r}")
     kind, _, rest = spec.partition(":")
     if kind == "fashion-mnist":
         source = fashion_mnist(rest or "train")
     elif kind == "mnist":
         source = mnist(rest or "train")
     elif kind == "synthetic":
-        if not (rest or "1000").isdigit() or int(rest or 1000) < 1:
+        if not (rest or "1000").isascii() or not (rest or "1000").isdigit() or not 1 <= int(rest or 1000) <= 10 ** 9:
             raise InputError(f"synthetic:{rest} is not a number of images; use synthetic:N with N >= 1")
         source = SyntheticTinyImageNet(int(rest or 1000), seed=seed)
     elif kind == "tiny-imagenet":

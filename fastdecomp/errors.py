@@ -27,6 +27,10 @@ class OutputExistsError(FastDecompError, FileExistsError):
     folder that is not a fastdecomp save, the current directory)."""
 
 
+class SaveError(FastDecompError, OSError):
+    """A save could not be written (permissions, a full disk, a name the file system refuses)."""
+
+
 class DatasetNotFoundError(FastDecompError, FileNotFoundError):
     """A dataset's files are not on this machine."""
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .compose import Composition
-from .errors import FastDecompError, InputError, ModelFileError
+from .errors import FastDecompError, InputError, ModelFileError, SaveError
 from .layers import KINDS, Layer
 from .modules import ModuleSet, assemble
 from .network import Network
@@ -65,8 +65,13 @@ def save(obj, path, *, overwrite=False):
         writer = _write_composition
     else:
         raise InputError(f"cannot save a {type(obj).__name__}: pass a ModuleSet or a Composition")
-    with atomic_directory(path, overwrite, replaceable=is_save) as tmp:
-        writer(obj, tmp)
+    try:
+        with atomic_directory(path, overwrite, replaceable=is_save) as tmp:
+            writer(obj, tmp)
+    except OSError as exc:
+        if isinstance(exc, FastDecompError):
+            raise
+        raise SaveError(f"cannot save to {path}: {exc.strerror or exc}; choose a folder you can write") from exc
     return path
 
 

@@ -11,6 +11,7 @@ import ctypes
 import errno
 import fcntl
 import glob
+import hashlib
 import os
 import shutil
 import tempfile
@@ -59,7 +60,7 @@ def atomic_directory(path, overwrite=False, *, replaceable=None):
     with _locked(path.parent):
         _remove_leftovers(path)
         _check_replaceable(path, overwrite, replaceable)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=PARTIAL, dir=path.parent))
         try:
             os.chmod(tmp, 0o777 & ~_umask())
             yield tmp
@@ -121,9 +122,15 @@ def _locked(folder):
 
 def _remove_leftovers(path):
     """Temporary folders of earlier saves of ``path`` that were killed (we hold the lock: nobody writes them)."""
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
+    for leftover in path.parent.glob(glob.escape(_temporary_prefix(path)) + "*"):
         if leftover.name.endswith((PARTIAL, PARTIAL + REPLACED)) and leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _temporary_prefix(path):
+    """Temporary folders' name prefix: short, so that any name the file system takes can be saved to."""
+    name = path.name if len(os.fsencode(path.name)) <= 64 else hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]
+    return f".{name}."
 
 
 def _umask():

@@ -185,3 +185,16 @@ def test_a_tiny_imagenet_folder_names_only_its_own_images(tmp_path):
         (root / "val" / "val_annotations.txt").write_text(f"{escape}\tn01\t0\t0\t1\t1\n")
         with pytest.raises(ModelFileError, match="not a file name"):
             data.TinyImageNetFolder(root, "val")
+
+
+def test_described_data_that_cannot_be_read_gets_a_fastdecomp_error(tmp_path):
+    x = np.zeros((4, 3, 3, 1), np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(4))
+    content = (tmp_path / "d.npz").read_bytes()
+    (tmp_path / "t.npz").write_bytes(content[: len(content) // 2])
+    for spec, limit in [("synthetic:²", None), ("synthetic:100000000000000", None), (str(tmp_path / "t.npz"), None),
+                        (str(tmp_path / "d.npz"), "5"), (5, None)]:
+        with pytest.raises((InputError, ModelFileError)):
+            data.open_data(spec, limit)
+    with pytest.raises(InputError, match="index out of range"):
+        data.Subset(data.ArraySource(x, np.arange(4)), [0, 1]).read([-1])
