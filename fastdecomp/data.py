@@ -455,6 +455,9 @@ class TinyImageNetFolder(DataSource):
                 labels.append(class_of[fields[1]])
         else:
             raise InputError(f"split must be 'train' or 'val', got {split!r}")
+        _check_own_images(root, files)
+        if isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or not 1 <= image_size <= 4096:
+            raise InputError(f"image_size must be a number of pixels from 1 to 4096, got {image_size!r}")
         self.files = files
         self.labels = np.asarray(labels, dtype=np.int64)
         self.image_size = int(image_size)
@@ -513,6 +516,18 @@ class SyntheticTinyImageNet(DataSource):
                 self.sample_shape, dtype=np.float32)
             out[row] = 0.6 * self._patterns[self.labels[i]] + 0.4 * noise
         return out
+
+
+def _check_own_images(root, files):
+    """Every image is a regular file inside ``root`` (no link out of it, no FIFO), named once."""
+    inside = root.resolve()
+    if len(set(files)) != len(files):
+        raise ModelFileError(f"{root}: an image is listed twice; each image of the dataset must appear once")
+    for path in files:
+        resolved = path.resolve()
+        if not resolved.is_file() or inside not in resolved.parents:
+            raise ModelFileError(f"{path} is not a regular file inside {root}; the dataset may only hold its "
+                                 "own images")
 
 
 class Subset(DataSource):

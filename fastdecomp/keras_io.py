@@ -128,6 +128,11 @@ class _Import:
             refuse("no handler for this layer type")
         if getattr(keras.layers, cls, None) is not type(op):  # a subclass or a namesake computes something else
             refuse(f"{type(op).__module__}.{cls} is not keras.layers.{cls}; fastdecomp reads Keras' own layers")
+        constants = [leaf for leaf in keras.tree.flatten(getattr(node.arguments, "args", ()))
+                     if leaf is not None and not isinstance(leaf, keras.KerasTensor)]
+        if constants:
+            refuse(f"an input that is a constant ({type(constants[0]).__name__}), not a tensor of the model; "
+                   "fastdecomp reads layers whose inputs are all layers' outputs")
         handler = KINDS[KERAS_CLASSES[cls]]
         sources = [self.alias[t._keras_history.operation.name] for t in node.input_tensors]
         input_shapes = [tuple(self.layer(s).shape) for s in sources]

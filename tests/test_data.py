@@ -198,3 +198,25 @@ def test_described_data_that_cannot_be_read_gets_a_fastdecomp_error(tmp_path):
             data.open_data(spec, limit)
     with pytest.raises(InputError, match="index out of range"):
         data.Subset(data.ArraySource(x, np.arange(4)), [0, 1]).read([-1])
+
+
+def test_a_tiny_imagenet_folder_reads_no_link_out_of_it_and_no_fifo(tmp_path):
+    import os
+
+    from PIL import Image
+
+    root = tmp_path / "tiny"
+    images = root / "train" / "n01" / "images"
+    images.mkdir(parents=True)
+    (root / "wnids.txt").write_text("n01\n")
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(images / "a.JPEG")
+    assert len(data.TinyImageNetFolder(root, "train")) == 1
+    outside = tmp_path / "secret.JPEG"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(outside)
+    (images / "b.JPEG").symlink_to(outside)
+    with pytest.raises(ModelFileError, match="b.JPEG is not a regular file inside"):
+        data.TinyImageNetFolder(root, "train")
+    (images / "b.JPEG").unlink()
+    os.mkfifo(images / "c.JPEG")
+    with pytest.raises(ModelFileError, match="c.JPEG is not a regular file inside"):
+        data.TinyImageNetFolder(root, "train")

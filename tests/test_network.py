@@ -467,3 +467,16 @@ def test_namesakes_subclasses_and_layouts_keras_computes_differently_are_refused
     for built, message in cases:
         with pytest.raises(UnsupportedLayerError, match=message):
             fd.from_keras(built)
+
+
+def test_a_constant_input_to_a_layer_is_refused():
+    """``Add()([x, constant])``: Keras adds the constant, which the graph would drop."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((6, 6, 2))
+    x = layers.Conv2D(4, 3, padding="same", name="c")(inputs)
+    x = layers.Add(name="plus")([x, np.ones((1, 6, 6, 4), np.float32)])
+    model = keras.Model(inputs, layers.Dense(3, activation="softmax")(layers.Flatten()(x)))
+    with pytest.raises(UnsupportedLayerError, match="'plus'.*constant"):
+        fd.from_keras(model)
