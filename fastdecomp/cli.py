@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from contextlib import contextmanager
 
 from . import data
 from .backtrack import BLN_RULES
@@ -55,12 +56,25 @@ def _check_output(path, overwrite):
 
 def _load_model(spec):
     from . import zoo
-
-    if spec.startswith("zoo:"):
-        return zoo.load(spec[4:])
     from .keras_io import load_keras_model
 
-    return load_keras_model(spec)
+    with _native_logs_silenced():  # TensorFlow's C++ start-up lines would bury the one-line error
+        return zoo.load(spec[4:]) if spec.startswith("zoo:") else load_keras_model(spec)
+
+
+@contextmanager
+def _native_logs_silenced():
+    """Send what native libraries write to file descriptor 2 to /dev/null meanwhile (Python errors still raise)."""
+    sys.stderr.flush()
+    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
 
 
 def build_parser():
