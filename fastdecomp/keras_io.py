@@ -62,7 +62,10 @@ def from_keras(model_or_path):
         Layers that fold (BatchNormalization) merged into the layer before
         them; identities (Dropout, linear activations) removed; inline
         ReLU/softmax activations split off as layers named ``<layer>/relu``
-        and ``<layer>/softmax``.
+        and ``<layer>/softmax``. A model that ends in a Dense layer without
+        an activation (logits, as trained with ``from_logits=True``) gets its
+        implied softmax: the network's probabilities are the softmax of the
+        model's outputs.
 
     Raises
     ------
@@ -166,6 +169,10 @@ def _import_layers(model):
     graph = _Import(order := _topological_keras_nodes(model))
     for op, node in order:
         graph.add(op, node)
+    last = graph.layers[-1]
+    if last.handler.output_layer:  # a logits output (trained with from_logits=True): the softmax is implied
+        graph.layers.append(Layer(f"{last.name}/softmax", "softmax", [last.name], last.shape,
+                                  keras_name=last.keras_name))
     return graph.layers
 
 

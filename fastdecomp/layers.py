@@ -799,6 +799,79 @@ class FlattenKind(LayerKind):
         return layers.Flatten(name=name)
 
 
+class ChannelAffineKind(LayerKind):
+    """Preprocessing inside the model: a per-channel map, element by element, computed as Keras does."""
+
+    weight_names = ("a", "b")
+
+    def check_config(self, layer, input_shapes):
+        channels = input_shapes[0][-1]
+        for key in self.weight_names:
+            _expect(layer.weights[key].shape == (channels,), layer, key, f"[{channels}]")
+
+    def _channels(self, values, input_shapes, refuse, what):
+        values = np.asarray(values, dtype=np.float32).reshape(-1)
+        channels = input_shapes[0][-1]
+        if values.size not in (1, channels):
+            refuse(f"{what} of {values.size} values for {channels} channels; use one, or one per channel")
+        return np.ascontiguousarray(np.broadcast_to(values, (channels,)))
+
+    def keras_weights(self, layer):
+        return []  # the Keras layer takes its values as arguments
+
+
+@register
+class RescalingKind(ChannelAffineKind):
+    """Keras ``Rescaling``: ``x * a + b`` (scale, then offset)."""
+
+    kind = "rescale"
+    keras_classes = ("Rescaling",)
+
+    def from_keras(self, keras_layer, cfg, input_shapes, refuse):
+        return {}, {"a": self._channels(cfg["scale"], input_shapes, refuse, "a scale"),
+                    "b": self._channels(cfg["offset"], input_shapes, refuse, "an offset")}, None
+
+    def forward(self, layer, inputs, reusable=None, *, backend):
+        a, b = (backend.weights(layer.weights[key]) for key in ("a", "b"))
+        out = backend.xp.multiply(inputs[0], a)
+        return backend.xp.add(out, b, out=out)
+
+    def to_keras(self, layer, name):
+        from keras import layers
+
+        return layers.Rescaling(layer.weights["a"].tolist(), offset=layer.weights["b"].tolist(), name=name)
+
+
+@register
+class NormalizationKind(ChannelAffineKind):
+    """Keras ``Normalization`` over the channel axis: ``(x - a) / b``, ``b`` = max(sqrt(variance), 1e-7)."""
+
+    kind = "normalize"
+    keras_classes = ("Normalization",)
+
+    def from_keras(self, keras_layer, cfg, input_shapes, refuse):
+        axis = cfg.get("axis")
+        if cfg.get("invert") or tuple(axis if isinstance(axis, (list, tuple)) else (axis,)) not in ((-1,),
+                                                                                                  (len(input_shapes[0]),)):
+            refuse("a Normalization that inverts, or normalises another axis than the channels'")
+        mean = np.asarray(keras_layer.mean, dtype=np.float32)
+        deviation = np.maximum(np.sqrt(np.asarray(keras_layer.variance, dtype=np.float32)), np.float32(1e-7))
+        return {}, {"a": self._channels(mean, input_shapes, refuse, "a mean"),
+                    "b": self._channels(deviation, input_shapes, refuse, "a variance")}, None
+
+    def forward(self, layer, inputs, reusable=None, *, backend):
+        a, b = (backend.weights(layer.weights[key]) for key in ("a", "b"))
+        out = backend.xp.subtract(inputs[0], a)
+        return backend.xp.divide(out, b, out=out)
+
+    def to_keras(self, layer, name):
+        from keras import layers
+
+        return layers.Normalization(mean=layer.weights["a"].tolist(),
+                                    variance=(layer.weights["b"].astype(np.float64) ** 2).tolist(), name=name)
+
+
+
 @register
 class IdentityKind(LayerKind):
     """Layers that are the identity at inference; they vanish from the graph."""

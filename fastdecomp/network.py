@@ -55,7 +55,7 @@ class Network:
         last = self.layers[-1]
         if not last.handler.output_activation or not self.by_name[last.inputs[0]].handler.output_layer:
             raise UnsupportedLayerError(
-                f"model {name!r} must end in a Dense layer with a softmax activation "
+                f"model {name!r} must end in a Dense layer, with a softmax activation or none (logits) "
                 f"(its last layer is {last.keras_name!r}, a {last.kind}); fastdecomp channels "
                 "that Dense layer into concerned/unconcerned outputs")
         self.output_dense = last.inputs[0]

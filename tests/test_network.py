@@ -205,9 +205,9 @@ def test_model_must_end_in_softmax_dense():
     from keras import layers
 
     inputs = keras.Input((4, 4, 1))
-    model = keras.Model(inputs, layers.Dense(3)(layers.Flatten()(inputs)))
+    model = keras.Model(inputs, layers.GlobalAveragePooling2D()(layers.Conv2D(3, 3)(inputs)))  # no Dense at all
     with pytest.raises(UnsupportedLayerError, match="softmax"):
-        fd.from_keras(model)
+        fd.from_keras(model)  # (a Dense output without softmax is logits: its softmax is implied)
 
 
 def test_batchnorm_must_follow_a_conv():
@@ -480,3 +480,36 @@ def test_a_constant_input_to_a_layer_is_refused():
     model = keras.Model(inputs, layers.Dense(3, activation="softmax")(layers.Flatten()(x)))
     with pytest.raises(UnsupportedLayerError, match="'plus'.*constant"):
         fd.from_keras(model)
+
+
+def test_preprocessing_layers_and_a_logits_output_import_as_keras_computes_them():
+    """Rescaling and Normalization inside the model run as Keras runs them; a logits output gets its softmax."""
+    import keras
+    from keras import layers
+
+    from conftest import balance_output_bias
+
+    init = keras.initializers.HeNormal(seed=8)
+    inputs = keras.Input((9, 9, 3))
+    x = layers.Rescaling(1 / 255, offset=-0.5, name="rescale")(inputs)
+    normalized = layers.Normalization(mean=[0.1, -0.2, 0.05], variance=[0.5, 2.0, 1.5], name="norm")(x)
+    x = layers.Conv2D(8, 3, activation="relu", kernel_initializer=init, name="c")(normalized)
+    logits = layers.Dense(4, kernel_initializer=init, name="logits")(layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, logits)
+    pixels = np.random.default_rng(3).integers(0, 256, (40, 9, 9, 3)).astype(np.float32)
+    balance_output_bias(model, pixels)
+    network = fd.from_keras(model)
+    assert [l.kind for l in network.layers][:3] == ["input", "rescale", "normalize"]
+    cpu = fd.backends.get("cpu")
+    ours = pixels
+    for name in ("rescale", "norm"):
+        layer = network.by_name[name]
+        ours = layer.handler.forward(layer, [ours], backend=cpu)
+    np.testing.assert_array_equal(ours, keras.Model(inputs, normalized).predict(pixels, verbose=0))  # bit for bit
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(model(pixels)))
+    np.testing.assert_allclose(network.predict_proba(pixels), expected, atol=1e-6)
+    np.testing.assert_array_equal(network.predict_proba(pixels, backend="emulated-cuda"), network.predict_proba(pixels))
+    modules = fd.decompose(network, pixels, network.predict(pixels), concerned="all", progress=False)
+    k = modules.classes[0]
+    np.testing.assert_allclose(modules.to_keras(k).predict(pixels, verbose=0), modules.module(k).predict_proba(pixels),
+                               atol=2e-6)
