@@ -38,12 +38,12 @@ def atomic_directory(path, overwrite=False, *, replaceable=None):
     ----------
     path : str or Path
     overwrite : bool
-        Replace an existing ``path`` (else :class:`FileExistsError`, also when
-        another process creates ``path`` meanwhile).
+        Replace an existing ``path`` (else :class:`OutputExistsError`, also
+        when another process creates ``path`` meanwhile).
     replaceable : callable, optional
         ``replaceable(path)`` is True when an existing ``path`` may be
-        replaced (e.g. it is a save of the same kind); else
-        :class:`FileExistsError` says why not.
+        replaced (e.g. it is a save holding nothing else); else
+        :class:`OutputExistsError` says why not.
 
     Raises
     ------
@@ -80,7 +80,7 @@ def _check_replaceable(path, overwrite, replaceable):
         raise OutputExistsError(f"{path} holds the current directory; it is not replaced. Choose a new folder")
     if not path.is_dir() or path.is_symlink() or (replaceable is not None and not replaceable(path)):
         raise OutputExistsError(f"{path} is not a folder this kind of save wrote, so it is not replaced; "
-                              "remove it yourself or choose another path")
+                                "remove it yourself or choose another path")
 
 
 def _swap_into_place(tmp, path):
