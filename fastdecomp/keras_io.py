@@ -169,6 +169,11 @@ def _import_layers(model):
     graph = _Import(order := _topological_keras_nodes(model))
     for op, node in order:
         graph.add(op, node)
+    for layer in graph.layers[:-1]:
+        if layer.handler.output_activation:
+            raise UnsupportedLayerError(
+                f"layer {layer.keras_name!r} ends in a {layer.kind} (or a one-unit sigmoid) inside the model; "
+                "fastdecomp takes it only on the output layer, which it channels into modules")
     last = graph.layers[-1]
     if last.handler.output_layer:  # a logits output (trained with from_logits=True): the softmax is implied
         graph.layers.append(Layer(f"{last.name}/softmax", "softmax", [last.name], last.shape,

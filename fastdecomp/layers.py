@@ -524,9 +524,12 @@ class DenseKind(LayerKind):
         if len(input_shapes[0]) != 1:
             refuse(f"input of shape {input_shapes[0]}; put a Flatten or GlobalAveragePooling2D before it")
         kernel = keras_layer.kernel.numpy().astype(np.float32)
-        bias = keras_layer.bias.numpy() if cfg["use_bias"] else np.zeros(kernel.shape[1])
-        return {}, {"kernel": kernel, "bias": bias.astype(np.float32)}, \
-            inline_activation(keras_layer.activation, refuse)
+        bias = (keras_layer.bias.numpy() if cfg["use_bias"] else np.zeros(kernel.shape[1])).astype(np.float32)
+        if kernel.shape[1] == 1 and _is_keras_activation(keras_layer.activation, "sigmoid"):
+            # a binary classifier: sigmoid(z) = softmax([0, z])[1], so class 1 is p and class 0 is 1 - p
+            kernel = np.concatenate([np.zeros_like(kernel), kernel], axis=1)
+            return {}, {"kernel": kernel, "bias": np.concatenate([np.zeros(1, np.float32), bias])}, ("softmax", {})
+        return {}, {"kernel": kernel, "bias": bias}, inline_activation(keras_layer.activation, refuse)
 
     def output_shape(self, config, weights, input_shapes):
         return (weights["kernel"].shape[1],)

@@ -513,3 +513,27 @@ def test_preprocessing_layers_and_a_logits_output_import_as_keras_computes_them(
     k = modules.classes[0]
     np.testing.assert_allclose(modules.to_keras(k).predict(pixels, verbose=0), modules.module(k).predict_proba(pixels),
                                atol=2e-6)
+
+
+def test_a_one_unit_sigmoid_output_is_a_two_class_classifier():
+    """Dense(1, "sigmoid"): class 1 has probability p, class 0 has 1 - p; inside the model it is refused."""
+    import keras
+    from keras import layers
+
+    from conftest import balance_output_bias
+
+    init = keras.initializers.HeNormal(seed=4)
+    inputs = keras.Input((8, 8, 1))
+    features = layers.GlobalAveragePooling2D()(layers.Conv2D(6, 3, activation="relu", kernel_initializer=init)(inputs))
+    model = keras.Model(inputs, layers.Dense(1, activation="sigmoid", kernel_initializer=init, name="p")(features))
+    x = np.random.default_rng(5).random((30, 8, 8, 1), dtype=np.float32)
+    balance_output_bias(model, x)
+    network = fd.from_keras(model)
+    p = model.predict(x, verbose=0)[:, 0]
+    np.testing.assert_allclose(network.predict_proba(x), np.stack([1 - p, p], axis=1), atol=1e-6)
+    modules = fd.decompose(network, x, network.predict(x), concerned="all", progress=False)
+    assert modules.classes == [0, 1]
+    hidden = keras.Model(inputs, layers.Dense(3, activation="softmax")(layers.Dense(1, activation="sigmoid",
+                                                                                 name="gate")(features)))
+    with pytest.raises(UnsupportedLayerError, match="'gate'"):
+        fd.from_keras(hidden)
