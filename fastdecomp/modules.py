@@ -19,6 +19,7 @@ from .backtrack import apply_backtracking, channel_head
 from .data import as_input_source
 from .errors import InputError
 from .keras_io import to_keras
+from .network import check_finite
 from .pruning import prune
 
 __all__ = ["ModuleSet", "Module", "assemble", "UPDATE_MODES", "MASK_NAMES"]
@@ -259,7 +260,7 @@ class ModuleSet:
             positions, xb, _ = batch
             outputs = np.stack(self.network.forward_many(xb, variants, keys=keys, logits=logits, backend=device),
                                axis=1)
-            _finite(outputs, positions)
+            check_finite(outputs, positions)
             out[positions] = outputs
 
         for _ in device.run_batches(run, source.batches(batch_size), n_jobs):
@@ -317,20 +318,12 @@ class ModuleSet:
         for positions, _, values, _ in self.network.iter_mask_values(self._source(x), mask_at=self.options.mask_at,
                                                                      batch_size=batch_size):
             for name, v in values.items():
-                _finite(v, positions, name)
+                check_finite(v, positions, name)
                 active[name] |= (v > 0).any(axis=0)
         return active
 
     def _source(self, x, y=None):
         return as_input_source(x, self.network.input_shape, y)
-
-
-def _finite(values, positions, where="the output layer"):
-    """InputError naming the images whose values overflowed to NaN or inf."""
-    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-    if bad.any():
-        raise InputError(f"images {positions[bad][:5].tolist()}{'...' if bad.sum() > 5 else ''} overflow to NaN "
-                         f"or inf at {where}; check their scale against what the model was trained on")
 
 
 @dataclass(frozen=True)

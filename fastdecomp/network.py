@@ -15,7 +15,7 @@ from .data import as_input_source
 from .errors import InputError, UnsupportedLayerError
 from .layers import DEFAULT_MASK_AT, MASK_PLACEMENTS
 
-__all__ = ["Network"]
+__all__ = ["Network", "check_finite"]
 
 
 class Network:
@@ -221,10 +221,7 @@ class Network:
         def run(batch):
             positions, xb, _ = batch
             probabilities = self.forward(xb, backend=device)
-            if not np.isfinite(probabilities).all():
-                rows = positions[~np.isfinite(probabilities).all(axis=1)]
-                raise InputError(f"images {rows[:5].tolist()} overflow to NaN or inf; check their scale "
-                                 "against what the model was trained on")
+            check_finite(probabilities, positions)
             out[positions] = probabilities
 
         for _ in device.run_batches(run, source.batches(batch_size), n_jobs):
@@ -277,6 +274,24 @@ class Network:
     def keras_name_of(self, name):
         """The Keras layer a graph layer came from."""
         return self.by_name[name].keras_name
+
+
+def check_finite(values, positions, where="the output layer"):
+    """Raise InputError naming the images (``positions``) whose ``values`` overflowed to NaN or inf.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        ``[B, ...]``, one row per image.
+    positions : numpy.ndarray
+        The images' indices in their source.
+    where : str
+        The layer the values come from, for the message.
+    """
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        raise InputError(f"images {positions[bad][:5].tolist()}{'...' if bad.sum() > 5 else ''} overflow to NaN "
+                         f"or inf at {where}; check their scale against what the model was trained on")
 
 
 def _digest(*arrays):
