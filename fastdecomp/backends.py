@@ -74,6 +74,7 @@ class _CpuKernels:
     """The CPU kernels, under the names every device uses."""
 
     conv2d_forward = staticmethod(cpu.conv2d_forward)
+    grouped_conv2d_forward = staticmethod(cpu.grouped_conv2d_forward)
     dense_forward = staticmethod(cpu.dense_forward)
     pool2d_forward = staticmethod(cpu.pool2d_forward)
     global_average_pool_forward = staticmethod(cpu.global_average_pool_forward)

@@ -9,6 +9,7 @@ imported only when one of these functions runs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -104,71 +105,115 @@ def _check_model(model):
             "fastdecomp takes a classifier with one image input and one softmax output")
 
 
+class _Call(NamedTuple):
+    """One call of a Keras layer in the flattened graph: its inputs and its name there."""
+
+    op: object
+    node: object
+    sources: list
+    name: str
+
+
+def _flat_calls(model, sources=None, taken=None):
+    """The layer calls from ``model``'s input to its output, in order, and the name of its output.
+
+    A nested model (a base network inside a transfer-learning ``Sequential``,
+    an augmentation ``Sequential``) is replaced by its own calls, its input
+    standing for the tensor it is called on. A layer whose name an earlier
+    one took is renamed ``<model>/<layer>``.
+    """
+    taken = set() if taken is None else taken
+    calls, renamed = [], {}
+    for op, node in _topological_keras_nodes(model):
+        inputs = [renamed[t._keras_history.operation.name] for t in node.input_tensors]
+        if sources is not None and type(op).__name__ == "InputLayer":
+            renamed[op.name] = sources[0]
+            continue
+        if type(op).__name__ in NESTED_MODEL_CLASSES or hasattr(op, "layers"):
+            _check_model(op)
+            inner, renamed[op.name] = _flat_calls(op, inputs, taken)
+            calls += inner
+            continue
+        name = op.name if op.name not in taken else f"{model.name}/{op.name}"
+        taken.add(name)
+        renamed[op.name] = name
+        calls.append(_Call(op, node, inputs, name))
+    return calls, renamed[model.outputs[0]._keras_history.operation.name]
+
+
 class _Import:
     """The graph being built: its layers, and which graph layer stands for each Keras layer."""
 
-    def __init__(self, order):
+    def __init__(self, calls):
         self.layers, self.alias, self.readers = [], {}, {}
-        for _, node in order:
-            for t in node.input_tensors:
-                src = t._keras_history.operation.name
-                self.readers[src] = self.readers.get(src, 0) + 1
+        for call in calls:
+            for source in call.sources:
+                self.readers[source] = self.readers.get(source, 0) + 1
 
     def layer(self, name):
         return next(layer for layer in reversed(self.layers) if layer.name == name)
 
-    def add(self, op, node):
-        import keras
-
+    def add(self, call):
+        op, name = call.op, call.name
         refuse = refuser(op)
-        cls = type(op).__name__
-        if not isinstance(op, keras.layers.Layer):
-            refuse(f"a Keras operation ({type(op).__module__}.{cls}, from an expression such as x + 3.0 or a "
-                   "keras.ops call), not a layer; write it with keras.layers so that all its inputs are known")
-        if cls in NESTED_MODEL_CLASSES or hasattr(op, "layers"):
-            refuse("a nested model; build the classifier as one flat model")
-        if cls not in KERAS_CLASSES:
-            refuse("no handler for this layer type")
-        if getattr(keras.layers, cls, None) is not type(op):  # a subclass or a namesake computes something else
-            refuse(f"{type(op).__module__}.{cls} is not keras.layers.{cls}; fastdecomp reads Keras' own layers")
-        constants = [leaf for leaf in keras.tree.flatten(getattr(node.arguments, "args", ()))
-                     if leaf is not None and not isinstance(leaf, keras.KerasTensor)]
-        if constants:
-            refuse(f"an input that is a constant ({type(constants[0]).__name__}), not a tensor of the model; "
-                   "fastdecomp reads layers whose inputs are all layers' outputs")
-        handler = KINDS[KERAS_CLASSES[cls]]
-        sources = [self.alias[t._keras_history.operation.name] for t in node.input_tensors]
+        handler = KINDS[_registered_kind(op, call.node, refuse)]
+        handler = KINDS[handler.kind_for(op.get_config())]
+        sources = [self.alias[source] for source in call.sources]
         input_shapes = [tuple(self.layer(s).shape) for s in sources]
         config, weights, activation = handler.from_keras(op, op.get_config(), input_shapes, refuse)
         if handler.imported_as == "fold":
-            self.alias[op.name] = self._fold(handler, sources[0], weights, refuse)
+            self.alias[name] = self._fold(handler, name, sources[0], weights, refuse)
             return
         if handler.imported_as == "identity":
             out = sources[0]
         else:
             shape = handler.output_shape(config, weights, input_shapes)
-            self.layers.append(Layer(op.name, handler.kind, sources, shape, config, weights, keras_name=op.name))
-            out = op.name
+            self.layers.append(Layer(name, handler.kind, sources, shape, config, weights, keras_name=name))
+            out = name
         if activation is not None:
             kind, activation_config = activation
-            self.layers.append(Layer(f"{op.name}/{kind}", kind, [out], self.layer(out).shape, activation_config,
-                                     keras_name=op.name))
+            self.layers.append(Layer(f"{name}/{kind}", kind, [out], self.layer(out).shape, activation_config,
+                                     keras_name=name))
             out = self.layers[-1].name
-        self.alias[op.name] = out
+        self.alias[name] = out
 
-    def _fold(self, handler, source, weights, refuse):
+    def _fold(self, handler, name, source, weights, refuse):
+        """Fold into the layer before where that is exact; otherwise the layer of its own the kind says."""
         previous = self.layer(source)
-        if previous.name != self.layers[-1].name or self.readers.get(previous.keras_name, 0) != 1:
-            refuse(f"a {', '.join(handler.keras_classes)} layer must directly follow the layer it is folded "
-                   "into, with nothing else reading that layer's output")
-        handler.fold_into(previous, weights, refuse)
-        return previous.name
+        sole_reader = previous.name == self.layers[-1].name and self.readers.get(previous.keras_name, 0) == 1
+        if sole_reader and previous.handler.folds_normalisation:
+            handler.fold_into(previous, weights, refuse)
+            return previous.name
+        kind, config, weights = handler.unfolded(weights)
+        self.layers.append(Layer(name, kind, [source], previous.shape, config, weights, keras_name=name))
+        return name
+
+
+def _registered_kind(op, node, refuse):
+    """The registered kind of a Keras layer call, after refusing what no kind may import."""
+    import keras
+
+    cls = type(op).__name__
+    if not isinstance(op, keras.layers.Layer):
+        refuse(f"a Keras operation ({type(op).__module__}.{cls}, from an expression such as x + 3.0 or a "
+               "keras.ops call), not a layer; write it with keras.layers so that all its inputs are known")
+    if cls not in KERAS_CLASSES:
+        refuse("no handler for this layer type")
+    if getattr(keras.layers, cls, None) is not type(op):  # a subclass or a namesake computes something else
+        refuse(f"{type(op).__module__}.{cls} is not keras.layers.{cls}; fastdecomp reads Keras' own layers")
+    constants = [leaf for leaf in keras.tree.flatten(getattr(node.arguments, "args", ()))
+                 if leaf is not None and not isinstance(leaf, keras.KerasTensor)]
+    if constants:
+        refuse(f"an input that is a constant ({type(constants[0]).__name__}), not a tensor of the model; "
+               "fastdecomp reads layers whose inputs are all layers' outputs")
+    return KERAS_CLASSES[cls]
 
 
 def _import_layers(model):
-    graph = _Import(order := _topological_keras_nodes(model))
-    for op, node in order:
-        graph.add(op, node)
+    calls, _ = _flat_calls(model)
+    graph = _Import(calls)
+    for call in calls:
+        graph.add(call)
     for layer in graph.layers[:-1]:
         if layer.handler.output_activation:
             raise UnsupportedLayerError(
@@ -176,8 +221,7 @@ def _import_layers(model):
                 "fastdecomp takes it only on the output layer, which it channels into modules")
     last = graph.layers[-1]
     if last.handler.output_layer:  # a logits output (trained with from_logits=True): the softmax is implied
-        graph.layers.append(Layer(f"{last.name}/softmax", "softmax", [last.name], last.shape,
-                                  keras_name=last.keras_name))
+        graph.layers[-1:] = last.handler.logits_output(last)
     return graph.layers
 
 
@@ -203,7 +247,7 @@ def _topological_keras_nodes(model):
     names = [op.name for op, _ in order]
     if len(set(names)) != len(names):
         raise UnsupportedLayerError(
-            "a layer is called more than once in the model (shared layers); fastdecomp "
+            f"a layer of model {model.name!r} is called more than once (shared layers); fastdecomp "
             "needs each layer to appear once in the graph")
     return order
 

@@ -21,6 +21,7 @@ decorated with :func:`register`, here or in the caller's own code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
 
@@ -221,6 +222,11 @@ class LayerKind:
         """
         return {}, {}, None
 
+    def kind_for(self, cfg):
+        """The kind that imports a Keras layer of this kind's classes with settings ``cfg``: this one,
+        or another registered kind for a variant (a grouped or dilated ``Conv2D``)."""
+        return self.kind
+
     def output_shape(self, config, weights, input_shapes):
         """Output shape, without the batch axis.
 
@@ -314,6 +320,11 @@ class LayerKind:
         """Whether its epilogue can pack the ``> 0`` bits of ``layer``'s output (:attr:`epilogue` kinds)."""
         return False
 
+    def unfolded(self, weights):
+        """What a ``fold`` kind becomes where it cannot fold (after a ReLU, at the input, after a layer
+        read elsewhere too): ``(kind, config, weights)`` of a layer of its own."""
+        raise NotImplementedError
+
     def fold_into(self, previous, weights, refuse):
         """Fold this layer's imported weights into the layer before it (``imported_as == "fold"``).
 
@@ -371,6 +382,11 @@ class LayerKind:
         """``(kernel [F, K], bias [K])`` of an :attr:`output_layer` kind: what modules channel."""
         raise NotImplementedError
 
+    def logits_output(self, layer):
+        """The layers that stand for a model ending in ``layer``'s logits (an :attr:`output_layer` kind):
+        its output layer, then the softmax implied."""
+        raise NotImplementedError
+
     def with_head(self, layer, head):
         """A copy of an :attr:`output_layer` layer with its weights replaced by a channeled head.
 
@@ -394,8 +410,12 @@ class InputKind(LayerKind):
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         shape = keras_layer.batch_shape[1:] if hasattr(keras_layer, "batch_shape") else keras_layer.output.shape[1:]
-        if any(d is None for d in shape) or len(shape) != 3:
-            refuse(f"input shape {tuple(shape)}; fastdecomp needs a fixed (height, width, channels)")
+        if len(shape) != 3:
+            refuse(f"input shape {tuple(shape)}; fastdecomp takes images of (height, width, channels)")
+        if any(d is None for d in shape):
+            refuse(f"a variable-size input {tuple(shape)}; fastdecomp decomposes at one size: build the model "
+                   "with input_shape=(height, width, channels) (keras.Input(shape=...)) for the size of your "
+                   "data, or resize the data to one size")
         return {"shape": tuple(int(d) for d in shape)}, {}, None
 
     input_count = (0, 0)
@@ -430,9 +450,12 @@ class Conv2DKind(LayerKind):
         _expect(bias.shape == (kernel.shape[3],), layer, "bias", f"[{kernel.shape[3]}]")
         _check_window(layer, kernel.shape[:2], input_shapes[0])
 
+    def kind_for(self, cfg):
+        if _pair(cfg.get("dilation_rate", 1)) != (1, 1) or cfg.get("groups", 1) != 1:
+            return GroupedConv2DKind.kind
+        return self.kind
+
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
-        if tuple(cfg.get("dilation_rate", (1, 1))) != (1, 1) or cfg.get("groups", 1) != 1:
-            refuse("dilated or grouped convolution")
         kernel = keras_layer.kernel.numpy().astype(np.float32)
         bias = keras_layer.bias.numpy() if cfg["use_bias"] else np.zeros(kernel.shape[3])
         weights = {"kernel": kernel, "bias": bias.astype(np.float32)}
@@ -475,15 +498,7 @@ class Conv2DKind(LayerKind):
         return packs_activity(layer.shape[-1])
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
-        h, w, ci = input_shapes[0]
-        if not through_conv:
-            return [np.zeros((dead_out.shape[0], h, w, ci), dtype=bool)]
-        c = layer.config
-        kh, kw = layer.weights["kernel"].shape[:2]
-        all_channels_dead = np.ascontiguousarray(dead_out.all(axis=-1, keepdims=True))
-        dead_in = cpu.window_dead_inputs(all_channels_dead, h, w, kh, kw, c["strides"][0],
-                                         c["strides"][1], c["pads"][0], c["pads"][2])
-        return [np.broadcast_to(dead_in, dead_in.shape[:3] + (ci,))]
+        return [_window_dead_inputs(layer, dead_out, input_shapes[0], groups=1, through_conv=through_conv)]
 
     def zero_channels(self, layer, dead):
         layer.weights["kernel"][..., dead] = 0.0
@@ -491,11 +506,11 @@ class Conv2DKind(LayerKind):
 
     def drop_channels(self, layer, keep, axis):
         if axis == "output":
-            layer.weights["kernel"] = layer.weights["kernel"][..., keep]
+            layer.weights["kernel"] = np.ascontiguousarray(layer.weights["kernel"][..., keep])
             layer.weights["bias"] = layer.weights["bias"][keep]
             layer.shape = tuple(layer.shape[:-1]) + (int(keep.sum()),)
         else:
-            layer.weights["kernel"] = layer.weights["kernel"][:, :, keep, :]
+            layer.weights["kernel"] = np.ascontiguousarray(layer.weights["kernel"][:, :, keep, :])
 
     def to_keras(self, layer, name):
         from keras import layers
@@ -506,11 +521,175 @@ class Conv2DKind(LayerKind):
 
 
 @register
+class GroupedConv2DKind(LayerKind):
+    """A convolution whose output channels each read one group of input channels, through a window
+    that may be dilated: Keras' ``DepthwiseConv2D`` (a group per input channel, ``depth_multiplier``
+    outputs each), and a ``Conv2D`` with ``groups`` or ``dilation_rate``.
+
+    The kernel is stored as ``[Kh, Kw, Ci / groups, Co]``, output channel ``o``
+    reading group ``o // (Co / groups)``; a depthwise kernel ``[Kh, Kw, Ci, M]``
+    is that with ``groups = Ci`` (output ``c * M + m`` reads channel ``c``).
+    """
+
+    kind = "grouped_conv2d"
+    keras_classes = ("DepthwiseConv2D",)
+    mask_placements = ("conv",)
+    folds_normalisation = True
+    weight_names = ("kernel", "bias")
+    config_keys = ("strides", "padding", "pads", "dilation", "groups", "depth_multiplier")
+
+    def from_keras(self, keras_layer, cfg, input_shapes, refuse):
+        kernel = keras_layer.kernel.numpy().astype(np.float32)
+        kh, kw, group_ci, co = kernel.shape
+        groups, multiplier = cfg.get("groups", 1), 0
+        if "depth_multiplier" in cfg:
+            groups, multiplier = group_ci, co
+            kernel = kernel.reshape(kh, kw, 1, group_ci * co)
+        bias = keras_layer.bias.numpy() if cfg["use_bias"] else np.zeros(kernel.shape[3])
+        dilation = _pair(cfg.get("dilation_rate", 1))
+        config = window_config((kh, kw), cfg, input_shapes, refuse, dilation)
+        config.update(dilation=dilation, groups=groups, depth_multiplier=multiplier)
+        return config, {"kernel": kernel, "bias": bias.astype(np.float32)}, \
+            inline_activation(keras_layer.activation, refuse)
+
+    def output_shape(self, config, weights, input_shapes):
+        span = _span(weights["kernel"].shape[:2], config["dilation"])
+        oh, ow, _ = window_geometry(input_shapes[0], span, config["strides"], config["padding"])
+        return (oh, ow, weights["kernel"].shape[3])
+
+    def check_config(self, layer, input_shapes):
+        kernel, bias, c = layer.weights["kernel"], layer.weights["bias"], layer.config
+        _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
+        _expect(_ints([c.get("groups")], 1, low=1) and _ints(c.get("dilation"), 2, low=1), layer,
+                "groups and dilation", "positive integers")
+        ci, groups = input_shapes[0][2], c["groups"]
+        _expect(kernel.ndim == 4 and min(kernel.shape) >= 1 and kernel.shape[2] * groups == ci
+                and kernel.shape[3] % groups == 0, layer, "kernel",
+                f"[height, width, {ci} / groups, a multiple of {groups} channels]")
+        _expect(c.get("depth_multiplier") in (0, kernel.shape[3] // groups) and
+                (c["depth_multiplier"] == 0 or kernel.shape[2] == 1), layer, "depth_multiplier",
+                "0 (a Conv2D), or the outputs per input channel of a depthwise kernel")
+        _expect(bias.shape == (kernel.shape[3],), layer, "bias", f"[{kernel.shape[3]}]")
+        _check_window(layer, _span(kernel.shape[:2], c["dilation"]), input_shapes[0])
+
+    def forward(self, layer, inputs, reusable=None, *, backend):
+        x, c = inputs[0], layer.config
+        out = backend.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
+        backend.kernels.grouped_conv2d_forward(
+            x, backend.weights(layer.weights["kernel"]), backend.weights(layer.weights["bias"]), *c["strides"],
+            *c["dilation"], c["pads"][0], c["pads"][2], c["groups"], out)
+        return out
+
+    def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
+        return [_window_dead_inputs(layer, dead_out, input_shapes[0], groups=layer.config["groups"],
+                                    through_conv=through_conv)]
+
+    def to_keras(self, layer, name):
+        from keras import layers
+
+        c, (kh, kw, _, co) = layer.config, layer.weights["kernel"].shape
+        if c["depth_multiplier"]:
+            return layers.DepthwiseConv2D((kh, kw), strides=c["strides"], padding=c["padding"],
+                                          depth_multiplier=c["depth_multiplier"], dilation_rate=c["dilation"],
+                                          name=name)
+        return layers.Conv2D(co, (kh, kw), strides=c["strides"], padding=c["padding"], dilation_rate=c["dilation"],
+                             groups=c["groups"], name=name)
+
+    def keras_weights(self, layer):
+        kernel, c = layer.weights["kernel"], layer.config
+        if c["depth_multiplier"]:
+            kernel = kernel.reshape(kernel.shape[:2] + (c["groups"], c["depth_multiplier"]))
+        return [kernel, layer.weights["bias"]]
+
+
+@register
+class SeparableConv2DKind(Conv2DKind):
+    """Keras' ``SeparableConv2D``: a depthwise convolution (no bias), then a 1x1 convolution over its
+    channels, one layer with one output. The depthwise kernel is stored grouped, as
+    :class:`GroupedConv2DKind` stores it; ``kernel`` and ``bias`` are the 1x1 convolution's, into which
+    a following normalisation folds and whose epilogue fuses what follows."""
+
+    kind = "separable_conv2d"
+    keras_classes = ("SeparableConv2D",)
+    weight_names = ("depthwise", "kernel", "bias")
+    config_keys = ("strides", "padding", "pads", "dilation", "depth_multiplier")
+
+    def kind_for(self, cfg):
+        return self.kind
+
+    def from_keras(self, keras_layer, cfg, input_shapes, refuse):
+        depthwise = keras_layer.depthwise_kernel.numpy().astype(np.float32)
+        kh, kw, ci, multiplier = depthwise.shape
+        kernel = keras_layer.pointwise_kernel.numpy().astype(np.float32)
+        bias = keras_layer.bias.numpy() if cfg["use_bias"] else np.zeros(kernel.shape[3])
+        dilation = _pair(cfg.get("dilation_rate", 1))
+        config = window_config((kh, kw), cfg, input_shapes, refuse, dilation)
+        config.update(dilation=dilation, depth_multiplier=multiplier)
+        weights = {"depthwise": depthwise.reshape(kh, kw, 1, ci * multiplier), "kernel": kernel,
+                   "bias": bias.astype(np.float32)}
+        return config, weights, inline_activation(keras_layer.activation, refuse)
+
+    def output_shape(self, config, weights, input_shapes):
+        span = _span(weights["depthwise"].shape[:2], config["dilation"])
+        oh, ow, _ = window_geometry(input_shapes[0], span, config["strides"], config["padding"])
+        return (oh, ow, weights["kernel"].shape[3])
+
+    def check_config(self, layer, input_shapes):
+        depthwise, kernel, bias = (layer.weights[k] for k in ("depthwise", "kernel", "bias"))
+        ci = input_shapes[0][2]
+        _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
+        _expect(_ints(layer.config.get("dilation"), 2, low=1), layer, "dilation", "2 positive integers")
+        multiplier = layer.config.get("depth_multiplier")
+        _expect(_ints([multiplier], 1, low=1), layer, "depth_multiplier", "a positive integer")
+        _expect(depthwise.ndim == 4 and min(depthwise.shape) >= 1 and depthwise.shape[2] == 1
+                and depthwise.shape[3] == ci * multiplier, layer, "depthwise", f"[height, width, 1, {ci * multiplier}]")
+        _expect(kernel.ndim == 4 and kernel.shape[:3] == (1, 1, depthwise.shape[3]) and kernel.shape[3] >= 1,
+                layer, "kernel", f"[1, 1, {depthwise.shape[3]}, channels]")
+        _expect(bias.shape == (kernel.shape[3],), layer, "bias", f"[{kernel.shape[3]}]")
+        _check_window(layer, _span(depthwise.shape[:2], layer.config["dilation"]), input_shapes[0])
+
+    def forward(self, layer, inputs, reusable=None, *, backend, rectify=False, residual=None, in_place=False,
+                activity=None):
+        x, c, depthwise = inputs[0], layer.config, layer.weights["depthwise"]
+        middle = backend.xp.empty(x.shape[:1] + layer.shape[:2] + depthwise.shape[3:], dtype=np.float32)
+        backend.kernels.grouped_conv2d_forward(
+            x, backend.weights(depthwise), backend.weights(_zeros(depthwise.shape[3])), *c["strides"],
+            *c["dilation"], c["pads"][0], c["pads"][2], x.shape[3], middle)
+        out = residual if in_place else backend.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
+        backend.kernels.conv2d_forward(
+            middle, backend.weights(layer.weights["kernel"]), backend.weights(layer.weights["bias"]), 1, 1, 0, 0,
+            out, rectify=rectify, residual=residual, activity=activity)
+        return out
+
+    def drop_channels(self, layer, keep, axis):
+        if axis == "output":
+            return super().drop_channels(layer, keep, axis)
+        middle = np.repeat(keep, layer.config["depth_multiplier"])
+        layer.weights["depthwise"] = np.ascontiguousarray(layer.weights["depthwise"][..., middle])
+        layer.weights["kernel"] = np.ascontiguousarray(layer.weights["kernel"][:, :, middle, :])
+
+    def to_keras(self, layer, name):
+        from keras import layers
+
+        c, depthwise = layer.config, layer.weights["depthwise"]
+        return layers.SeparableConv2D(layer.shape[-1], depthwise.shape[:2], strides=c["strides"],
+                                      padding=c["padding"], dilation_rate=c["dilation"],
+                                      depth_multiplier=c["depth_multiplier"], name=name)
+
+    def keras_weights(self, layer):
+        depthwise, multiplier = layer.weights["depthwise"], layer.config["depth_multiplier"]
+        depthwise = depthwise.reshape(depthwise.shape[:2] + (depthwise.shape[3] // multiplier, multiplier))
+        return [depthwise, layer.weights["kernel"], layer.weights["bias"]]
+
+
+
+@register
 class DenseKind(LayerKind):
     kind = "dense"
     keras_classes = ("Dense",)
     mask_placements = ("conv",)
     output_layer = True
+    folds_normalisation = True
     weight_names = ("kernel", "bias")
 
     def check_config(self, layer, input_shapes):
@@ -526,10 +705,16 @@ class DenseKind(LayerKind):
         kernel = keras_layer.kernel.numpy().astype(np.float32)
         bias = (keras_layer.bias.numpy() if cfg["use_bias"] else np.zeros(kernel.shape[1])).astype(np.float32)
         if kernel.shape[1] == 1 and _is_keras_activation(keras_layer.activation, "sigmoid"):
-            # a binary classifier: sigmoid(z) = softmax([0, z])[1], so class 1 is p and class 0 is 1 - p
-            kernel = np.concatenate([np.zeros_like(kernel), kernel], axis=1)
-            return {}, {"kernel": kernel, "bias": np.concatenate([np.zeros(1, np.float32), bias])}, ("softmax", {})
+            return {}, _two_classes(kernel, bias), ("softmax", {})
         return {}, {"kernel": kernel, "bias": bias}, inline_activation(keras_layer.activation, refuse)
+
+    def logits_output(self, layer):
+        """The layers a model ending in this layer's logits stands for: the layer (one unit, a binary
+        classifier's logit, becomes two classes) and its implied softmax."""
+        if layer.shape == (1,):
+            layer = replace(layer, shape=(2,), weights=_two_classes(layer.weights["kernel"], layer.weights["bias"]))
+        return [layer, Layer(f"{layer.name}/softmax", "softmax", [layer.name], layer.shape,
+                             keras_name=layer.keras_name)]
 
     def output_shape(self, config, weights, input_shapes):
         return (weights["kernel"].shape[1],)
@@ -740,6 +925,147 @@ class GlobalAveragePoolKind(LayerKind):
 
 
 @register
+class GlobalMaxPoolKind(GlobalAveragePoolKind):
+    kind = "gmp"
+    keras_classes = ("GlobalMaxPooling2D",)
+
+    def forward(self, layer, inputs, reusable=None, *, backend):
+        x = inputs[0]
+        n, h, w, c = x.shape
+        out = backend.xp.empty((n, 1, 1, c), dtype=np.float32)
+        backend.kernels.pool2d_forward(x, h, w, 1, 1, 0, 0, True, out)
+        return out.reshape(n, c)
+
+    def to_keras(self, layer, name):
+        from keras import layers
+
+        return layers.GlobalMaxPooling2D(name=name)
+
+
+@register
+class ConcatenateKind(LayerKind):
+    """Keras ``Concatenate`` along the channels: a dead output node is dead in the input it came from."""
+
+    kind = "concat"
+    keras_classes = ("Concatenate",)
+    input_count = (2, None)
+
+    def from_keras(self, keras_layer, cfg, input_shapes, refuse):
+        if cfg.get("axis", -1) not in (-1, len(input_shapes[0])):
+            refuse(f"concatenation along axis {cfg.get('axis')}; fastdecomp concatenates channels (axis=-1)")
+        if len({tuple(shape[:-1]) for shape in input_shapes}) != 1:
+            refuse(f"inputs of shapes {input_shapes}, which differ before the channel axis")
+        return {}, {}, None
+
+    def output_shape(self, config, weights, input_shapes):
+        return tuple(input_shapes[0][:-1]) + (sum(shape[-1] for shape in input_shapes),)
+
+    def check_config(self, layer, input_shapes):
+        _expect(len({tuple(shape[:-1]) for shape in input_shapes}) == 1, layer, "inputs",
+                "of one shape but for the channels")
+
+    def forward(self, layer, inputs, reusable=None, *, backend):
+        return backend.xp.concatenate(inputs, axis=-1)
+
+    def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
+        ends = np.cumsum([shape[-1] for shape in input_shapes])[:-1]
+        return np.split(dead_out, ends, axis=-1)
+
+    def to_keras(self, layer, name):
+        from keras import layers
+
+        return layers.Concatenate(axis=-1, name=name)
+
+
+@register
+class CroppingKind(LayerKind):
+    """Keras ``Cropping2D``: input nodes cropped away are read by no one, so MC-BI finds them dead."""
+
+    kind = "crop"
+    keras_classes = ("Cropping2D",)
+    passes_channels = True
+    config_keys = ("crops",)
+
+    def from_keras(self, keras_layer, cfg, input_shapes, refuse):
+        if cfg.get("data_format", "channels_last") != "channels_last" or len(input_shapes[0]) != 3:
+            refuse("a channels_first or non-image input; crop a (height, width, channels) map")
+        (top, bottom), (left, right) = cfg["cropping"]
+        h, w, _ = input_shapes[0]
+        if top + bottom >= h or left + right >= w:
+            refuse(f"cropping {cfg['cropping']} leaves nothing of a {h}x{w} map")
+        return {"crops": (top, bottom, left, right)}, {}, None
+
+    def output_shape(self, config, weights, input_shapes):
+        top, bottom, left, right = config["crops"]
+        h, w, c = input_shapes[0]
+        return (h - top - bottom, w - left - right, c)
+
+    def check_config(self, layer, input_shapes):
+        _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
+        _expect(_ints(layer.config.get("crops"), 4, low=0), layer, "crops", "4 integers of at least 0")
+        top, bottom, left, right = layer.config["crops"]
+        _expect(top + bottom < input_shapes[0][0] and left + right < input_shapes[0][1], layer, "crops",
+                "smaller than the input")
+
+    def forward(self, layer, inputs, reusable=None, *, backend):
+        top, _, left, _ = layer.config["crops"]
+        h, w, _ = layer.shape
+        return backend.xp.ascontiguousarray(inputs[0][:, top:top + h, left:left + w, :])
+
+    def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
+        top, _, left, _ = layer.config["crops"]
+        h, w, _ = layer.shape
+        dead_in = np.ones((dead_out.shape[0],) + tuple(input_shapes[0]), dtype=bool)
+        dead_in[:, top:top + h, left:left + w, :] = dead_out
+        return [dead_in]
+
+    def to_keras(self, layer, name):
+        from keras import layers
+
+        top, bottom, left, right = layer.config["crops"]
+        return layers.Cropping2D(((top, bottom), (left, right)), name=name)
+
+
+@register
+class UpSamplingKind(LayerKind):
+    """Keras ``UpSampling2D`` (nearest): an input node is dead when all its copies are."""
+
+    kind = "upsample"
+    keras_classes = ("UpSampling2D",)
+    passes_channels = True
+    config_keys = ("size",)
+
+    def from_keras(self, keras_layer, cfg, input_shapes, refuse):
+        if cfg.get("interpolation", "nearest") != "nearest":
+            refuse(f"interpolation={cfg['interpolation']!r}; only 'nearest' copies nodes (use it)")
+        if cfg.get("data_format", "channels_last") != "channels_last" or len(input_shapes[0]) != 3:
+            refuse("a channels_first or non-image input; upsample a (height, width, channels) map")
+        return {"size": _pair(cfg["size"])}, {}, None
+
+    def output_shape(self, config, weights, input_shapes):
+        h, w, c = input_shapes[0]
+        return (h * config["size"][0], w * config["size"][1], c)
+
+    def check_config(self, layer, input_shapes):
+        _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
+        _expect(_ints(layer.config.get("size"), 2, low=1), layer, "size", "2 positive integers")
+
+    def forward(self, layer, inputs, reusable=None, *, backend):
+        sh, sw = layer.config["size"]
+        return backend.xp.repeat(backend.xp.repeat(inputs[0], sh, axis=1), sw, axis=2)
+
+    def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
+        sh, sw = layer.config["size"]
+        h, w, c = input_shapes[0]
+        return [dead_out.reshape(dead_out.shape[0], h, sh, w, sw, c).all(axis=(2, 4))]
+
+    def to_keras(self, layer, name):
+        from keras import layers
+
+        return layers.UpSampling2D(layer.config["size"], interpolation="nearest", name=name)
+
+
+@register
 class ZeroPaddingKind(LayerKind):
     kind = "zeropad"
     keras_classes = ("ZeroPadding2D",)
@@ -780,11 +1106,15 @@ class ZeroPaddingKind(LayerKind):
 @register
 class FlattenKind(LayerKind):
     kind = "flatten"
-    keras_classes = ("Flatten",)
+    keras_classes = ("Flatten", "Reshape")
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("data_format") not in (None, "channels_last"):
             refuse("data_format='channels_first'; use channels_last")
+        size = int(np.prod(input_shapes[0]))
+        if "target_shape" in cfg and tuple(cfg["target_shape"]) not in ((size,), (-1,)):
+            refuse(f"a reshape to {tuple(cfg['target_shape'])}; fastdecomp takes a Reshape only where it "
+                   f"flattens, to ({size},)")
         return {}, {}, None
 
     def output_shape(self, config, weights, input_shapes):
@@ -802,7 +1132,7 @@ class FlattenKind(LayerKind):
         return layers.Flatten(name=name)
 
 
-class ChannelAffineKind(LayerKind):
+class ChannelMapKind(LayerKind):
     """Preprocessing inside the model: a per-channel map, element by element, computed as Keras does."""
 
     weight_names = ("a", "b")
@@ -824,7 +1154,7 @@ class ChannelAffineKind(LayerKind):
 
 
 @register
-class RescalingKind(ChannelAffineKind):
+class RescalingKind(ChannelMapKind):
     """Keras ``Rescaling``: ``x * a + b`` (scale, then offset)."""
 
     kind = "rescale"
@@ -846,7 +1176,16 @@ class RescalingKind(ChannelAffineKind):
 
 
 @register
-class NormalizationKind(ChannelAffineKind):
+class ChannelAffineKind(RescalingKind):
+    """``x * a + b`` per channel: a BatchNormalization that cannot fold into the layer before it
+    (exported as a ``Rescaling`` that computes the same)."""
+
+    kind = "affine"
+    keras_classes = ()
+
+
+@register
+class NormalizationKind(ChannelMapKind):
     """Keras ``Normalization`` over the channel axis: ``(x - a) / b``, ``b`` = max(sqrt(variance), 1e-7)."""
 
     kind = "normalize"
@@ -909,20 +1248,21 @@ class BatchNormKind(LayerKind):
         scale = gamma / np.sqrt(var + cfg["epsilon"])
         return {}, {"scale": scale, "shift": beta - mean * scale}, None
 
+    def unfolded(self, weights):
+        return ChannelAffineKind.kind, {}, {"a": weights["scale"].astype(np.float32),
+                                           "b": weights["shift"].astype(np.float32)}
+
     def fold_into(self, previous, weights, refuse):
-        """Fold the normalisation into a convolution's weights, in place (float64, then float32).
+        """Fold the normalisation into a layer's output weights, in place (float64, then float32).
 
         Parameters
         ----------
         previous : Layer
-            A layer whose kind ``folds_normalisation``.
+            A layer whose kind ``folds_normalisation`` (its ``kernel``'s last axis is its output channels).
         weights : dict
             ``scale`` and ``shift`` per channel.
         refuse : callable
         """
-        if not previous.handler.folds_normalisation:
-            refuse("BatchNormalization must directly follow the Conv2D it normalises "
-                   "(with nothing else reading that convolution's output) to be folded")
         scale, shift = weights["scale"], weights["shift"]
         kernel = previous.weights["kernel"].astype(np.float64) * scale
         bias = previous.weights["bias"].astype(np.float64) * scale + shift
@@ -930,9 +1270,19 @@ class BatchNormKind(LayerKind):
         previous.weights["bias"] = bias.astype(np.float32)
 
 
+def _two_classes(kernel, bias):
+    """A binary classifier's one logit z as two classes: sigmoid(z) = softmax([0, z])[1], so class 1
+    is p and class 0 is 1 - p."""
+    return {"kernel": np.concatenate([np.zeros_like(kernel), kernel], axis=1),
+            "bias": np.concatenate([np.zeros(1, np.float32), bias])}
+
+
 def supported():
     """The Keras layer classes fastdecomp imports, as a sentence."""
-    return (", ".join(sorted(KERAS_CLASSES)) + " layers, with relu/linear activations and a softmax output")
+    return (", ".join(sorted(KERAS_CLASSES)) + " layers (nested models flattened), with relu, relu6 or linear "
+            "activations and a softmax, logits or one-unit sigmoid output; a BatchNormalization folds into the "
+            "Conv2D, DepthwiseConv2D, SeparableConv2D or Dense before it, and is a per-channel affine layer "
+            "anywhere else")
 
 
 def refuser(keras_layer):
@@ -977,7 +1327,37 @@ def _is_keras_activation(function, name):
         return False
 
 
-def window_config(window, cfg, input_shapes, refuse):
+def _pair(value):
+    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value), int(value))
+
+
+def _span(window, dilation):
+    """The rows and columns a dilated window spans."""
+    return tuple((k - 1) * d + 1 for k, d in zip(window, dilation))
+
+
+@lru_cache(maxsize=None)
+def _zeros(size):
+    zeros = np.zeros(size, dtype=np.float32)
+    zeros.flags.writeable = False
+    return zeros
+
+
+def _window_dead_inputs(layer, dead_out, in_shape, groups, through_conv):
+    """MC-BI through a convolution: input (h, w, c) is dead when every output node of ``c``'s group
+    whose window covers (h, w) is dead (MC-BLN stops here: nothing is dead)."""
+    h, w, ci = in_shape
+    if not through_conv:
+        return np.zeros((dead_out.shape[0], h, w, ci), dtype=bool)
+    c = layer.config
+    window = layer.weights.get("depthwise", layer.weights["kernel"]).shape[:2]
+    group_dead = np.ascontiguousarray(dead_out.reshape(dead_out.shape[:3] + (groups, -1)).all(axis=-1))
+    dead_in = cpu.window_dead_inputs(group_dead, h, w, *window, *c["strides"], c["pads"][0], c["pads"][2],
+                                     *c.get("dilation", (1, 1)))
+    return np.repeat(dead_in, ci // groups, axis=-1)
+
+
+def window_config(window, cfg, input_shapes, refuse, dilation=(1, 1)):
     """Strides and padding of a convolution or pooling layer, checked against its input.
 
     Parameters
@@ -989,6 +1369,8 @@ def window_config(window, cfg, input_shapes, refuse):
     input_shapes : list of tuple of int
     refuse : callable
         Raises :class:`UnsupportedLayerError` for what cannot be imported.
+    dilation : (int, int)
+        The window reads every ``dilation``-th row and column.
 
     Returns
     -------
@@ -1002,7 +1384,7 @@ def window_config(window, cfg, input_shapes, refuse):
     if cfg["padding"] not in ("same", "valid"):
         refuse(f"padding={cfg['padding']!r}; use 'same' or 'valid'")
     strides = tuple(cfg["strides"] or window)
-    oh, ow, pads = window_geometry(input_shapes[0], window, strides, cfg["padding"])
+    oh, ow, pads = window_geometry(input_shapes[0], _span(window, dilation), strides, cfg["padding"])
     if oh < 1 or ow < 1:
         refuse(f"a {tuple(window)} window does not fit its {tuple(input_shapes[0][:2])} input")
     return {"strides": strides, "padding": cfg["padding"], "pads": pads}

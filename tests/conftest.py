@@ -103,3 +103,32 @@ def _settings_read_afresh():
     from fastdecomp import config
 
     config._reset()
+
+
+def randomise_normalisation(model, seed=0):
+    """Give every BatchNormalization of ``model`` random statistics, scales and offsets (a model built
+    with ``weights=None`` or untrained has mean 0 and variance 1, which hides every folding bug)."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    draw = {"gamma": lambda n: rng.uniform(0.6, 1.4, n), "beta": lambda n: rng.normal(0, 0.3, n),
+            "moving_mean": lambda n: rng.normal(0, 0.3, n), "moving_variance": lambda n: rng.uniform(0.4, 1.6, n)}
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for variable in layer.weights:
+                name = variable.path.split("/")[-1]
+                variable.assign(draw[name](variable.shape).astype(np.float32))
+
+
+def randomise_biases(model, seed=0, scale=0.2):
+    """Nonzero biases everywhere (an untrained model's are all 0, which hides every bias bug)."""
+    rng = np.random.default_rng(seed)
+    for layer in _all_layers(model):
+        bias = getattr(layer, "bias", None)
+        if bias is not None and hasattr(bias, "assign"):
+            bias.assign(rng.normal(0, scale, bias.shape).astype(np.float32))
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield from (_all_layers(layer) if hasattr(layer, "layers") else [layer])

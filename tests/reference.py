@@ -58,7 +58,7 @@ def reads(network, layer, out_node):
     """The paper's forward map: (input index, input node) pairs one output node reads."""
     in_shapes = [network.by_name[s].shape for s in layer.inputs]
     kind = layer.kind
-    if kind in ("relu", "softmax"):
+    if kind in ("relu", "softmax", "rescale", "normalize", "affine"):
         return [(0, out_node)]
     if kind == "add":
         return [(i, out_node) for i in range(len(layer.inputs))]
@@ -66,7 +66,7 @@ def reads(network, layer, out_node):
         return [(0, tuple(int(v) for v in np.unravel_index(out_node[0], in_shapes[0])))]
     if kind == "dense":
         return [(0, (f,)) for f in range(in_shapes[0][0])]
-    if kind == "gap":
+    if kind in ("gap", "gmp"):
         h, w, _ = in_shapes[0]
         return [(0, (a, b, out_node[0])) for a in range(h) for b in range(w)]
     if kind == "zeropad":
@@ -74,21 +74,49 @@ def reads(network, layer, out_node):
         h, w, _ = in_shapes[0]
         i, j, c = out_node
         return [(0, (i - pt, j - pl, c))] if 0 <= i - pt < h and 0 <= j - pl < w else []
-    if kind in ("conv2d", "maxpool", "avgpool"):
-        h, w, cin = in_shapes[0]
-        kh, kw = layer.weights["kernel"].shape[:2] if kind == "conv2d" else layer.config["pool"]
-        sh, sw = layer.config["strides"]
-        pt, _, pl, _ = layer.config["pads"]
+    if kind == "crop":
+        top, _, left, _ = layer.config["crops"]
+        i, j, c = out_node
+        return [(0, (i + top, j + left, c))]
+    if kind == "upsample":
+        sh, sw = layer.config["size"]
+        i, j, c = out_node
+        return [(0, (i // sh, j // sw, c))]
+    if kind == "concat":
         i, j, o = out_node
-        out = []
-        for dy in range(kh):
-            for dx in range(kw):
-                y, x = i * sh + dy - pt, j * sw + dx - pl
-                if 0 <= y < h and 0 <= x < w:
-                    channels = range(cin) if kind == "conv2d" else [o]
-                    out += [(0, (y, x, c)) for c in channels]
-        return out
+        for index, shape in enumerate(in_shapes):
+            if o < shape[-1]:
+                return [(index, (i, j, o))]
+            o -= shape[-1]
+    if kind in ("conv2d", "maxpool", "avgpool", "grouped_conv2d", "separable_conv2d"):
+        return [(0, node) for node in _window_reads(layer, in_shapes[0], out_node)]
     raise AssertionError(f"no forward map for {kind}")
+
+
+def _window_reads(layer, in_shape, out_node):
+    """The input nodes in the (dilated) window of one output node, of the channels it reads."""
+    h, w, cin = in_shape
+    kind, c = layer.kind, layer.config
+    window = {"conv2d": lambda: layer.weights["kernel"].shape[:2],
+              "grouped_conv2d": lambda: layer.weights["kernel"].shape[:2],
+              "separable_conv2d": lambda: layer.weights["depthwise"].shape[:2]}.get(kind, lambda: c["pool"])()
+    dh, dw = c.get("dilation", (1, 1))
+    i, j, o = out_node
+    if kind in ("maxpool", "avgpool"):
+        channels = [o]
+    elif kind == "grouped_conv2d":
+        per_group = cin // c["groups"]
+        group = o // (layer.shape[-1] // c["groups"])
+        channels = range(group * per_group, (group + 1) * per_group)
+    else:
+        channels = range(cin)
+    out = []
+    for dy in range(window[0]):
+        for dx in range(window[1]):
+            y, x = i * c["strides"][0] + dy * dh - c["pads"][0], j * c["strides"][1] + dx * dw - c["pads"][2]
+            if 0 <= y < h and 0 <= x < w:
+                out += [(y, x, ch) for ch in channels]
+    return out
 
 
 def backtrack_dead(network, removed_features, through_conv):
@@ -109,7 +137,7 @@ def backtrack_dead(network, removed_features, through_conv):
             dead[layer.name] = set.intersection(*[per_reader[r] for r in set(readers)])
         if not dead[layer.name] or layer.kind == "input":
             continue
-        if layer.kind == "conv2d" and not through_conv:
+        if layer.kind in ("conv2d", "grouped_conv2d", "separable_conv2d") and not through_conv:
             for src in layer.inputs:
                 dead_for_reader.setdefault(src, {})[layer.name] = set()
             continue

@@ -18,6 +18,7 @@ from fastdecomp.kernels.cuda_emulator import check_source, kernel_signatures
 
 TWINS = {
     "conv2d_forward": "test_conv2d_forward_twin",
+    "grouped_conv2d_forward": "test_grouped_conv2d_forward_twin",
     "dense_forward": "test_dense_forward_twin",
     "pool2d_forward": "test_pool2d_forward_twin",
     "global_average_pool_forward": "test_global_average_pool_forward_twin",
@@ -107,6 +108,18 @@ def test_conv2d_forward_twin(device, size, ci, co, k, stride, pads, rectify, res
     gpu.conv2d_forward(dx, dk, db, stride, stride, padding_total[0] // 2, padding_total[1] // 2, out,
                        rectify=rectify, residual=None if shortcut is None else to(device, shortcut)[0],
                        device=device)
+    np.testing.assert_array_equal(device.to_host(out), expected)
+
+
+@pytest.mark.parametrize("groups, ci, co", [(1, 5, 4), (2, 6, 4), (6, 6, 12)])
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2)])
+def test_grouped_conv2d_forward_twin(device, groups, ci, co, stride, dilation):
+    x, kernel, bias = floats(2, 9, 7, ci), floats(3, 3, ci // groups, co), floats(co)
+    expected = np.empty((2, 5, 4, co), np.float32)
+    cpu.grouped_conv2d_forward(x, kernel, bias, stride, stride, dilation, dilation, 1, 2, groups, expected)
+    out = device.xp.empty(expected.shape, np.float32)
+    gpu.grouped_conv2d_forward(*to(device, x, kernel, bias), stride, stride, dilation, dilation, 1, 2, groups, out,
+                               device=device)
     np.testing.assert_array_equal(device.to_host(out), expected)
 
 
@@ -216,13 +229,16 @@ def test_tangling_keep_twin(device, modules):
 
 
 @pytest.mark.parametrize("window, stride, pads", [(3, 1, 1), (2, 2, 0), (3, 2, 1)])
-def test_window_dead_inputs_twin(device, window, stride, pads):
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_window_dead_inputs_twin(device, window, stride, pads, dilation):
     in_h, in_w = 9, 8
-    oh, ow = (in_h + 2 * pads - window) // stride + 1, (in_w + 2 * pads - window) // stride + 1
+    span = (window - 1) * dilation + 1
+    oh, ow = (in_h + 2 * pads - span) // stride + 1, (in_w + 2 * pads - span) // stride + 1
     dead_out = rng.random((4, oh, ow, 3)) < 0.7
-    expected = cpu.window_dead_inputs(dead_out, in_h, in_w, window, window, stride, stride, pads, pads)
+    expected = cpu.window_dead_inputs(dead_out, in_h, in_w, window, window, stride, stride, pads, pads,
+                                      dilation, dilation)
     got = gpu.window_dead_inputs(*to(device, dead_out), in_h, in_w, window, window, stride, stride, pads, pads,
-                                 device=device)
+                                 dilation, dilation, device=device)
     np.testing.assert_array_equal(device.to_host(got), expected)
 
 
@@ -281,6 +297,8 @@ def valid_arguments():
     values, concerned, tangle, rank, active, first_rank = statistics_inputs(np.uint8)
     bits = np.packbits(values > 0, axis=1)
     return {
+        "grouped_conv2d_forward": [floats(2, 7, 8, 6), floats(3, 3, 3, 4), floats(4), 1, 1, 1, 1, 1, 1, 2,
+                                   np.zeros((2, 7, 8, 4), np.float32)],
         "dense_forward": [floats(5, 7), floats(7, 3), floats(3), np.zeros((5, 3), np.float32)],
         "pool2d_forward": [floats(2, 7, 8, 3), 3, 2, 2, 2, 1, 0, True, np.zeros((2, 4, 4, 3), np.float32)],
         "global_average_pool_forward": [floats(2, 5, 5, 3), np.zeros((2, 3), np.float32)],
@@ -293,7 +311,8 @@ def valid_arguments():
     }
 
 
-ROWS_FREE = {("accumulate_concerned", 2), ("window_dead_inputs", 0)}  # more classes, more modules: valid
+# more classes, more modules, a taller kernel (it reads only rows inside its input): valid
+ROWS_FREE = {("accumulate_concerned", 2), ("window_dead_inputs", 0), ("grouped_conv2d_forward", 1)}
 
 
 def hostile(name, arguments):

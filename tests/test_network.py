@@ -188,10 +188,12 @@ def _model_with(layer, input_shape=(8, 8, 2)):
 
 @pytest.mark.parametrize("make_layer, message", [
     (lambda L: L.Conv2D(2, 3, activation="tanh", name="tanhconv"), "tanhconv.*tanh"),
-    (lambda L: L.DepthwiseConv2D(3, name="dw"), "'dw' \\(DepthwiseConv2D\\)"),
+    (lambda L: L.SeparableConv2D(2, 3, activation="swish", name="sw"), "'sw' \\(SeparableConv2D\\).*exactly 0"),
     (lambda L: L.LeakyReLU(name="leaky"), "'leaky' \\(LeakyReLU\\)"),
     (lambda L: L.ReLU(negative_slope=0.1, name="leaky"), "leaky.*negative_slope"),  # ReLU(max_value=6) is supported
-    (lambda L: L.Conv2D(2, 3, dilation_rate=2, name="dil"), "dil.*dilated"),
+    (lambda L: L.LayerNormalization(name="ln"), "'ln' \\(LayerNormalization\\)"),
+    (lambda L: L.UpSampling2D(interpolation="bilinear", name="bil"), "bil.*nearest"),
+    (lambda L: L.GlobalAveragePooling2D(keepdims=True, name="keep"), "keep.*keepdims"),
 ])
 def test_unsupported_layers_are_named(make_layer, message):
     from keras import layers
@@ -210,15 +212,27 @@ def test_model_must_end_in_softmax_dense():
         fd.from_keras(model)  # (a Dense output without softmax is logits: its softmax is implied)
 
 
-def test_batchnorm_must_follow_a_conv():
+def test_batchnorm_anywhere_folds_or_becomes_an_affine_layer():
+    """At the input, after a ReLU and after a Dense layer (folded there), as Keras computes it."""
     import keras
     from keras import layers
 
-    inputs = keras.Input((4, 4, 1))
-    x = layers.BatchNormalization(name="lonely_bn")(inputs)
-    model = keras.Model(inputs, layers.Dense(3, activation="softmax")(layers.Flatten()(x)))
-    with pytest.raises(UnsupportedLayerError, match="lonely_bn"):
-        fd.from_keras(model)
+    from conftest import randomise_biases, randomise_normalisation
+
+    inputs = keras.Input((4, 4, 2))
+    x = layers.BatchNormalization(name="bn_input")(inputs)
+    x = layers.Conv2D(3, 3, activation="relu", name="conv")(x)
+    x = layers.BatchNormalization(name="bn_relu")(x)
+    x = layers.Dense(5, name="hidden")(layers.Flatten()(x))
+    x = layers.BatchNormalization(name="bn_dense")(x)
+    model = keras.Model(inputs, layers.Dense(3, activation="softmax")(layers.ReLU()(x)))
+    randomise_normalisation(model)
+    randomise_biases(model)
+    network = fd.from_keras(model)
+    kinds = {layer.name: layer.kind for layer in network.layers}
+    assert kinds["bn_input"] == kinds["bn_relu"] == "affine" and "bn_dense" not in kinds
+    x = np.random.default_rng(3).normal(size=(6, 4, 4, 2)).astype(np.float32)
+    np.testing.assert_allclose(network.predict_proba(x), model.predict(x, verbose=0), atol=1e-6)
 
 
 def test_bad_inputs_are_refused(resnet_case):

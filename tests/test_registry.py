@@ -52,15 +52,23 @@ class Cropping2DKind(layers.LayerKind):
 
 
 @pytest.fixture
-def cropping_kind(monkeypatch):
-    """The kind registered for one test only."""
+def registry(monkeypatch):
+    """The registry, changed for one test only."""
     monkeypatch.setattr(layers, "KINDS", dict(layers.KINDS))
     monkeypatch.setattr(layers, "KERAS_CLASSES", dict(layers.KERAS_CLASSES))
     from fastdecomp import keras_io
 
     monkeypatch.setattr(keras_io, "KINDS", layers.KINDS)
     monkeypatch.setattr(keras_io, "KERAS_CLASSES", layers.KERAS_CLASSES)
-    layers.register(Cropping2DKind)
+    return layers
+
+
+@pytest.fixture
+def cropping_kind(registry):
+    """This file's kind, in place of the library's own for ``Cropping2D`` (refused without ``replace=True``)."""
+    with pytest.raises(fd.errors.InputError, match="registered already.*replace=True"):
+        registry.register(Cropping2DKind)
+    registry.register(Cropping2DKind, replace=True)
     return Cropping2DKind
 
 
@@ -106,6 +114,7 @@ def test_a_kind_defined_outside_the_library_imports_decomposes_prunes_and_export
     assert exported.get_layer("crop").cropping == ((1, 2), (2, 1))
 
 
-def test_without_its_class_the_layer_is_refused_by_name():
+def test_without_a_kind_for_its_class_the_layer_is_refused_by_name(registry):
+    del registry.KERAS_CLASSES["Cropping2D"]
     with pytest.raises(fd.UnsupportedLayerError, match="'crop' \\(Cropping2D\\)"):
         fd.from_keras(cropping_model())

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["conv2d_forward", "dense_forward", "pool2d_forward", "global_average_pool_forward", "accumulate_activity",
+__all__ = ["conv2d_forward", "grouped_conv2d_forward", "dense_forward", "pool2d_forward", "global_average_pool_forward", "accumulate_activity",
            "accumulate_packed_activity", "accumulate_concerned", "tangling_keep", "window_dead_inputs"]
 
 RANK_DTYPES = (np.uint8, np.uint16, np.uint32)
@@ -125,6 +125,34 @@ def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, out
             or (oh - 1) * stride_h - pad_top >= h or (ow - 1) * stride_w - pad_left >= w:
         _fail("pool2d_forward", f"a {pool_h}x{pool_w} window with strides {stride_h, stride_w} and padding "
                                 f"{pad_top, pad_left} does not map {x.shape} onto {out.shape}")
+
+
+def grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left,
+                           groups, out):
+    """Check the arguments of ``grouped_conv2d_forward``: the groups split both sides' channels evenly.
+
+    Parameters
+    ----------
+    x, kernel, bias, out : arrays
+        float32 ``[N, H, W, Ci]``, ``[Kh, Kw, Ci / groups, Co]``, ``[Co]``, ``[N, Oh, Ow, Co]`` (writable).
+    stride_h, stride_w, dilation_h, dilation_w, groups : int
+        At least 1.
+    pad_top, pad_left : int
+        At least 0.
+    """
+    name = "grouped_conv2d_forward"
+    for label, a, ndim in (("x", x, 4), ("kernel", kernel, 4), ("bias", bias, 1)):
+        _array(name, label, a, np.float32, ndim)
+    _array(name, "out", out, np.float32, 4, writable=True)
+    _integers(name, 1, stride_h=stride_h, stride_w=stride_w, dilation_h=dilation_h, dilation_w=dilation_w,
+              groups=groups)
+    _integers(name, 0, pad_top=pad_top, pad_left=pad_left)
+    co = kernel.shape[3]
+    if x.shape[3] % groups or co % groups or min(kernel.shape) < 1:
+        _fail(name, f"{groups} groups do not split {x.shape[3]} input and {co} output channels evenly")
+    _shape(name, "kernel", kernel, kernel.shape[:2] + (x.shape[3] // groups, co))
+    _shape(name, "bias", bias, (co,))
+    _shape(name, "out", out, (x.shape[0],) + tuple(out.shape[1:3]) + (co,))
 
 
 def global_average_pool_forward(x, out):
@@ -236,19 +264,20 @@ def tangling_keep(first_rank, counts, keep):
                                "counts be at least 0")
 
 
-def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left):
+def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left,
+                       dilation_h=1, dilation_w=1):
     """Check the arguments of ``window_dead_inputs``.
 
     Parameters
     ----------
     dead_out : array
         bool ``[M, out_h, out_w, C]``.
-    in_h, in_w, window_h, window_w, stride_h, stride_w : int
+    in_h, in_w, window_h, window_w, stride_h, stride_w, dilation_h, dilation_w : int
         At least 1.
     pad_top, pad_left : int
         At least 0.
     """
     _array("window_dead_inputs", "dead_out", dead_out, np.bool_, 4)
     _integers("window_dead_inputs", 1, in_h=in_h, in_w=in_w, window_h=window_h, window_w=window_w,
-              stride_h=stride_h, stride_w=stride_w)
+              stride_h=stride_h, stride_w=stride_w, dilation_h=dilation_h, dilation_w=dilation_w)
     _integers("window_dead_inputs", 0, pad_top=pad_top, pad_left=pad_left)

@@ -234,6 +234,65 @@ def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_
 @jit()
 
 
+def _grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left,
+                            groups, out):
+    """The kernel of :func:`grouped_conv2d_forward`, called after its checks."""
+    n, h, w, _ = x.shape
+    kh, kw, group_ci, co = kernel.shape
+    oh, ow = out.shape[1], out.shape[2]
+    group_co = co // groups
+    for task in prange(n * oh):
+        b = task // oh
+        i = task % oh
+        for j in range(ow):
+            for o in range(co):
+                first = (o // group_co) * group_ci
+                acc = np.float32(0.0)
+                for c in range(group_ci):
+                    for dy in range(kh):
+                        y = i * stride_h + dy * dilation_h - pad_top
+                        if y < 0 or y >= h:
+                            continue
+                        for dx in range(kw):
+                            xx = j * stride_w + dx * dilation_w - pad_left
+                            if 0 <= xx < w:
+                                acc = acc + x[b, y, xx, first + c] * kernel[dy, dx, c, o]
+                out[b, i, j, o] = acc + bias[o]
+
+
+def grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left,
+                           groups, out):
+    """Grouped, dilated 2-D convolution (a depthwise one is ``groups`` = input channels).
+
+    Output channel ``o`` of group ``g = o // (Co / groups)`` reads input
+    channels ``g * Ci/groups ...`` only. Each output sums over its group's
+    channels, then the window's rows and columns (padding skipped), one
+    rounded multiply and add at a time, then adds the bias: the order the
+    CUDA twin keeps.
+
+    Parameters
+    ----------
+    x : float32 [N, H, W, Ci]
+    kernel : float32 [Kh, Kw, Ci / groups, Co]
+    bias : float32 [Co]
+    stride_h, stride_w, dilation_h, dilation_w : int
+        At least 1.
+    pad_top, pad_left : int
+        Padding rows above and columns left of the input.
+    groups : int
+        Divides ``Ci`` and ``Co``.
+    out : float32 [N, Oh, Ow, Co], C-contiguous
+        Written in place.
+    """
+    checks.grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left,
+                                  groups, out)
+    _grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left,
+                            groups, out)
+
+
+@jit()
+
+
 def _global_average_pool_forward(x, out):
     """The kernel of :func:`global_average_pool_forward`, called after its checks."""
     n, h, w, c = x.shape
@@ -505,7 +564,7 @@ def tangling_keep(first_rank, counts, keep):
 
 
 def _window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w,
-                       pad_top, pad_left):
+                       pad_top, pad_left, dilation_h, dilation_w):
     """The kernel of :func:`window_dead_inputs`, called after its checks."""
     m, oh, ow, c = dead_out.shape
     dead_in = np.empty((m, in_h, in_w, c), dtype=np.bool_)
@@ -516,14 +575,14 @@ def _window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stri
             for ch in range(c):
                 dead = True
                 for dy in range(window_h):
-                    num_y = h + pad_top - dy
+                    num_y = h + pad_top - dy * dilation_h
                     if num_y < 0 or num_y % stride_h:
                         continue
                     i = num_y // stride_h
                     if i >= oh:
                         continue
                     for dx in range(window_w):
-                        num_x = w + pad_left - dx
+                        num_x = w + pad_left - dx * dilation_w
                         if num_x < 0 or num_x % stride_w:
                             continue
                         j = num_x // stride_w
@@ -537,7 +596,7 @@ def _window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stri
 
 
 def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w,
-                       pad_top, pad_left):
+                       pad_top, pad_left, dilation_h=1, dilation_w=1):
     """Input nodes of a sliding window whose every reader is dead, channel by channel.
 
     The paper's two-pass map in one: an input (h, w) reads forward into the
@@ -554,11 +613,15 @@ def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, strid
         The input's height and width.
     window_h, window_w, stride_h, stride_w : int
     pad_top, pad_left : int
+    dilation_h, dilation_w : int
+        The window reads every ``dilation``-th row and column.
 
     Returns
     -------
     numpy.ndarray
         bool ``[M, in_h, in_w, C]``.
     """
-    checks.window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left)
-    return _window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left)
+    checks.window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left,
+                              dilation_h, dilation_w)
+    return _window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left,
+                               dilation_h, dilation_w)

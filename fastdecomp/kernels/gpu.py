@@ -31,7 +31,7 @@ from ..errors import BackendError, InputError
 from . import KERNEL_NAMES, checks
 
 __all__ = ["SOURCES", "source", "Device", "CudaDevice", "EmulatedDevice", "make_device",
-           "conv2d_forward", "dense_forward", "pool2d_forward", "global_average_pool_forward",
+           "conv2d_forward", "grouped_conv2d_forward", "dense_forward", "pool2d_forward", "global_average_pool_forward",
            "accumulate_activity", "accumulate_packed_activity", "accumulate_concerned", "tangling_keep",
            "window_dead_inputs", "NVRTC_OPTIONS", "BLOCK"]
 
@@ -317,6 +317,28 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
                              int(residual is not None), int(rectify))])
 
 
+def grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, groups,
+                           out, *, device):
+    """Grouped, dilated 2-D convolution, summed as :func:`cpu.grouped_conv2d_forward` sums it.
+
+    Parameters
+    ----------
+    x, kernel, bias, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, groups, out :
+        As the CPU twin's, arrays being the device's (C-contiguous).
+    device : Device
+        Where the kernel runs (:func:`fastdecomp.backends.get`).
+    """
+    checks.grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left,
+                                  groups, out)
+    n, h, w, ci = x.shape
+    kh, kw, group_ci, co = kernel.shape
+    oh, ow = out.shape[1], out.shape[2]
+    device.launch("forward", "grouped_conv2d_forward", n * oh * ow * co,
+                  [x, kernel, bias, out, np.int64(n),
+                   *_scalars(h, w, ci, kh, kw, group_ci, co, groups, stride_h, stride_w, dilation_h, dilation_w,
+                             pad_top, pad_left, oh, ow)])
+
+
 def dense_forward(x, kernel, bias, out, *, device):
     """``out = x @ kernel + bias``, each output summed in input order; see :func:`cpu.dense_forward`.
 
@@ -473,23 +495,25 @@ def tangling_keep(first_rank, counts, keep, *, device):
 # backward (twin of cpu.window_dead_inputs)
 # --------------------------------------------------------------------------
 
-def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left, *,
-                       device):
+def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left,
+                       dilation_h=1, dilation_w=1, *, device):
     """Input nodes of a sliding window whose every reader is dead, channel by channel; see
     :func:`fastdecomp.kernels.cpu.window_dead_inputs`. Returns bool ``[M, in_h, in_w, C]``.
 
     Parameters
     ----------
-    dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left :
+    dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w :
         As the CPU twin's, arrays being the device's (C-contiguous).
     device : Device
         Where the kernel runs (:func:`fastdecomp.backends.get`).
     """
-    checks.window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left)
+    checks.window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left,
+                              dilation_h, dilation_w)
     m, oh, ow, c = dead_out.shape
     dead_in = device.xp.empty((m, in_h, in_w, c), dtype=np.bool_)
     device.launch("backward", "window_dead_inputs", m * in_h * in_w * c,
                   [device.xp.ascontiguousarray(dead_out).view(np.uint8), dead_in.view(np.uint8),
-                   *_scalars(m, oh, ow, c, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left)])
+                   *_scalars(m, oh, ow, c, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left,
+                             dilation_h, dilation_w)])
     return dead_in
 

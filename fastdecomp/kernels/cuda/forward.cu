@@ -37,6 +37,34 @@ extern "C" __global__ void conv2d_forward(
     out[t] = r;
 }
 
+// Twin of cpu.grouped_conv2d_forward: the group's channels, then rows, then columns; padding skipped.
+extern "C" __global__ void grouped_conv2d_forward(
+    const float* __restrict__ x, const float* __restrict__ kernel, const float* __restrict__ bias,
+    float* __restrict__ out, long long n, int h, int w, int ci, int kh, int kw, int group_ci, int co,
+    int groups, int stride_h, int stride_w, int dilation_h, int dilation_w, int pad_top, int pad_left,
+    int oh, int ow)
+{
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n * oh * ow * co) return;
+    NhwcIndex at = nhwc_index(t, oh, ow, co);
+    long long b = at.b;
+    int i = at.i, j = at.j, o = at.ch;
+    int first = (o / (co / groups)) * group_ci;
+    float acc = 0.0f;
+    for (int c = 0; c < group_ci; ++c) {
+        for (int dy = 0; dy < kh; ++dy) {
+            int y = i * stride_h + dy * dilation_h - pad_top;
+            if (y < 0 || y >= h) continue;
+            for (int dx = 0; dx < kw; ++dx) {
+                int xx = j * stride_w + dx * dilation_w - pad_left;
+                if (xx < 0 || xx >= w) continue;
+                acc = acc + x[((b * h + y) * w + xx) * ci + first + c] * kernel[((long long)(dy * kw + dx) * group_ci + c) * co + o];
+            }
+        }
+    }
+    out[t] = acc + bias[o];
+}
+
 extern "C" __global__ void dense_forward(
     const float* __restrict__ x, const float* __restrict__ kernel, const float* __restrict__ bias,
     float* __restrict__ out, long long n, long long features, int units)
