@@ -8,6 +8,7 @@ imported only when one of these functions runs.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -157,9 +158,9 @@ class _Import:
         op, name = call.op, call.name
         refuse = refuser(op)
         handler = KINDS[_registered_kind(op, call.node, refuse)]
-        handler = KINDS[handler.kind_for(op.get_config())]
         sources = [self.alias[source] for source in call.sources]
         input_shapes = [tuple(self.layer(s).shape) for s in sources]
+        handler = KINDS[handler.kind_for(op.get_config(), input_shapes)]
         config, weights, activation = handler.from_keras(op, op.get_config(), input_shapes, refuse)
         if handler.imported_as == "fold":
             self.alias[name] = self._fold(handler, name, sources[0], weights, refuse)
@@ -199,8 +200,13 @@ def _registered_kind(op, node, refuse):
                "keras.ops call), not a layer; write it with keras.layers so that all its inputs are known")
     if cls not in KERAS_CLASSES:
         refuse("no handler for this layer type")
-    if getattr(keras.layers, cls, None) is not type(op):  # a subclass or a namesake computes something else
-        refuse(f"{type(op).__module__}.{cls} is not keras.layers.{cls}; fastdecomp reads Keras' own layers")
+    module = KINDS[KERAS_CLASSES[cls]].keras_module
+    try:
+        defined = getattr(importlib.import_module(module), cls, None)
+    except ImportError:
+        defined = None
+    if defined is not type(op):  # a subclass or a namesake computes something else
+        refuse(f"{type(op).__module__}.{cls} is not {module}.{cls}; fastdecomp reads Keras' own layers")
     constants = [leaf for leaf in keras.tree.flatten(getattr(node.arguments, "args", ()))
                  if leaf is not None and not isinstance(leaf, keras.KerasTensor)]
     if constants:

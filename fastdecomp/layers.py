@@ -153,6 +153,8 @@ class LayerKind:
         The registry key, stored in saved module sets.
     keras_classes : tuple of str
         Keras class names imported as this kind.
+    keras_module : str
+        The module that defines them (a subclass or a namesake from elsewhere is refused).
     imported_as : {"layer", "fold", "identity"}
         ``layer``: a graph layer of its own; ``fold``: merged into the layer
         before it (:meth:`fold_into`); ``identity``: removed from the graph.
@@ -187,6 +189,7 @@ class LayerKind:
 
     kind = ""
     keras_classes = ()
+    keras_module = "keras.layers"
     imported_as = "layer"
     mask_placements = ()
     epilogue = False
@@ -222,9 +225,10 @@ class LayerKind:
         """
         return {}, {}, None
 
-    def kind_for(self, cfg):
-        """The kind that imports a Keras layer of this kind's classes with settings ``cfg``: this one,
-        or another registered kind for a variant (a grouped or dilated ``Conv2D``)."""
+    def kind_for(self, cfg, input_shapes):
+        """The kind that imports a Keras layer of this kind's classes with settings ``cfg`` and inputs of
+        ``input_shapes``: this one, or another registered kind for a variant (a grouped or dilated
+        ``Conv2D``, a 1x1 ``Conv2D`` over a vector, a flatten of a vector)."""
         return self.kind
 
     def output_shape(self, config, weights, input_shapes):
@@ -450,7 +454,9 @@ class Conv2DKind(LayerKind):
         _expect(bias.shape == (kernel.shape[3],), layer, "bias", f"[{kernel.shape[3]}]")
         _check_window(layer, kernel.shape[:2], input_shapes[0])
 
-    def kind_for(self, cfg):
+    def kind_for(self, cfg, input_shapes):
+        if len(input_shapes[0]) == 1 and _pair(cfg["kernel_size"]) == (1, 1) and cfg.get("groups", 1) == 1:
+            return DenseKind.kind  # a classifier head over a global pooling's 1x1 map (MobileNet)
         if _pair(cfg.get("dilation_rate", 1)) != (1, 1) or cfg.get("groups", 1) != 1:
             return GroupedConv2DKind.kind
         return self.kind
@@ -614,7 +620,7 @@ class SeparableConv2DKind(Conv2DKind):
     weight_names = ("depthwise", "kernel", "bias")
     config_keys = ("strides", "padding", "pads", "dilation", "depth_multiplier")
 
-    def kind_for(self, cfg):
+    def kind_for(self, cfg, input_shapes):
         return self.kind
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
@@ -703,6 +709,7 @@ class DenseKind(LayerKind):
         if len(input_shapes[0]) != 1:
             refuse(f"input of shape {input_shapes[0]}; put a Flatten or GlobalAveragePooling2D before it")
         kernel = keras_layer.kernel.numpy().astype(np.float32)
+        kernel = kernel.reshape(kernel.shape[-2:])  # a 1x1 Conv2D's [1, 1, F, K]
         bias = (keras_layer.bias.numpy() if cfg["use_bias"] else np.zeros(kernel.shape[1])).astype(np.float32)
         if kernel.shape[1] == 1 and _is_keras_activation(keras_layer.activation, "sigmoid"):
             return {}, _two_classes(kernel, bias), ("softmax", {})
@@ -892,6 +899,9 @@ class AveragePoolKind(Pool2DKind):
 
 @register
 class GlobalAveragePoolKind(LayerKind):
+    """Mean over height and width, a vector per image (with ``keepdims=True`` too: a 1x1 map is read as
+    the vector it is; a 1x1 ``Conv2D`` after it is a Dense layer, a ``Reshape`` an identity)."""
+
     kind = "gap"
     keras_classes = ("GlobalAveragePooling2D",)
 
@@ -899,8 +909,8 @@ class GlobalAveragePoolKind(LayerKind):
         _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
-        if cfg.get("keepdims"):
-            refuse("keepdims=True; use the default keepdims=False")
+        if len(input_shapes[0]) != 3:
+            refuse(f"input of shape {input_shapes[0]}; expected (height, width, channels)")
         if cfg.get("data_format", "channels_last") != "channels_last":
             refuse("data_format='channels_first'; use channels_last")
         return {}, {}, None
@@ -922,6 +932,40 @@ class GlobalAveragePoolKind(LayerKind):
         from keras import layers
 
         return layers.GlobalAveragePooling2D(name=name)
+
+
+@register
+class ScaledAddKind(LayerKind):
+    """``x + scale * r``: the residual sum of Inception-ResNet (its ``CustomScaleLayer``), computed as
+    Keras does (the product rounded, then the sum). A dead output is dead in both inputs, as for Add."""
+
+    kind = "scaled_add"
+    keras_classes = ("CustomScaleLayer",)
+    keras_module = "keras.src.applications.inception_resnet_v2"
+    input_count = (2, 2)
+    config_keys = ("scale",)
+
+    def from_keras(self, keras_layer, cfg, input_shapes, refuse):
+        if input_shapes[0] != input_shapes[1]:
+            refuse(f"inputs of shapes {input_shapes}; the sum needs one shape")
+        return {"scale": float(np.float32(cfg["scale"]))}, {}, None
+
+    def check_config(self, layer, input_shapes):
+        _expect(input_shapes[0] == input_shapes[1], layer, "inputs", "of one shape")
+        _expect(isinstance(layer.config.get("scale"), float) and np.isfinite(layer.config["scale"]), layer,
+                "scale", "a finite number")
+
+    def forward(self, layer, inputs, reusable=None, *, backend):
+        out = backend.xp.multiply(inputs[1], np.float32(layer.config["scale"]))
+        return backend.xp.add(inputs[0], out, out=out)
+
+    def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
+        return [dead_out, dead_out]
+
+    def to_keras(self, layer, name):
+        from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+        return CustomScaleLayer(layer.config["scale"], name=name)
 
 
 @register
@@ -1107,6 +1151,9 @@ class ZeroPaddingKind(LayerKind):
 class FlattenKind(LayerKind):
     kind = "flatten"
     keras_classes = ("Flatten", "Reshape")
+
+    def kind_for(self, cfg, input_shapes):
+        return IdentityKind.kind if len(input_shapes[0]) == 1 else self.kind
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("data_format") not in (None, "channels_last"):

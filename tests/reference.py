@@ -60,7 +60,7 @@ def reads(network, layer, out_node):
     kind = layer.kind
     if kind in ("relu", "softmax", "rescale", "normalize", "affine"):
         return [(0, out_node)]
-    if kind == "add":
+    if kind in ("add", "scaled_add"):
         return [(i, out_node) for i in range(len(layer.inputs))]
     if kind == "flatten":
         return [(0, tuple(int(v) for v in np.unravel_index(out_node[0], in_shapes[0])))]

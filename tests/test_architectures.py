@@ -10,7 +10,8 @@ from conftest import balance_output_bias, labelled_like_model, randomise_biases,
 from reference import reference_decompose
 from test_invariants import DELTA, PLACEMENTS, VARIANTS, assert_same_masks
 
-NEW_KINDS = {"affine", "rescale", "grouped_conv2d", "separable_conv2d", "concat", "crop", "upsample", "gmp"}
+NEW_KINDS = {"affine", "rescale", "grouped_conv2d", "separable_conv2d", "concat", "crop", "upsample", "gmp",
+             "scaled_add"}
 
 
 def kinds_model(seed=1):
@@ -22,6 +23,7 @@ def kinds_model(seed=1):
     """
     import keras
     from keras import layers
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
 
     init = keras.initializers.HeNormal(seed=seed)
     conv = dict(kernel_initializer=init, bias_initializer=keras.initializers.RandomNormal(stddev=0.3, seed=seed))
@@ -44,6 +46,7 @@ def kinds_model(seed=1):
     x = layers.ReLU(name="r_sep2")(x)
     x = layers.UpSampling2D(2, name="up")(x)
     g = layers.Conv2D(8, 3, padding="same", groups=4, activation="relu", name="grp", **conv)(x)
+    g = CustomScaleLayer(0.3, name="residual")([x, g])  # Inception-ResNet's scaled residual sum
     c = layers.Concatenate(name="cat")([g, a])
     c = layers.Cropping2D(((1, 0), (0, 2)), name="crop")(c)
     v = layers.GlobalMaxPooling2D(name="gmp")(layers.MaxPooling2D(2, name="pool")(c))
