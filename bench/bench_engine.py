@@ -6,8 +6,10 @@ Usage::
     python bench/bench_engine.py --targets native         # one target
     python bench/bench_engine.py --quick                  # fewer images
 
-For ResNet-20 at 28x28x1 (the zoo model) and ResNet-56 at 64x64x3 with 200
-classes (seeded random weights), in one process per target
+For ResNet-20 at 28x28x1 (the zoo model), ResNet-56 at 64x64x3 with 200
+classes (seeded random weights), and keras.applications' MobileNetV2 and
+DenseNet121 at 64x64x3 with 200 classes (random weights, BatchNorm statistics
+randomised), in one process per target
 (``FASTDECOMP_TARGET_CPU``), interleaved and best of ``--repeats``:
 
 - fastdecomp's predict, its decomposition of every module, ONNX Runtime's
@@ -17,7 +19,9 @@ classes (seeded random weights), in one process per target
 - the engine's GFLOP/s per core;
 - for every 3x3 convolution shape (one per stage), the generated kernel's
   GFLOP/s on one core and its fraction of the core's FMA peak, estimated and
-  measured (:mod:`machine`).
+  measured (:mod:`machine`);
+- for every depthwise convolution shape of MobileNetV2, its GFLOP/s and GB/s
+  on one core (memory-bound: compared with one core's copy bandwidth).
 
 Every kernel is compiled (and tuned) before timing. Writes
 ``bench/results/engine.md`` and ``engine.json``.
@@ -55,9 +59,12 @@ def network_flops(network):
 
     total = 0
     for layer in network.layers:
-        if layer.kind == "conv2d":
+        if layer.kind in ("conv2d", "grouped_conv2d"):
             kh, kw, ci, _ = layer.weights["kernel"].shape
             total += 2 * kh * kw * ci * int(np.prod(layer.shape))
+        elif layer.kind == "separable_conv2d":
+            kh, kw, _, middle = layer.weights["depthwise"].shape
+            total += 2 * (kh * kw + layer.shape[-1]) * middle * layer.shape[0] * layer.shape[1]
         elif layer.kind == "dense":
             total += 2 * layer.weights["kernel"].size
     return total
@@ -96,6 +103,61 @@ def stage_kernels(network, peak, images=64):
                      "of_estimated": gflops / peak["estimated_peak"], "of_measured": gflops / peak["measured_peak"],
                      "tiling": f"{tiling.width}x{tiling.group}x{tiling.pixels}"})
     return rows
+
+
+def copy_bandwidth(megabytes=256):
+    """GB/s of one core copying a large array (reads plus writes): the memory-bound kernels' bar."""
+    import numpy as np
+
+    source = np.ones(megabytes * 2 ** 18, np.float32)
+    target = np.empty_like(source)
+    seconds = interleaved({"copy": lambda: np.copyto(target, source)}, 5)["copy"]
+    return 2 * source.nbytes / seconds / 1e9
+
+
+def depthwise_kernels(network, images=64):
+    """GFLOP/s and GB/s on one core of each distinct depthwise convolution shape (memory-bound)."""
+    import numpy as np
+
+    from fastdecomp.kernels import cpu
+
+    rows, seen = [], set()
+    for layer in network.layers:
+        if layer.kind != "grouped_conv2d" or not layer.config["depth_multiplier"]:
+            continue
+        in_shape = network.by_name[layer.inputs[0]].shape
+        c = layer.config
+        key = (in_shape, c["strides"])
+        if key in seen:
+            continue
+        seen.add(key)
+        x = np.random.default_rng(0).standard_normal((images,) + in_shape).astype(np.float32)
+        kernel, bias = layer.weights["kernel"], layer.weights["bias"]
+        out = np.empty((images,) + layer.shape, np.float32)
+
+        def run():
+            cpu.grouped_conv2d_forward(x, kernel, bias, *c["strides"], *c["dilation"], c["pads"][0], c["pads"][2],
+                                       c["groups"], out)
+
+        run()
+        seconds = interleaved({"depthwise": run}, 5)["depthwise"]
+        flops = 2 * out.size * kernel.shape[0] * kernel.shape[1]
+        moved = x.nbytes + out.nbytes + kernel.nbytes + bias.nbytes
+        rows.append({"shape": f"{in_shape[0]}x{in_shape[1]}x{in_shape[2]} s{c['strides'][0]}",
+                     "gflops": flops / seconds / 1e9, "gbps": moved / seconds / 1e9})
+    return rows
+
+
+def application(name, size, classes):
+    """A keras.applications model, random weights, with BatchNorm statistics randomised."""
+    import keras
+
+    from conftest import randomise_normalisation
+
+    keras.utils.set_random_seed(1)
+    model = getattr(keras.applications, name)(input_shape=(size, size, 3), weights=None, classes=classes)
+    randomise_normalisation(model)
+    return model
 
 
 def measure(name, model, x, y, batch_size, repeats):
@@ -163,10 +225,20 @@ def one_target(args):
                            synthetic.labels, args.batch_size, args.repeats)
     rows.append(row)
     stages += [{"model": row["model"], **s} for s in stage_kernels(network, peak)]
+    depthwise = []
+    for name in ("MobileNetV2", "DenseNet121"):
+        row, network = measure(f"{name} 64x64x3, 200 cls", application(name, 64, 200), x56, synthetic.labels,
+                               args.batch_size, args.repeats)
+        rows.append(row)
+        depthwise += [{"model": row["model"], **d} for d in depthwise_kernels(network)]
+    bandwidth = copy_bandwidth()
+    for d in depthwise:
+        print(f"  {d['model']:28} depthwise {d['shape']:14} {d['gflops']:5.1f} GFLOP/s {d['gbps']:5.1f} GB/s on one "
+              f"core (a copy moves {bandwidth:.1f} GB/s)", flush=True)
     for s in stages:
         print(f"  {s['model']:28} {s['shape']:16} tiling {s['tiling']:8} {s['gflops']:5.0f} GFLOP/s on one core: "
               f"{s['of_estimated']:.0%} of the estimated peak, {s['of_measured']:.0%} of the measured", flush=True)
-    return {"target": peak, "rows": rows, "stages": stages}
+    return {"target": peak, "rows": rows, "stages": stages, "depthwise": depthwise, "copy_gbps": bandwidth}
 
 
 def render(results, command):
@@ -188,6 +260,12 @@ def render(results, command):
             lines.append(f"| {t['isa']} | {t['estimated_peak']:.0f} / {t['measured_peak']:.0f} | {s['model']} | "
                          f"{s['shape']} | {s['tiling']} | {s['gflops']:.0f} | {s['of_estimated']:.0%} | "
                          f"{s['of_measured']:.0%} |")
+    lines += ["", "Depthwise 3x3 convolutions (memory-bound), one core, batch 64, against one core's copy bandwidth:",
+              "", "| target | model | input | GFLOP/s | GB/s | copy GB/s |", "|" + "---|" * 6]
+    for result in results.values():
+        for d in result.get("depthwise", []):
+            lines.append(f"| {result['target']['target']} | {d['model']} | {d['shape']} | {d['gflops']:.1f} | "
+                         f"{d['gbps']:.1f} | {result['copy_gbps']:.1f} |")
     lines += ["", f"`{command}`, {os.cpu_count()} cores, one process per target, interleaved, best of each. "
               "Ratios are times (below 1: fastdecomp is faster). The estimated peak uses the nominal clock; "
               "a core boosting above it exceeds the estimate, so the measured peak is the stricter bar. "
@@ -206,6 +284,7 @@ def main():
     parser.add_argument("--json", action="store_true", help="run the current target only, print JSON")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     if args.json:
         print(json.dumps(one_target(args)))
         return

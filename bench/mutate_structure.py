@@ -1,8 +1,10 @@
 """Plant one bug at a time in the restructured and hardened code, run the tests that should catch it, restore the file.
 
-Prints one table row per bug for ``bench/results/mutations.md``.
+Prints one table row per bug for ``bench/results/mutations.md``; ``python bench/mutate_structure.py
+architectures`` runs the bugs of the real-world Keras models instead (#14).
 """
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,13 +67,50 @@ MUTANTS = [
      "            x = x * np.float32(self.scale)", "            x *= np.float32(self.scale)",
      "tests/test_data.py -k never_changes"),
     ("Keras operations read as layers", "fastdecomp/keras_io.py",
-     "        if not isinstance(op, keras.layers.Layer):", "        if False:", "tests/test_network.py -k operations"),
+     "    if not isinstance(op, keras.layers.Layer):", "    if False:", "tests/test_network.py -k operations"),
     ("the CLI checks the output after the pass", "fastdecomp/cli.py",
      "    _check_output(args.out, args.overwrite)\n    model = _load_model(args.model)",
      "    model = _load_model(args.model)", "tests/test_cli.py -k before_any_work"),
 ]
+ARCHITECTURES = [  # real-world Keras models (#14)
+    ("a grouped convolution's dead rule ignores its groups", "fastdecomp/layers.py",
+     'groups=layer.config["groups"],', "groups=1,", "tests/test_architectures.py -k reference"),
+    ("the dead-input window ignores dilation", "fastdecomp/layers.py",
+     '*c.get("dilation", (1, 1)))', "1, 1)", "tests/test_architectures.py -k reference"),
+    ("a concatenation hands dead nodes to the wrong input", "fastdecomp/layers.py",
+     "        return np.split(dead_out, ends, axis=-1)\n", "        return np.split(dead_out, ends, axis=-1)[::-1]\n",
+     "tests/test_architectures.py -k reference"),
+    ("cropped-away nodes stay alive", "fastdecomp/layers.py",
+     "        dead_in = np.ones((dead_out.shape[0],)", "        dead_in = np.zeros((dead_out.shape[0],)",
+     "tests/test_architectures.py -k reference"),
+    ("an upsampled node dies when one copy does", "fastdecomp/layers.py",
+     ".all(axis=(2, 4))]", ".any(axis=(2, 4))]", "tests/test_architectures.py -k reference"),
+    ("the CPU grouped convolution reads the wrong group", "fastdecomp/kernels/cpu.py",
+     "        first[o] = (o // group_co) * group_ci", "        first[o] = (o % groups) * group_ci",
+     "tests/test_gpu_kernels.py -k grouped"),
+    ("the CUDA dead-input window ignores dilation", "fastdecomp/kernels/cuda/backward.cu",
+     "int num_y = h + pad_top - dy * dilation_h;", "int num_y = h + pad_top - dy;",
+     "tests/test_gpu_kernels.py -k window_dead"),
+    ("GlobalMaxPooling2D averages", "fastdecomp/layers.py",
+     "backend.kernels.pool2d_forward(x, h, w, 1, 1, 0, 0, True, out)",
+     "backend.kernels.pool2d_forward(x, h, w, 1, 1, 0, 0, False, out)", "tests/test_architectures.py -k keras"),
+    ("a BatchNormalization folds into a layer read elsewhere too", "fastdecomp/keras_io.py",
+     "        if sole_reader and previous.handler.folds_normalisation:",
+     "        if previous.handler.folds_normalisation:", "tests/test_network.py -k batchnorm"),
+    ("a separable convolution drops input channels without their multiplier", "fastdecomp/layers.py",
+     '        middle = np.repeat(keep, layer.config["depth_multiplier"])', "        middle = keep",
+     "tests/test_architectures.py -k pruning"),
+    ("a Dense(1) logit is read as one class", "fastdecomp/layers.py",
+     "        if layer.shape == (1,):", "        if False:", "tests/test_architectures.py -k tutorials"),
+    ("nested models' clashing names kept", "fastdecomp/keras_io.py",
+     '        name = op.name if op.name not in taken else f"{model.name}/{op.name}"', "        name = op.name",
+     "tests/test_architectures.py -k clashing"),
+    ("a namesake of a registered class is read", "fastdecomp/keras_io.py",
+     "    if defined is not type(op):", "    if defined is None:", "tests/test_network.py -k namesake"),
+]
+selected = ARCHITECTURES if sys.argv[1:] == ["architectures"] else MUTANTS
 rows = []
-for what, path, old, new, tests in MUTANTS:
+for what, path, old, new, tests in selected:
     file = ROOT / path
     text = file.read_text()
     assert text.count(old) == 1, (what, old)

@@ -58,6 +58,45 @@ def network_to_onnx(network):
             nodes.append(helper.make_node("Softmax", [source], [name], axis=-1))
         elif kind in ("identity", "dropout"):
             nodes.append(helper.make_node("Identity", [source], [name]))
+        elif kind == "grouped_conv2d":
+            nodes.append(_grouped_conv(helper, constant, layer, source, name, layer.weights["kernel"],
+                                       layer.weights["bias"], c["groups"]))
+        elif kind == "separable_conv2d":
+            depthwise = layer.weights["depthwise"]
+            nodes.append(_grouped_conv(helper, constant, layer, source, f"{name}.depthwise", depthwise,
+                                       np.zeros(depthwise.shape[3]), network.by_name[source].shape[-1]))
+            nodes.append(helper.make_node(
+                "Conv", [f"{name}.depthwise", constant(f"{name}.w", layer.weights["kernel"].transpose(3, 2, 0, 1)),
+                         constant(f"{name}.b", layer.weights["bias"])], [name], kernel_shape=[1, 1]))
+        elif kind in ("affine", "rescale", "normalize"):
+            shape = (-1, 1, 1) if len(layer.shape) == 3 else (-1,)
+            a, b = (constant(f"{name}.{k}", layer.weights[k].reshape(shape)) for k in ("a", "b"))
+            first, second = ("Sub", "Div") if kind == "normalize" else ("Mul", "Add")
+            nodes.append(helper.make_node(first, [source, a], [f"{name}.half"]))
+            nodes.append(helper.make_node(second, [f"{name}.half", b], [name]))
+        elif kind == "concat":
+            nodes.append(helper.make_node("Concat", layer.inputs, [name], axis=1))
+        elif kind == "scaled_add":
+            nodes.append(helper.make_node("Mul", [layer.inputs[1], constant(f"{name}.s", np.array(c["scale"]))],
+                                          [f"{name}.scaled"]))
+            nodes.append(helper.make_node("Add", [layer.inputs[0], f"{name}.scaled"], [name]))
+        elif kind == "gmp":
+            nodes.append(helper.make_node("GlobalMaxPool", [source], [f"{name}.map"]))
+            nodes.append(helper.make_node("Flatten", [f"{name}.map"], [name], axis=1))
+        elif kind == "zeropad":
+            pt, pb, pl, pr = c["pads"]
+            pads = numpy_helper.from_array(np.array([0, 0, pt, pl, 0, 0, pb, pr], np.int64), f"{name}.pads")
+            initializers.append(pads)
+            nodes.append(helper.make_node("Pad", [source, f"{name}.pads"], [name]))
+        elif kind == "crop":
+            top, _, left, _ = c["crops"]
+            h, w, _ = layer.shape
+            for key, values in (("starts", [top, left]), ("ends", [top + h, left + w]), ("axes", [2, 3])):
+                initializers.append(numpy_helper.from_array(np.array(values, np.int64), f"{name}.{key}"))
+            nodes.append(helper.make_node("Slice", [source, f"{name}.starts", f"{name}.ends", f"{name}.axes"], [name]))
+        elif kind == "upsample":
+            scales = constant(f"{name}.scales", np.array([1, 1, *c["size"]]))
+            nodes.append(helper.make_node("Resize", [source, "", scales], [name], mode="nearest"))
         else:
             raise NotImplementedError(f"the ONNX baseline does not convert {kind!r} layers ({name})")
     images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", *network.input_shape])
@@ -66,6 +105,15 @@ def network_to_onnx(network):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     onnx.checker.check_model(model)
     return model
+
+
+def _grouped_conv(helper, constant, layer, source, name, kernel, bias, groups):
+    c = layer.config
+    pt, pb, pl, pr = c["pads"]
+    return helper.make_node(
+        "Conv", [source, constant(f"{name}.w", kernel.transpose(3, 2, 0, 1)), constant(f"{name}.b", bias)], [name],
+        kernel_shape=list(kernel.shape[:2]), strides=list(c["strides"]), pads=[pt, pl, pb, pr],
+        dilations=list(c["dilation"]), group=groups)
 
 
 class OnnxRuntimePredictor:

@@ -41,7 +41,7 @@ def kinds_model(seed=1):
     x = layers.BatchNormalization(name="bn_dw")(x)  # folded into the depthwise convolution
     x = layers.ReLU(name="r_dw")(x)
     x = layers.SeparableConv2D(8, 3, padding="same", dilation_rate=2, activation="relu", name="sep", **separable)(x)
-    x = layers.SeparableConv2D(8, 3, strides=2, padding="same", name="sep2", **separable)(x)
+    x = layers.SeparableConv2D(8, 3, strides=2, padding="same", depth_multiplier=2, name="sep2", **separable)(x)
     x = layers.BatchNormalization(name="bn_sep2")(x)
     x = layers.ReLU(name="r_sep2")(x)
     x = layers.UpSampling2D(2, name="up")(x)
@@ -122,7 +122,7 @@ def test_export_and_physical_pruning_agree_with_the_engine(kinds_case, mask_at):
     layers = {layer.name: layer for layer in pruned.layers}
     kept = int(masks[owner].reshape(-1, 8).any(axis=0).sum())
     assert layers["sep"].weights["kernel"].shape[-1] == kept <= 6
-    assert layers["sep2"].weights["depthwise"].shape[-1] == kept  # its depth_multiplier is 1
+    assert layers["sep2"].weights["depthwise"].shape[-1] == 2 * kept  # its depth_multiplier is 2
     assert layers["sep2"].weights["kernel"].shape[2] == layers["sep2"].weights["depthwise"].shape[-1]
     np.testing.assert_allclose(pruned.predict_proba(x), masked, atol=1e-6)
     np.testing.assert_allclose(fd.keras_io.to_keras(pruned).predict(x, verbose=0), masked, atol=2e-6)

@@ -221,6 +221,8 @@ def test_batchnorm_anywhere_folds_or_becomes_an_affine_layer():
 
     inputs = keras.Input((4, 4, 2))
     x = layers.BatchNormalization(name="bn_input")(inputs)
+    shared = layers.Conv2D(2, 1, name="shared")(x)
+    x = layers.Add()([shared, layers.BatchNormalization(name="bn_shared")(shared)])  # the Add reads it unnormalised
     x = layers.Conv2D(3, 3, activation="relu", name="conv")(x)
     x = layers.BatchNormalization(name="bn_relu")(x)
     x = layers.Dense(5, name="hidden")(layers.Flatten()(x))
@@ -230,7 +232,7 @@ def test_batchnorm_anywhere_folds_or_becomes_an_affine_layer():
     randomise_biases(model)
     network = fd.from_keras(model)
     kinds = {layer.name: layer.kind for layer in network.layers}
-    assert kinds["bn_input"] == kinds["bn_relu"] == "affine" and "bn_dense" not in kinds
+    assert kinds["bn_input"] == kinds["bn_relu"] == kinds["bn_shared"] == "affine" and "bn_dense" not in kinds
     x = np.random.default_rng(3).normal(size=(6, 4, 4, 2)).astype(np.float32)
     np.testing.assert_allclose(network.predict_proba(x), model.predict(x, verbose=0), atol=1e-6)
 
