@@ -138,6 +138,46 @@ def test_a_saved_module_set_with_the_new_kinds_loads(kinds_case, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(x), modules.predict_proba(x))
 
 
+def dilated_model():
+    """A dilated depthwise convolution read by a Flatten head, planted so that MC-BLN removes the
+    features of every even row (module 0) and of every even column (module 1): dead nodes that vary
+    across positions, which only a window that skips rows and columns carries back correctly."""
+    import keras
+    from keras import layers
+
+    init = keras.initializers.HeNormal(seed=3)
+    inputs = keras.Input((6, 6, 2))
+    x = layers.Conv2D(3, 3, padding="same", activation="relu", kernel_initializer=init,
+                      bias_initializer=keras.initializers.RandomNormal(stddev=0.3, seed=3), name="c1")(inputs)
+    x = layers.DepthwiseConv2D(3, padding="same", dilation_rate=2, activation="relu", depthwise_initializer=init,
+                               bias_initializer=keras.initializers.RandomNormal(stddev=0.3, seed=4), name="dwd")(x)
+    outputs = layers.Dense(4, activation="softmax", name="output")(layers.Flatten(name="flat")(x))
+    model = keras.Model(inputs, outputs, name="dilated")
+    kernel = np.random.default_rng(3).normal(0, 0.02, (6, 6, 3, 4))
+    kernel[0::2, :, :, :] = [0.5, -0.5, -0.5, -0.5]
+    kernel[:, 0::2, :, :] = [-0.5, 0.5, -0.5, -0.5]
+    kernel[0::2, 0::2, :, :] = [0.5, 0.5, -0.5, -0.5]
+    model.get_layer("output").set_weights([kernel.reshape(-1, 4).astype(np.float32), np.zeros(4, np.float32)])
+    return model
+
+
+@pytest.mark.parametrize("mask_at", PLACEMENTS)
+def test_a_dilated_window_carries_dead_rows_back_as_it_reads_them(mask_at):
+    model = dilated_model()
+    x = np.random.default_rng(8).normal(size=(30, 6, 6, 2)).astype(np.float32)
+    balance_output_bias(model, x)
+    y = labelled_like_model(model, x)
+    network = fd.from_keras(model)
+    np.testing.assert_allclose(network.predict_proba(x), model.predict(x, verbose=0), atol=1e-6)
+    fast = fd.decompose(network, x, y, mask_at=mask_at, backtrack="bi", delta=DELTA, seed=5, progress=False)
+    for k in fast.classes:
+        assert_same_masks(fast, k, *reference_decompose(network, x, y, k, mask_at=mask_at, backtrack="bi",
+                                                        delta=DELTA, seed=5))
+    if mask_at == "relu":
+        kept = fast.masks(0, names="network")["c1/relu"]
+        assert not kept[0::2].any() and kept[1::2].any()  # even rows read only even rows through the window
+
+
 # ---------------------------------------------------------------- nested models and output heads
 
 
