@@ -15,9 +15,9 @@ predicted. Then, on 24 random images:
 - **proba**: the largest difference from Keras' probabilities (target 1e-4);
 - **logits**: the largest difference from Keras' logits (computed by Keras to
   the output layer's input, then its weights in float64) relative to the
-  largest logit (target 1e-5), and relative to the largest sum of the terms'
-  magnitudes (the scale float32 rounding works at: random deep models' logits
-  cancel, and a balanced output bias cancels them further);
+  largest logit before the output bias (target 1e-5; the balancing bias is
+  ours, and cancels the logits to near 0), and relative to the largest sum of
+  the terms' magnitudes (the scale float32 rounding works at);
 - **module**: the largest difference between ``to_keras`` of module 0
   (MC-BI) and the engine's module;
 - **pruned**: the largest difference between the physically pruned module and
@@ -85,7 +85,7 @@ def measure(name, size):
     kernel = kernel.reshape(features.shape[1], -1)
     keras_logits = features @ kernel + bias
     error = np.abs(network.forward(x, logits=True) - keras_logits).max()
-    row["logits"] = float(error / np.abs(keras_logits).max())
+    row["logits"] = float(error / np.abs(features @ kernel).max())
     row["logits_terms"] = float(error / (np.abs(features) @ np.abs(kernel) + np.abs(bias)).max())
     predicted = network.predict(x)
     start = time.perf_counter()

@@ -226,9 +226,21 @@ class LayerKind:
         return {}, {}, None
 
     def kind_for(self, cfg, input_shapes):
-        """The kind that imports a Keras layer of this kind's classes with settings ``cfg`` and inputs of
-        ``input_shapes``: this one, or another registered kind for a variant (a grouped or dilated
-        ``Conv2D``, a 1x1 ``Conv2D`` over a vector, a flatten of a vector)."""
+        """The kind that imports a Keras layer of this kind's classes: this one, or another registered
+        kind for a variant (a grouped or dilated ``Conv2D``, a 1x1 ``Conv2D`` over a vector, a flatten
+        of a vector).
+
+        Parameters
+        ----------
+        cfg : dict
+            The Keras layer's ``get_config()``.
+        input_shapes : list of tuple of int
+            The shapes of its inputs in the graph, without the batch axis.
+
+        Returns
+        -------
+        str
+        """
         return self.kind
 
     def output_shape(self, config, weights, input_shapes):

@@ -553,3 +553,30 @@ def test_a_one_unit_sigmoid_output_is_a_two_class_classifier():
                                                                                  name="gate")(features)))
     with pytest.raises(UnsupportedLayerError, match="'gate'"):
         fd.from_keras(hidden)
+
+
+@pytest.mark.parametrize("groups, multiplier, stride, dilation", [(1, 1, 1, 2), (2, 2, 2, 1), (6, 1, 1, 2), (3, 2, 1, 1)])
+def test_grouped_convolution_sums_in_its_documented_order(groups, multiplier, stride, dilation):
+    """The CPU kernel (the CUDA twin is held to it) against the sum its docstring states, term by
+    term in float32: the group's channels, then rows, then columns, padding skipped, then the bias."""
+    from fastdecomp.kernels import cpu
+
+    rng = np.random.default_rng(groups)
+    ci, co = 6, 6 // groups * multiplier * groups
+    x = rng.standard_normal((2, 7, 6, ci)).astype(np.float32)
+    kernel = rng.standard_normal((3, 2, ci // groups, co)).astype(np.float32)
+    bias = rng.standard_normal(co).astype(np.float32)
+    out = np.empty((2, 4, 3, co), np.float32)
+    cpu.grouped_conv2d_forward(x, kernel, bias, stride, stride, dilation, dilation, 1, 1, groups, out)
+    expected = np.empty_like(out)
+    for b, i, j, o in np.ndindex(*out.shape):
+        acc = np.float32(0)
+        first = o // (co // groups) * (ci // groups)
+        for c in range(ci // groups):
+            for dy in range(3):
+                for dx in range(2):
+                    y, xx = i * stride + dy * dilation - 1, j * stride + dx * dilation - 1
+                    if 0 <= y < 7 and 0 <= xx < 6:
+                        acc = np.float32(acc + np.float32(x[b, y, xx, first + c] * kernel[dy, dx, c, o]))
+        expected[b, i, j, o] = np.float32(acc + bias[o])
+    np.testing.assert_array_equal(out, expected)
