@@ -371,3 +371,25 @@ def test_the_emulator_loads_libraries_only_from_a_folder_of_its_own(tmp_path, mo
     with pytest.warns(UserWarning, match="writable by other users"):
         library, _ = cuda_emulator.compile_for_cpu(source)
     assert planted not in library.parents and list(planted.iterdir()) == []
+
+
+@pytest.mark.parametrize("mask_at", ["relu", "conv"])
+def test_device_decomposition_of_the_new_kinds_equals_cpu(device, mask_at):
+    """Grouped, depthwise, separable and dilated convolutions, affine maps, concatenation, cropping,
+    upsampling and global max pooling on the device path, bit for bit (MC-BI reaches through them all)."""
+    import fastdecomp as fd
+    from conftest import balance_output_bias, labelled_like_model
+    from test_architectures import kinds_model
+
+    model = kinds_model()
+    x = np.random.default_rng(3).normal(size=(20, 8, 8, 3)).astype(np.float32) * 2
+    balance_output_bias(model, x)
+    y = labelled_like_model(model, x)
+    network = fd.from_keras(model)
+    np.testing.assert_array_equal(network.forward(x, backend=device), network.forward(x))
+    options = dict(mask_at=mask_at, backtrack="bi", delta=0.05, batch_size=7, seed=2, progress=False)
+    on_cpu = fd.decompose(network, x, y, **options)
+    on_device = fd.decompose(network, x, y, backend=device.name, **options)
+    for k in on_cpu.classes:
+        for name, mask in on_cpu.masks(k, names="network").items():
+            np.testing.assert_array_equal(on_device.masks(k, names="network")[name], mask, err_msg=f"{k} {name}")
