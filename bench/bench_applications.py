@@ -60,7 +60,7 @@ def measure(name, size):
     from conftest import balance_output_bias, randomise_biases, randomise_normalisation
 
     keras.utils.set_random_seed(0)
-    extra = {"include_preprocessing": False} if name.startswith(("MobileNetV3", "EfficientNet", "ConvNeXt")) else {}
+    extra = {"include_preprocessing": False} if name.startswith(("MobileNetV3", "ConvNeXt")) else {}
     model = getattr(keras.applications, name)(input_shape=(size, size, 3), weights=None, classes=10, **extra)
     randomise_normalisation(model)
     randomise_biases(model, scale=0.05)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import InputError, ModelFileError, UnsupportedLayerError
-from .layers import KERAS_CLASSES, KINDS, Layer, refuser
+from .layers import KERAS_CLASSES, KINDS, OUTSIDE_THE_METHOD, Layer, refuser
 from .network import Network
 
 __all__ = ["from_keras", "load_keras_model", "to_keras", "keras_custom_objects"]
@@ -198,6 +198,8 @@ def _registered_kind(op, node, refuse):
     if not isinstance(op, keras.layers.Layer):
         refuse(f"a Keras operation ({type(op).__module__}.{cls}, from an expression such as x + 3.0 or a "
                "keras.ops call), not a layer; write it with keras.layers so that all its inputs are known")
+    if cls in OUTSIDE_THE_METHOD:
+        refuse(f"{OUTSIDE_THE_METHOD[cls]}; the method needs layers whose inactive region outputs exactly 0")
     if cls not in KERAS_CLASSES:
         refuse("no handler for this layer type")
     module = KINDS[KERAS_CLASSES[cls]].keras_module

@@ -1336,6 +1336,15 @@ def _two_classes(kernel, bias):
             "bias": np.concatenate([np.zeros(1, np.float32), bias])}
 
 
+OUTSIDE_THE_METHOD = {  # Keras layers of real models that the method cannot take, and why
+    **dict.fromkeys(("LeakyReLU", "PReLU", "ELU"), "its negative region is not 0"),
+    "LayerNormalization": "it rescales every position by statistics of all its channels, so a removed node "
+                          "changes the nodes kept",
+    "Multiply": "a gate (squeeze-and-excitation) multiplies nodes, so an inactive one does not output 0",
+    "Lambda": "its function is arbitrary code",
+}
+
+
 def supported():
     """The Keras layer classes fastdecomp imports, as a sentence."""
     return (", ".join(sorted(KERAS_CLASSES)) + " layers (nested models flattened), with relu, relu6 or linear "

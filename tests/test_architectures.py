@@ -390,3 +390,16 @@ def test_a_reshape_that_only_flattens_is_a_flatten_and_any_other_is_refused():
     bad = layers.Flatten()(layers.Reshape((2, 6), name="fold")(x))
     with pytest.raises(fd.errors.UnsupportedLayerError, match="'fold'.*flattens"):
         fd.from_keras(keras.Model(inputs, layers.Dense(2, activation="softmax")(bad)))
+
+
+def test_a_squeeze_and_excitation_gate_is_refused_with_the_reason():
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((8, 8, 4))
+    x = layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    gate = layers.Dense(4, activation="relu")(layers.GlobalAveragePooling2D(keepdims=True)(x))
+    x = layers.Multiply(name="excite")([x, gate])
+    model = keras.Model(inputs, layers.Dense(2, activation="softmax")(layers.GlobalAveragePooling2D()(x)))
+    with pytest.raises(fd.errors.UnsupportedLayerError, match="'excite' \\(Multiply\\).*gate.*exactly 0"):
+        fd.from_keras(model)
