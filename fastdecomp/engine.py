@@ -31,16 +31,16 @@ class FusionPlan:
         two-input residual ``Add`` that it alone feeds, and ``shortcut`` is
         computed before it, so the convolution adds ``shortcut`` itself and
         the ``Add`` passes its result on.
-    rectified : frozenset
-        Convolutions (and fused ``Add``\\ s) whose only reader is a rectifier,
-        which then runs in the epilogue too.
+    rectified : Mapping
+        Convolution (or fused ``Add``) -> the cap of its only reader, a
+        rectifier, which then runs in the epilogue too (None: no cap).
     activity : Mapping
         Convolution -> the observed, unmasked layer (itself, or the ``Add``
         or ReLU fused into it) whose packed ``> 0`` bits its epilogue writes.
     """
 
     residuals: MappingProxyType
-    rectified: frozenset
+    rectified: MappingProxyType
     activity: MappingProxyType
 
 
@@ -61,7 +61,7 @@ def plan_fusions(network, observed, masked, activity_bits):
     FusionPlan
     """
     untouched = observed | masked
-    residuals, rectified = {}, set()
+    residuals, rectified = {}, {}
     for layer in network.layers:
         if not layer.handler.epilogue:
             continue
@@ -72,10 +72,11 @@ def plan_fusions(network, observed, masked, activity_bits):
             if network.position[shortcut] < network.position[layer.name]:
                 residuals[layer.name] = (add.name, shortcut)
                 after = add
-        if _sole_reader(network, after, "rectify", untouched) is not None:
-            rectified.add(after.name)
+        rectifier = _sole_reader(network, after, "rectify", untouched)
+        if rectifier is not None:
+            rectified[after.name] = rectifier.handler.cap(rectifier)
     activity = _activity_sources(network, observed, masked, residuals, rectified) if activity_bits else {}
-    return FusionPlan(MappingProxyType(residuals), frozenset(rectified), MappingProxyType(activity))
+    return FusionPlan(MappingProxyType(residuals), MappingProxyType(rectified), MappingProxyType(activity))
 
 
 def _sole_reader(network, layer, role, untouched):
@@ -210,12 +211,11 @@ class _Walk:
         if layer.name in plan.activity:
             options["activity"] = self.bits[plan.activity[layer.name]] = np.empty(
                 (len(self.x), int(np.prod(layer.shape)) // 8), np.uint8)
+        last = layer.name
         if layer.name in plan.residuals:
-            add, shortcut = plan.residuals[layer.name]
-            options.update(rectify=add in plan.rectified, residual=branch.values[shortcut],
-                           in_place=self._overwritable(shortcut, branch))
-        else:
-            options["rectify"] = layer.name in plan.rectified
+            last, shortcut = plan.residuals[layer.name]
+            options.update(residual=branch.values[shortcut], in_place=self._overwritable(shortcut, branch))
+        options.update(rectify=last in plan.rectified, cap=plan.rectified.get(last))
         return options
 
     def _owned(self, src, shared):

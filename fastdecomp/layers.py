@@ -336,6 +336,10 @@ class LayerKind:
         """Whether its epilogue can pack the ``> 0`` bits of ``layer``'s output (:attr:`epilogue` kinds)."""
         return False
 
+    def cap(self, layer):
+        """The upper bound a rectifier (``fuses_as == "rectify"``) clips its output to, or None."""
+        return None
+
     def unfolded(self, weights):
         """What a ``fold`` kind becomes where it cannot fold (after a ReLU, at the input, after a layer
         read elsewhere too): ``(kind, config, weights)`` of a layer of its own."""
@@ -486,7 +490,7 @@ class Conv2DKind(LayerKind):
         return (oh, ow, weights["kernel"].shape[3])
 
     def forward(self, layer, inputs, reusable=None, *, backend, rectify=False, residual=None, in_place=False,
-                activity=None):
+                activity=None, cap=None):
         """The convolution of a batch, with the layers its epilogue fuses.
 
         Parameters
@@ -502,6 +506,8 @@ class Conv2DKind(LayerKind):
         activity : numpy.ndarray, optional
             uint8 ``[B, nodes / 8]``: receives the output's packed ``> 0`` bits
             (on a device that ``writes_activity_bits``).
+        cap : float, optional
+            The fused ReLU's upper bound (ReLU6).
         """
         x = inputs[0]
         c = layer.config
@@ -509,7 +515,7 @@ class Conv2DKind(LayerKind):
         backend.kernels.conv2d_forward(
             x, backend.weights(layer.weights["kernel"]), backend.weights(layer.weights["bias"]),
             c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2], out, rectify=rectify,
-            residual=residual, activity=activity)
+            residual=residual, activity=activity, cap=cap)
         return out
 
     def writes_activity(self, layer):
@@ -667,7 +673,7 @@ class SeparableConv2DKind(Conv2DKind):
         _check_window(layer, _span(depthwise.shape[:2], layer.config["dilation"]), input_shapes[0])
 
     def forward(self, layer, inputs, reusable=None, *, backend, rectify=False, residual=None, in_place=False,
-                activity=None):
+                activity=None, cap=None):
         x, c, depthwise = inputs[0], layer.config, layer.weights["depthwise"]
         middle = backend.xp.empty(x.shape[:1] + layer.shape[:2] + depthwise.shape[3:], dtype=np.float32)
         backend.kernels.grouped_conv2d_forward(
@@ -676,7 +682,7 @@ class SeparableConv2DKind(Conv2DKind):
         out = residual if in_place else backend.xp.empty((x.shape[0],) + layer.shape, dtype=np.float32)
         backend.kernels.conv2d_forward(
             middle, backend.weights(layer.weights["kernel"]), backend.weights(layer.weights["bias"]), 1, 1, 0, 0,
-            out, rectify=rectify, residual=residual, activity=activity)
+            out, rectify=rectify, residual=residual, activity=activity, cap=cap)
         return out
 
     def drop_channels(self, layer, keep, axis):
@@ -781,8 +787,8 @@ class ReLUKind(LayerKind):
             refuse(f"max_value={cap!r}; give a positive cap (ReLU(max_value=6) is ReLU6)")
         return ({} if cap is None else {"max_value": float(cap)}), {}, None
 
-    def fusion(self, layer):
-        return None if layer.config.get("max_value") is not None else self.fuses_as  # the epilogue has no cap
+    def cap(self, layer):
+        return layer.config.get("max_value")
 
     def forward(self, layer, inputs, reusable=None, *, backend):
         out = inputs[0] if reusable and reusable[0] else None

@@ -89,25 +89,29 @@ def floats(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("size, ci, co, k, stride, pads, rectify, residual", [
-    ((9, 9), 3, 16, 3, 1, (1, 1), False, False),
-    ((9, 7), 5, 6, 3, 2, (0, 1), True, False),
-    ((8, 8), 4, 8, 1, 2, (0, 0), False, True),
-    ((6, 6), 2, 4, 2, 1, (0, 0), True, True),
+@pytest.mark.parametrize("size, ci, co, k, stride, pads, rectify, residual, cap", [
+    ((9, 9), 3, 16, 3, 1, (1, 1), False, False, None),
+    ((9, 7), 5, 6, 3, 2, (0, 1), True, False, None),
+    ((8, 8), 4, 8, 1, 2, (0, 0), False, True, None),
+    ((6, 6), 2, 4, 2, 1, (0, 0), True, True, None),
+    ((9, 9), 3, 16, 3, 1, (1, 1), True, False, 0.7),
+    ((6, 6), 2, 4, 2, 1, (0, 0), True, True, 1.25),
 ])
-def test_conv2d_forward_twin(device, size, ci, co, k, stride, pads, rectify, residual):
+def test_conv2d_forward_twin(device, size, ci, co, k, stride, pads, rectify, residual, cap):
     x, kernel, bias = floats(3, *size, ci), floats(k, k, ci, co), floats(co)
     padding_total = [max((-(-s // stride) - 1) * stride + k - s, 0) for s in size] if pads != (0, 0) else [0, 0]
     oh, ow = [(-(-s // stride)) if pads != (0, 0) else (s - k) // stride + 1 for s in size]
     expected = np.empty((3, oh, ow, co), np.float32)
     shortcut = floats(*expected.shape) if residual else None
     cpu.conv2d_forward(x, kernel, bias, stride, stride, padding_total[0] // 2, padding_total[1] // 2,
-                               expected, rectify=rectify, residual=shortcut)
+                               expected, rectify=rectify, residual=shortcut, cap=cap)
+    if cap is not None:
+        assert (expected == np.float32(cap)).any() and (expected < cap).any()
     dx, dk, db = to(device, x, kernel, bias)
     out = device.xp.empty(expected.shape, np.float32)
     gpu.conv2d_forward(dx, dk, db, stride, stride, padding_total[0] // 2, padding_total[1] // 2, out,
                        rectify=rectify, residual=None if shortcut is None else to(device, shortcut)[0],
-                       device=device)
+                       cap=cap, device=device)
     np.testing.assert_array_equal(device.to_host(out), expected)
 
 

@@ -303,3 +303,14 @@ def test_capped_relus_and_inference_identities_hold_the_invariants():
     k = fast.classes[0]
     engine = fast.module(k).predict_proba(x)
     np.testing.assert_allclose(fast.to_keras(k).predict(x, verbose=0), engine, atol=2e-6)
+
+
+def test_a_capped_rectifier_fused_into_the_epilogue_changes_no_value():
+    model = relu6_model()
+    network = fd.from_keras(model)
+    plan = fd.engine.plan_fusions(network, frozenset(), frozenset(), False)
+    assert set(plan.rectified.values()) == {0.6, 6.0}  # both caps run in their convolution's epilogue
+    x = np.random.default_rng(9).normal(size=(12, 10, 10, 2)).astype(np.float32) * 3
+    unfused = network.forward(x, observe=lambda layer, v: None, mask_at="relu")
+    np.testing.assert_array_equal(network.forward(x), unfused)
+    np.testing.assert_allclose(unfused, model.predict(x, verbose=0), atol=1e-6)

@@ -106,10 +106,10 @@ def test_epilogue_fusion_changes_no_value(resnet_case, monkeypatch):
     blocks = sum(layer.kind == "add" for layer in network.layers)
     plan = fd.engine.plan_fusions(network, frozenset(), frozenset(), False)
     residuals, rectified = plan.residuals, plan.rectified
-    assert len(residuals) == blocks and {add for add, _ in residuals.values()} <= rectified
+    assert len(residuals) == blocks and {add for add, _ in residuals.values()} <= set(rectified)
     observed = frozenset(l.name for l in network.mask_points("conv"))
     plan = fd.engine.plan_fusions(network, observed, frozenset(), False)
-    assert (dict(plan.residuals), plan.rectified) == ({}, set())
+    assert (dict(plan.residuals), dict(plan.rectified)) == ({}, {})
 
     def run():
         seen = {}
@@ -119,7 +119,7 @@ def test_epilogue_fusion_changes_no_value(resnet_case, monkeypatch):
         return logits, probs, seen
 
     fused = run()
-    unfused = fd.engine.FusionPlan(MappingProxyType({}), frozenset(), MappingProxyType({}))
+    unfused = fd.engine.FusionPlan(MappingProxyType({}), MappingProxyType({}), MappingProxyType({}))
     monkeypatch.setattr(fd.Network, "fusion_plan", lambda self, observed, masked, bits: unfused)
     plain = run()
     np.testing.assert_array_equal(fused[0], plain[0])

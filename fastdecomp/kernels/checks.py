@@ -86,6 +86,24 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
         _shape("conv2d_forward", "residual", residual, out.shape)
 
 
+def rectifier_cap(kernel, rectify, cap):
+    """Check a convolution epilogue's ReLU cap: None, or a positive finite number with ``rectify``.
+
+    Parameters
+    ----------
+    kernel : str
+        The kernel's name, for the message.
+    rectify : bool
+    cap : float or None
+    """
+    if cap is None:
+        return
+    if isinstance(cap, bool) or not isinstance(cap, numbers.Real) or not np.isfinite(cap) or cap <= 0 \
+            or not rectify:
+        _fail(kernel, f"cap must be a positive finite number, with rectify=True; got cap={cap!r}, "
+                      f"rectify={rectify!r}")
+
+
 def dense_forward(x, kernel, bias, out):
     """Check the arguments of ``dense_forward``: ``x [N, F]``, ``kernel [F, K]``, ``bias [K]``, ``out [N, K]``.
 

@@ -108,7 +108,7 @@ def _checked(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, residu
 
 
 def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, residual=None,
-                   activity=None):
+                   activity=None, cap=None):
     """2-D convolution ``out = conv(x, kernel) + bias [+ residual]`` (NHWC input, HWIO kernel).
 
     Generated per layer shape as LLVM IR (:mod:`.direct_conv`), with the
@@ -137,13 +137,18 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
         Receives ``numpy.packbits(out.reshape(N, -1) > 0, axis=1)``, computed
         while the values are in registers (the activity statistics read these
         bits instead of the values). Needs ``Co`` to be a multiple of 8.
+    cap : float, optional
+        With ``rectify``: the ReLU's upper bound, ``min(relu(r), cap)`` (ReLU6); the bits of
+        ``activity`` are those before the ReLU either way (``> 0`` is the same).
     """
     x, kernel, bias, residual = _checked(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, residual,
                                          activity)
+    checks.rectifier_cap("conv2d_forward", rectify, cap)
     n, h, w, ci = x.shape
     kh, kw, _, co = kernel.shape
     shape = direct_conv.ConvShape(h, w, ci, kh, kw, int(stride_h), int(stride_w), int(pad_top), int(pad_left), out.shape[1],
-                      out.shape[2], co, bool(rectify), residual is not None, activity is not None)
+                      out.shape[2], co, bool(rectify), residual is not None, activity is not None,
+                      None if cap is None else float(np.float32(cap)))
     kernel_for(shape)(x.ctypes.data, kernel.ctypes.data, bias.ctypes.data, out.ctypes.data, n,
                       out.ctypes.data if residual is None else residual.ctypes.data,
                       0 if activity is None else activity.ctypes.data)

@@ -37,8 +37,11 @@ however the data is batched.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, fields
 from functools import lru_cache
+
+import numpy as np
 
 
 from . import target as targets
@@ -47,7 +50,7 @@ from .llvm_jit import compile_ir, counted_loop
 __all__ = ["ConvShape", "Tiling", "candidates", "rule_tiling", "conv_ir", "compiled", "packs_activity"]
 
 
-EPILOGUE = ("rectify", "residual", "activity")  # the ConvShape fields that are not geometry
+EPILOGUE = ("rectify", "residual", "activity", "cap")  # the ConvShape fields that are not geometry
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class ConvShape:
     out_h, out_w, out_channels : int
     rectify, residual, activity : bool
         The epilogue: ReLU, a residual added, packed activity bits written.
+    cap : float, optional
+        With ``rectify``: the ReLU's upper bound (ReLU6), baked in as a constant.
     """
 
     in_h: int
@@ -82,6 +87,7 @@ class ConvShape:
     rectify: bool = False
     residual: bool = False
     activity: bool = False
+    cap: float | None = None
 
     @property
     def geometry(self):
@@ -237,7 +243,7 @@ def conv_ir(shape: ConvShape, tiling: Tiling, name="conv"):
     ``out`` and ``residual`` NHWC float32 of the output's shape; all addresses
     of C-contiguous arrays. With ``shape.residual`` the epilogue adds
     ``residual`` (which may be ``out`` itself), then with ``shape.rectify``
-    applies ReLU. With ``shape.activity`` it also writes ``activity``, uint8
+    applies ReLU (capped at ``shape.cap`` when it is set). With ``shape.activity`` it also writes ``activity``, uint8
     ``[images, nodes / 8]``: the output's ``> 0`` bits packed as
     ``numpy.packbits`` does (needs a vector width of 8 or 16). ``tiling``
     decides the speed, never the values.
@@ -379,12 +385,23 @@ def _tile_function(s, name, pixels, group, width, rows, taps):
                           f"  %relu.{p}.{q} = select <{width} x i1> %pos.{p}.{q}, {vec} {result}, "
                           f"{vec} zeroinitializer"]
                 result = f"%relu.{p}.{q}"
+            if s.rectify and s.cap is not None:
+                lines += [f"  %low.{p}.{q} = fcmp olt {vec} {result}, {_splat(s.cap, width)}",
+                          f"  %cap.{p}.{q} = select <{width} x i1> %low.{p}.{q}, {vec} {result}, "
+                          f"{vec} {_splat(s.cap, width)}"]
+                result = f"%cap.{p}.{q}"
             lines += [
                 f"  %op.{p}.{q} = getelementptr float, ptr %o, i64 %oi.{p}.{q}",
                 f"  store {vec} {result}, ptr %op.{p}.{q}, align 4",
             ]
     lines += ["  ret void", "}", ""]
     return lines
+
+
+def _splat(value, width):
+    """An LLVM vector constant of ``width`` copies of the float32 ``value`` (exact: as a double's hex)."""
+    bits = struct.unpack("<Q", struct.pack("<d", float(np.float32(value))))[0]
+    return "<" + ", ".join([f"float 0x{bits:016X}"] * width) + ">"
 
 
 def _store_bits(tag, values, index, width):

@@ -293,18 +293,19 @@ def _scalars(*values, kind=np.int32):
 
 
 def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, residual=None,
-                   activity=None, *, device):
+                   activity=None, cap=None, *, device):
     """2-D convolution ``out = conv(x, kernel) + bias [+ residual]`` (NHWC input, HWIO kernel); see
     :func:`fastdecomp.kernels.direct_conv.conv2d_forward`. Bit-identical to it. The packed
     ``activity`` bits are a CPU epilogue only (the device statistics read the values).
 
     Parameters
     ----------
-    x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify, residual, activity :
+    x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify, residual, activity, cap :
         As the CPU twin's, arrays being the device's (C-contiguous).
     device : Device
         Where the kernel runs (:func:`fastdecomp.backends.get`).
     """
+    checks.rectifier_cap("conv2d_forward", rectify, cap)
     if activity is not None:
         raise InputError("the device convolution does not write packed activity; pass activity=None")
     checks.conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, residual)
@@ -314,7 +315,8 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
     device.launch("forward", "conv2d_forward", n * oh * ow * co,
                   [x, kernel, bias, out, out if residual is None else residual, np.int64(n),
                    *_scalars(h, w, ci, kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, co,
-                             int(residual is not None), int(rectify))])
+                             int(residual is not None), int(rectify)),
+                   np.float32(0.0 if cap is None else cap), np.int32(cap is not None)])
 
 
 def grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, groups,

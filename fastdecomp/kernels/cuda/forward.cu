@@ -13,7 +13,8 @@
 extern "C" __global__ void conv2d_forward(
     const float* __restrict__ x, const float* __restrict__ kernel, const float* __restrict__ bias,
     float* out, const float* residual, long long n, int h, int w, int ci, int kh, int kw, int stride_h,
-    int stride_w, int pad_top, int pad_left, int oh, int ow, int co, int add_residual, int rectify)
+    int stride_w, int pad_top, int pad_left, int oh, int ow, int co, int add_residual, int rectify,
+    float cap, int capped)
 {
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n * oh * ow * co) return;
@@ -34,6 +35,7 @@ extern "C" __global__ void conv2d_forward(
     float r = acc + bias[o];
     if (add_residual) r = r + residual[t];  /* residual may be out itself: read before written */
     if (rectify) r = r > 0.0f ? r : 0.0f;
+    if (capped) r = r < cap ? r : cap;
     out[t] = r;
 }
 
