@@ -253,10 +253,11 @@ def _topological_keras_nodes(model):
             if (id(hist.operation), hist.node_index) not in seen:
                 stack.append((hist.operation, hist.node_index, False))
     names = [op.name for op, _ in order]
-    if len(set(names)) != len(names):
+    shared = sorted({name for name in names if names.count(name) > 1})
+    if shared:
         raise UnsupportedLayerError(
-            f"a layer of model {model.name!r} is called more than once (shared layers); fastdecomp "
-            "needs each layer to appear once in the graph")
+            f"layer {shared[0]!r} of model {model.name!r} is called more than once (a shared layer or model); "
+            "fastdecomp needs each layer to appear once in the graph: give each call a layer of its own")
     return order
 
 

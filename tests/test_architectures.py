@@ -403,3 +403,17 @@ def test_a_squeeze_and_excitation_gate_is_refused_with_the_reason():
     model = keras.Model(inputs, layers.Dense(2, activation="softmax")(layers.GlobalAveragePooling2D()(x)))
     with pytest.raises(fd.errors.UnsupportedLayerError, match="'excite' \\(Multiply\\).*gate.*exactly 0"):
         fd.from_keras(model)
+
+
+def test_a_model_called_twice_is_refused_by_name():
+    import keras
+    from keras import layers
+
+    inner_input = keras.Input((8, 8, 3))
+    shared = keras.Model(inner_input, layers.Conv2D(4, 3, padding="same", activation="relu")(inner_input),
+                         name="shared_base")
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Add()([shared(inputs), shared(inputs)])
+    model = keras.Model(inputs, layers.Dense(2, activation="softmax")(layers.Flatten()(x)))
+    with pytest.raises(fd.errors.UnsupportedLayerError, match="'shared_base'.*more than once"):
+        fd.from_keras(model)
