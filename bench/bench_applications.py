@@ -21,7 +21,7 @@ predicted. Then, on 24 random images:
 - **module**: the largest difference between ``to_keras`` of module 0
   (MC-BI) and the engine's module;
 - **pruned**: the largest difference between the physically pruned module and
-  the masked one;
+  the masked one, and the share of the weights pruning dropped;
 - the import, decomposition (all recognised classes, one pass) and total times.
 
 One process per model keeps memory flat. Writes ``bench/results/applications.md``.
@@ -99,20 +99,23 @@ def measure(name, size):
     masked = network.forward(x, masks=masks, head=modules.head(k))
     pruned = fd.pruning.prune(network, masks, modules.head(k))
     row["pruned"] = float(np.abs(pruned.predict_proba(x) - masked).max())
+    before, after = (sum(w.size for layer in graph for w in layer.weights.values())
+                     for graph in (network.layers, pruned.layers))
+    row["dropped"] = 1 - after / before
     row["kinds"] = sorted({layer.kind for layer in network.layers})
     return row
 
 
 def table(rows):
     lines = ["| model | input | params (M) | import | proba diff | logits diff / max logit | logits diff / max "
-             "terms | to_keras diff | pruned diff | import s | decompose s |", "|" + "---|" * 11]
+             "terms | to_keras diff | pruned diff | weights dropped | import s | decompose s |", "|" + "---|" * 12]
     for r in rows:
         if not r.get("imported"):
             lines.append(f"| {r['model']} | {r['input']} | {r.get('parameters', 0) / 1e6:.1f} | refused: "
-                         f"{r.get('refusal', r.get('error', ''))} | | | | | | | |")
+                         f"{r.get('refusal', r.get('error', ''))} | | | | | | | | |")
             continue
         lines.append(f"| {r['model']} | {r['input']} | {r['parameters'] / 1e6:.1f} | yes | {r['proba']:.1e} | "
-                     f"{r['logits']:.1e} | {r['logits_terms']:.1e} | {r['module']:.1e} | {r['pruned']:.1e} | {r['import_s']:.1f} | "
+                     f"{r['logits']:.1e} | {r['logits_terms']:.1e} | {r['module']:.1e} | {r['pruned']:.1e} | {r['dropped']:.1%} | {r['import_s']:.1f} | "
                      f"{r['decompose_s']:.1f} |")
     return "\n".join(lines)
 
