@@ -5,11 +5,11 @@ Reusable and Replaceable Modules" (ICSE 2022), as ``docs/method.md`` states it.
 A Keras model is imported as a plain layer graph (:func:`from_keras`),
 activation statistics stream through fastdecomp's kernels in one pass for all
 classes (:func:`decompose`), and the modules come out as a :class:`ModuleSet`
-whose modules compose (:func:`compose`), export to Keras and save
-(:func:`save`). Importing fastdecomp never needs TensorFlow, CuPy or a GPU.
+whose modules compose (:func:`compose`), export to Keras and ONNX, and save
+(:func:`save`). Importing fastdecomp never needs TensorFlow, ONNX, CuPy or a GPU.
 """
 
-from . import backends, config, data, engine, keras_io, layers, metrics, pruning, zoo
+from . import backends, config, data, engine, keras_io, layers, metrics, onnx_io, pruning, zoo
 from .backends import set_backend
 from .compose import Composition, compose
 from .decompose import DecompositionWarning, decompose
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "decompose", "DecompositionWarning", "DecompositionOptions", "compose", "Composition", "Module", "ModuleSet", "from_keras", "Network",
     "save", "load", "load_modules", "load_composition", "set_backend", "backends", "config", "data", "engine",
-    "keras_io", "layers", "metrics", "pruning",
+    "keras_io", "layers", "metrics", "onnx_io", "pruning",
     "zoo", "FastDecompError", "UnsupportedLayerError", "InputError", "ModelFileError", "DatasetNotFoundError",
     "BackendError", "ConfigError", "TargetError", "OutputExistsError", "SaveError", "__version__",
 ]

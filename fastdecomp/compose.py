@@ -147,6 +147,29 @@ class Composition:
         scores = self.decision_function(x, batch_size=batch_size, backend=backend)
         return np.asarray(self.labels)[scores.argmax(axis=1)]
 
+    def to_onnx(self, path=None, *, overwrite=False):
+        """The composition as one ONNX model that runs every module and votes
+        (:func:`fastdecomp.onnx_io.composition_to_onnx`): NHWC float32 ``images`` in;
+        ``probabilities``, ``margins`` and ``labels`` out.
+
+        Parameters
+        ----------
+        path : str or Path, optional
+            Also write it there (a ``.onnx`` file, atomically).
+        overwrite : bool
+            Replace an existing file at ``path``.
+
+        Returns
+        -------
+        onnx.ModelProto
+        """
+        from .onnx_io import composition_to_onnx, save_onnx
+
+        model = composition_to_onnx(self)
+        if path is not None:
+            save_onnx(model, path, overwrite=overwrite)
+        return model
+
     def evaluate(self, x, y=None, *, batch_size=256, backend=None):
         """Top-1 and top-5 accuracy on the images whose label is one of the composition's.
 

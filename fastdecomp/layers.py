@@ -383,6 +383,23 @@ class LayerKind:
         """
         raise NotImplementedError
 
+    def to_onnx(self, layer, graph, inputs):
+        """Write ``layer``'s nodes into an ONNX graph (maps NCHW, vectors ``[N, F]``).
+
+        Parameters
+        ----------
+        layer : Layer
+        graph : fastdecomp.onnx_io.OnnxGraph
+        inputs : list of str
+            The tensors of ``layer.inputs`` (the input layer: the NHWC images).
+
+        Returns
+        -------
+        str
+            The tensor of its output.
+        """
+        raise InputError(f"layer {layer.name!r} ({self.kind}) has no ONNX form")
+
     def to_keras(self, layer, name):
         """A new Keras layer equivalent to ``layer``.
 
@@ -449,6 +466,9 @@ class InputKind(LayerKind):
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         return []
+
+    def to_onnx(self, layer, graph, inputs):
+        return graph.node("Transpose", inputs, layer.name, perm=[0, 3, 1, 2])
 
 
 @register
@@ -536,6 +556,9 @@ class Conv2DKind(LayerKind):
         else:
             layer.weights["kernel"] = np.ascontiguousarray(layer.weights["kernel"][:, :, keep, :])
 
+    def to_onnx(self, layer, graph, inputs):
+        return _onnx_conv(graph, layer, inputs[0], layer.weights["kernel"], layer.weights["bias"], 1)
+
     def to_keras(self, layer, name):
         from keras import layers
 
@@ -607,6 +630,10 @@ class GroupedConv2DKind(LayerKind):
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         return [_window_dead_inputs(layer, dead_out, input_shapes[0], groups=layer.config["groups"],
                                     through_conv=through_conv)]
+
+    def to_onnx(self, layer, graph, inputs):
+        return _onnx_conv(graph, layer, inputs[0], layer.weights["kernel"], layer.weights["bias"],
+                          layer.config["groups"])
 
     def to_keras(self, layer, name):
         from keras import layers
@@ -692,6 +719,13 @@ class SeparableConv2DKind(Conv2DKind):
         layer.weights["depthwise"] = np.ascontiguousarray(layer.weights["depthwise"][..., middle])
         layer.weights["kernel"] = np.ascontiguousarray(layer.weights["kernel"][:, :, middle, :])
 
+    def to_onnx(self, layer, graph, inputs):
+        depthwise = layer.weights["depthwise"]
+        groups = depthwise.shape[3] // layer.config["depth_multiplier"]
+        middle = _onnx_conv(graph, layer, inputs[0], depthwise, _zeros(depthwise.shape[3]), groups)
+        return graph.node("Conv", [middle, graph.constant(layer.weights["kernel"].transpose(3, 2, 0, 1), "pointwise"),
+                                   graph.constant(layer.weights["bias"], "bias")], layer.name, kernel_shape=[1, 1])
+
     def to_keras(self, layer, name):
         from keras import layers
 
@@ -763,6 +797,10 @@ class DenseKind(LayerKind):
         dead_all = dead_out.all(axis=1)
         return [np.repeat(dead_all[:, None], input_shapes[0][0], axis=1)]
 
+    def to_onnx(self, layer, graph, inputs):
+        return graph.node("Gemm", [inputs[0], graph.constant(layer.weights["kernel"], "kernel"),
+                                   graph.constant(layer.weights["bias"], "bias")], layer.name)
+
     def to_keras(self, layer, name):
         from keras import layers
 
@@ -801,6 +839,13 @@ class ReLUKind(LayerKind):
         _expect(cap is None or (isinstance(cap, float) and np.isfinite(cap) and cap > 0), layer, "max_value",
                 "a positive number")
 
+    def to_onnx(self, layer, graph, inputs):
+        cap = layer.config.get("max_value")
+        if cap is None:
+            return graph.node("Relu", inputs, layer.name)
+        bounds = [graph.constant(np.float32(v), "bound") for v in (0.0, cap)]
+        return graph.node("Clip", [inputs[0], *bounds], layer.name)
+
     def to_keras(self, layer, name):
         from keras import layers
 
@@ -823,6 +868,9 @@ class SoftmaxKind(LayerKind):
         z = x - x.max(axis=-1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=-1, keepdims=True)
+
+    def to_onnx(self, layer, graph, inputs):
+        return graph.node("Softmax", inputs, layer.name, axis=-1)
 
     def to_keras(self, layer, name):
         from keras import layers
@@ -853,6 +901,12 @@ class AddKind(LayerKind):
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         return [dead_out for _ in input_shapes]
+
+    def to_onnx(self, layer, graph, inputs):
+        out = inputs[0]
+        for other in inputs[1:]:  # in the engine's order
+            out = graph.node("Add", [out, other], layer.name)
+        return out
 
     def to_keras(self, layer, name):
         from keras import layers
@@ -892,6 +946,12 @@ class Pool2DKind(LayerKind):
         c = layer.config
         return [cpu.window_dead_inputs(np.ascontiguousarray(dead_out), h, w, c["pool"][0], c["pool"][1],
                                        c["strides"][0], c["strides"][1], c["pads"][0], c["pads"][2])]
+
+    def to_onnx(self, layer, graph, inputs):
+        c = layer.config
+        pt, pb, pl, pr = c["pads"]
+        return graph.node("MaxPool" if self.is_max else "AveragePool", inputs, layer.name,
+                          kernel_shape=list(c["pool"]), strides=list(c["strides"]), pads=[pt, pl, pb, pr])
 
     def to_keras(self, layer, name):
         from keras import layers
@@ -946,6 +1006,11 @@ class GlobalAveragePoolKind(LayerKind):
         h, w, c = input_shapes[0]
         return [np.broadcast_to(dead_out[:, None, None, :], (dead_out.shape[0], h, w, c))]
 
+    onnx_op = "GlobalAveragePool"
+
+    def to_onnx(self, layer, graph, inputs):
+        return graph.node("Flatten", [graph.node(self.onnx_op, inputs, layer.name)], layer.name, axis=1)
+
     def to_keras(self, layer, name):
         from keras import layers
 
@@ -980,6 +1045,11 @@ class ScaledAddKind(LayerKind):
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         return [dead_out, dead_out]
 
+    def to_onnx(self, layer, graph, inputs):
+        scaled = graph.node("Mul", [inputs[1], graph.constant(np.float32(layer.config["scale"]), "scale")],
+                            layer.name)
+        return graph.node("Add", [inputs[0], scaled], layer.name)
+
     def to_keras(self, layer, name):
         from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
 
@@ -997,6 +1067,8 @@ class GlobalMaxPoolKind(GlobalAveragePoolKind):
         out = backend.xp.empty((n, 1, 1, c), dtype=np.float32)
         backend.kernels.pool2d_forward(x, h, w, 1, 1, 0, 0, True, out)
         return out.reshape(n, c)
+
+    onnx_op = "GlobalMaxPool"
 
     def to_keras(self, layer, name):
         from keras import layers
@@ -1032,6 +1104,9 @@ class ConcatenateKind(LayerKind):
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         ends = np.cumsum([shape[-1] for shape in input_shapes])[:-1]
         return np.split(dead_out, ends, axis=-1)
+
+    def to_onnx(self, layer, graph, inputs):
+        return graph.node("Concat", inputs, layer.name, axis=1)
 
     def to_keras(self, layer, name):
         from keras import layers
@@ -1081,6 +1156,12 @@ class CroppingKind(LayerKind):
         dead_in[:, top:top + h, left:left + w, :] = dead_out
         return [dead_in]
 
+    def to_onnx(self, layer, graph, inputs):
+        top, _, left, _ = layer.config["crops"]
+        h, w, _ = layer.shape
+        bounds = [graph.constant(v, "crop", dtype=np.int64) for v in ([top, left], [top + h, left + w], [2, 3])]
+        return graph.node("Slice", [inputs[0], *bounds], layer.name)
+
     def to_keras(self, layer, name):
         from keras import layers
 
@@ -1121,6 +1202,11 @@ class UpSamplingKind(LayerKind):
         h, w, c = input_shapes[0]
         return [dead_out.reshape(dead_out.shape[0], h, sh, w, sw, c).all(axis=(2, 4))]
 
+    def to_onnx(self, layer, graph, inputs):
+        scales = graph.constant([1, 1, *layer.config["size"]], "scales")
+        return graph.node("Resize", [inputs[0], "", scales], layer.name, mode="nearest",
+                          coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
     def to_keras(self, layer, name):
         from keras import layers
 
@@ -1158,6 +1244,11 @@ class ZeroPaddingKind(LayerKind):
         h, w, _ = input_shapes[0]
         return [dead_out[:, pt:pt + h, pl:pl + w, :]]
 
+    def to_onnx(self, layer, graph, inputs):
+        pt, pb, pl, pr = layer.config["pads"]
+        pads = graph.constant([0, 0, pt, pl, 0, 0, pb, pr], "pads", dtype=np.int64)
+        return graph.node("Pad", [inputs[0], pads], layer.name)
+
     def to_keras(self, layer, name):
         from keras import layers
 
@@ -1190,6 +1281,10 @@ class FlattenKind(LayerKind):
 
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         return [dead_out.reshape((dead_out.shape[0],) + tuple(input_shapes[0]))]
+
+    def to_onnx(self, layer, graph, inputs):
+        nhwc = graph.node("Transpose", inputs, layer.name, perm=[0, 2, 3, 1])  # the engine's order
+        return graph.node("Flatten", [nhwc], layer.name, axis=1)
 
     def to_keras(self, layer, name):
         from keras import layers
@@ -1234,6 +1329,13 @@ class RescalingKind(ChannelMapKind):
         out = backend.xp.multiply(inputs[0], a)
         return backend.xp.add(out, b, out=out)
 
+    onnx_ops = ("Mul", "Add")
+
+    def to_onnx(self, layer, graph, inputs):
+        a, b = (graph.channel_constant(layer.weights[k], k, layer.shape) for k in ("a", "b"))
+        return graph.node(self.onnx_ops[1], [graph.node(self.onnx_ops[0], [inputs[0], a], layer.name), b],
+                          layer.name)
+
     def to_keras(self, layer, name):
         from keras import layers
 
@@ -1270,6 +1372,9 @@ class NormalizationKind(ChannelMapKind):
         a, b = (backend.weights(layer.weights[key]) for key in ("a", "b"))
         out = backend.xp.subtract(inputs[0], a)
         return backend.xp.divide(out, b, out=out)
+
+    onnx_ops = ("Sub", "Div")
+    to_onnx = RescalingKind.to_onnx
 
     def to_keras(self, layer, name):
         from keras import layers
@@ -1399,6 +1504,15 @@ def _is_keras_activation(function, name):
         return keras.activations.get(name) is function
     except ValueError:
         return False
+
+
+def _onnx_conv(graph, layer, x, kernel, bias, groups):
+    """An ONNX Conv of an HWIO ``kernel`` with ``layer``'s strides, padding and dilation."""
+    c = layer.config
+    pt, pb, pl, pr = c["pads"]
+    return graph.node("Conv", [x, graph.constant(kernel.transpose(3, 2, 0, 1), "kernel"), graph.constant(bias, "bias")],
+                      layer.name, kernel_shape=list(kernel.shape[:2]), strides=list(c["strides"]),
+                      pads=[pt, pl, pb, pr], dilations=list(c.get("dilation", (1, 1))), group=groups)
 
 
 def _pair(value):

@@ -214,6 +214,29 @@ class ModuleSet:
         """
         return to_keras(self.pruned(k))
 
+    def to_onnx(self, k, path=None, *, overwrite=False):
+        """Module ``k``, physically pruned, as an ONNX model: NHWC float32 ``images`` in,
+        ``probabilities [N, 2]`` = [P(concerned), P(unconcerned)] out.
+
+        Parameters
+        ----------
+        k : int
+        path : str or Path, optional
+            Also write it there (a ``.onnx`` file, atomically).
+        overwrite : bool
+            Replace an existing file at ``path``.
+
+        Returns
+        -------
+        onnx.ModelProto
+        """
+        from .onnx_io import module_to_onnx, save_onnx
+
+        model = module_to_onnx(self.pruned(k))
+        if path is not None:
+            save_onnx(model, path, overwrite=overwrite)
+        return model
+
     def module(self, k):
         """Module ``k``, to predict with or to compose with others (:func:`fastdecomp.compose`)."""
         self.index(k)

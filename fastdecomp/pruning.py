@@ -114,6 +114,7 @@ def _prune_channels(network, layer, layers, remaining, drop_channels):
     if chain is None:
         return
     keep = ~dead
+    keep[0] |= not keep.any()  # one zeroed channel stays: Keras and ONNX Runtime run no layer of none
     target.handler.drop_channels(target, keep, "output")
     for name in chain["through"]:
         layers[name].shape = tuple(layers[name].shape[:-1]) + (int(keep.sum()),)

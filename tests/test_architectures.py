@@ -417,3 +417,15 @@ def test_a_model_called_twice_is_refused_by_name():
     model = keras.Model(inputs, layers.Dense(2, activation="softmax")(layers.Flatten()(x)))
     with pytest.raises(fd.errors.UnsupportedLayerError, match="'shared_base'.*more than once"):
         fd.from_keras(model)
+
+
+def test_a_layer_whose_every_channel_is_removed_keeps_one_zeroed_channel(kinds_case):
+    """Module 0 removes the whole first branch: pruning leaves one zeroed channel (no framework runs a
+    layer of none), and Keras runs the module as the engine does."""
+    _, network, x, y = kinds_case
+    modules = fd.decompose(network, x, y, backtrack="bi", delta=DELTA, seed=5, progress=False)
+    assert not modules.masks(0, names="network")["sep/relu"].any()
+    pruned = {layer.name: layer for layer in modules.pruned(0).layers}
+    assert pruned["sep"].weights["kernel"].shape[-1] == 1 and not pruned["sep"].weights["kernel"].any()
+    np.testing.assert_allclose(modules.to_keras(0).predict(x, verbose=0), modules.module(0).predict_proba(x),
+                               atol=2e-6)
