@@ -181,8 +181,9 @@ class _Import:
     def _fold(self, handler, name, source, weights, refuse):
         """Fold into the layer before where that is exact; otherwise the layer of its own the kind says."""
         previous = self.layer(source)
-        sole_reader = previous.name == self.layers[-1].name and self.readers.get(previous.keras_name, 0) == 1
-        if sole_reader and previous.handler.folds_normalisation:
+        passing_on = [n for n, target in self.alias.items() if target == previous.name]  # it, and identities after it
+        readers = sum(self.readers.get(n, 0) for n in passing_on) - (len(passing_on) - 1)
+        if previous.name == self.layers[-1].name and readers == 1 and previous.handler.folds_normalisation:
             handler.fold_into(previous, weights, refuse)
             return previous.name
         kind, config, weights = handler.unfolded(weights)

@@ -223,6 +223,8 @@ def test_batchnorm_anywhere_folds_or_becomes_an_affine_layer():
     x = layers.BatchNormalization(name="bn_input")(inputs)
     shared = layers.Conv2D(2, 1, name="shared")(x)
     x = layers.Add()([shared, layers.BatchNormalization(name="bn_shared")(shared)])  # the Add reads it unnormalised
+    passed = layers.Dropout(0.5)(layers.Conv2D(2, 1, name="passed")(x))  # read by two, through an identity
+    x = layers.Add()([passed, layers.BatchNormalization(name="bn_passed")(passed)])
     x = layers.Conv2D(3, 3, activation="relu", name="conv")(x)
     x = layers.BatchNormalization(name="bn_relu")(x)
     x = layers.Dense(5, name="hidden")(layers.Flatten()(x))
@@ -232,7 +234,8 @@ def test_batchnorm_anywhere_folds_or_becomes_an_affine_layer():
     randomise_biases(model)
     network = fd.from_keras(model)
     kinds = {layer.name: layer.kind for layer in network.layers}
-    assert kinds["bn_input"] == kinds["bn_relu"] == kinds["bn_shared"] == "affine" and "bn_dense" not in kinds
+    assert kinds["bn_input"] == kinds["bn_relu"] == kinds["bn_shared"] == kinds["bn_passed"] == "affine"
+    assert "bn_dense" not in kinds
     x = np.random.default_rng(3).normal(size=(6, 4, 4, 2)).astype(np.float32)
     np.testing.assert_allclose(network.predict_proba(x), model.predict(x, verbose=0), atol=1e-6)
 
