@@ -165,10 +165,7 @@ class Composition:
         """
         from .onnx_io import composition_to_onnx, save_onnx
 
-        model = composition_to_onnx(self)
-        if path is not None:
-            save_onnx(model, path, overwrite=overwrite)
-        return model
+        return save_onnx(composition_to_onnx(self), path, overwrite=overwrite)
 
     def evaluate(self, x, y=None, *, batch_size=256, backend=None):
         """Top-1 and top-5 accuracy on the images whose label is one of the composition's.

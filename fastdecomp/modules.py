@@ -232,10 +232,7 @@ class ModuleSet:
         """
         from .onnx_io import module_to_onnx, save_onnx
 
-        model = module_to_onnx(self.pruned(k))
-        if path is not None:
-            save_onnx(model, path, overwrite=overwrite)
-        return model
+        return save_onnx(module_to_onnx(self.pruned(k)), path, overwrite=overwrite)
 
     def module(self, k):
         """Module ``k``, to predict with or to compose with others (:func:`fastdecomp.compose`)."""

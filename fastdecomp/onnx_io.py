@@ -259,12 +259,20 @@ def save_onnx(model, path, *, overwrite=False):
     Parameters
     ----------
     model : onnx.ModelProto
-    path : str or Path
+    path : str, Path or None
+        None writes nothing.
     overwrite : bool
         Replace an existing file; otherwise that is refused.
+
+    Returns
+    -------
+    onnx.ModelProto
+        ``model``.
     """
     from pathlib import Path
 
+    if path is None:
+        return model
     path = Path(path)
     if path.suffix != ".onnx":
         raise InputError(f"{path}: an ONNX file's name ends in .onnx")
@@ -273,3 +281,4 @@ def save_onnx(model, path, *, overwrite=False):
     if path.is_dir():
         raise OutputExistsError(f"{path} is a folder")
     atomic_file(path, model.SerializeToString())
+    return model
