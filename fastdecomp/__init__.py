@@ -18,13 +18,14 @@ from .errors import (BackendError, ConfigError, DatasetNotFoundError, FastDecomp
 from .keras_io import from_keras
 from .modules import Module, ModuleSet
 from .network import Network
+from .onnx_io import from_onnx
 from .options import DecompositionOptions
 from .saving import load, load_composition, load_modules, save
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "decompose", "DecompositionWarning", "DecompositionOptions", "compose", "Composition", "Module", "ModuleSet", "from_keras", "Network",
+    "decompose", "DecompositionWarning", "DecompositionOptions", "compose", "Composition", "Module", "ModuleSet", "from_keras", "from_onnx", "Network",
     "save", "load", "load_modules", "load_composition", "set_backend", "backends", "config", "data", "engine",
     "keras_io", "layers", "metrics", "onnx_io", "pruning",
     "zoo", "FastDecompError", "UnsupportedLayerError", "InputError", "ModelFileError", "DatasetNotFoundError",

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import InputError, ModelFileError, UnsupportedLayerError
 from .layers import KERAS_CLASSES, KINDS, OUTSIDE_THE_METHOD, Layer, refuser
-from .network import Network
+from .network import Network, check_weights
 
 __all__ = ["from_keras", "load_keras_model", "to_keras", "keras_custom_objects"]
 
@@ -56,7 +56,8 @@ def from_keras(model_or_path):
     ----------
     model_or_path : keras.Model, str, Path or Network
         A Sequential or functional model, or a ``.keras``/``.h5`` file (a
-        Network is returned as it is).
+        Network is returned as it is; an ONNX model or ``.onnx`` file goes to
+        :func:`fastdecomp.onnx_io.from_onnx`).
 
     Returns
     -------
@@ -78,16 +79,14 @@ def from_keras(model_or_path):
     """
     if isinstance(model_or_path, Network):
         return model_or_path
+    if type(model_or_path).__name__ == "ModelProto" or (isinstance(model_or_path, (str, Path))
+                                                        and Path(model_or_path).suffix == ".onnx"):
+        from .onnx_io import from_onnx
+
+        return from_onnx(model_or_path)
     model = load_keras_model(model_or_path) if isinstance(model_or_path, (str, Path)) else model_or_path
     _check_model(model)
-    layers = _import_layers(model)
-    for layer in layers:  # after folding, which can also overflow
-        broken = [key for key, w in layer.weights.items() if not np.isfinite(w).all()]
-        if broken:
-            raise InputError(
-                f"layer {layer.keras_name!r} of model {model.name!r} has NaN or infinite {' and '.join(broken)} "
-                "weights (did training diverge?); fix or retrain the model before decomposing it")
-    return Network(layers, name=model.name)
+    return Network(check_weights(_import_layers(model), model.name), name=model.name)
 
 
 def _check_model(model):

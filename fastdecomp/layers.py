@@ -117,7 +117,7 @@ def same_padding(size, kernel, stride):
     return out, total // 2, total - total // 2
 
 
-def window_geometry(in_shape, kernel, strides, padding):
+def window_geometry(in_shape, kernel, strides, padding, pads=None):
     """Output size and padding of a sliding window over an (H, W, C) map.
 
     Parameters
@@ -126,7 +126,10 @@ def window_geometry(in_shape, kernel, strides, padding):
         ``(H, W, C)``.
     kernel, strides : (int, int)
         The window's and the stride's height and width.
-    padding : {"same", "valid"}
+    padding : {"same", "valid", "explicit"}
+        Keras' two, or ``pads`` as given (an ONNX or PyTorch model's).
+    pads : (int, int, int, int), optional
+        With ``"explicit"``: top, bottom, left, right.
 
     Returns
     -------
@@ -134,6 +137,9 @@ def window_geometry(in_shape, kernel, strides, padding):
         Output height, width, and the padding (top, bottom, left, right).
     """
     h, w = in_shape[0], in_shape[1]
+    if padding == "explicit":
+        pt, pb, pl, pr = pads
+        return (h + pt + pb - kernel[0]) // strides[0] + 1, (w + pl + pr - kernel[1]) // strides[1] + 1, tuple(pads)
     if padding == "same":
         oh, pt, pb = same_padding(h, kernel[0], strides[0])
         ow, pl, pr = same_padding(w, kernel[1], strides[1])
@@ -506,7 +512,7 @@ class Conv2DKind(LayerKind):
 
     def output_shape(self, config, weights, input_shapes):
         oh, ow, _ = window_geometry(input_shapes[0], weights["kernel"].shape[:2],
-                                    config["strides"], config["padding"])
+                                    config["strides"], config["padding"], config.get("pads"))
         return (oh, ow, weights["kernel"].shape[3])
 
     def forward(self, layer, inputs, reusable=None, *, backend, rectify=False, residual=None, in_place=False,
@@ -564,7 +570,7 @@ class Conv2DKind(LayerKind):
 
         kh, kw, _, co = layer.weights["kernel"].shape
         return layers.Conv2D(co, (kh, kw), strides=layer.config["strides"],
-                             padding=layer.config["padding"], name=name)
+                             padding=keras_padding(layer), name=name)
 
 
 @register
@@ -601,7 +607,7 @@ class GroupedConv2DKind(LayerKind):
 
     def output_shape(self, config, weights, input_shapes):
         span = _span(weights["kernel"].shape[:2], config["dilation"])
-        oh, ow, _ = window_geometry(input_shapes[0], span, config["strides"], config["padding"])
+        oh, ow, _ = window_geometry(input_shapes[0], span, config["strides"], config["padding"], config.get("pads"))
         return (oh, ow, weights["kernel"].shape[3])
 
     def check_config(self, layer, input_shapes):
@@ -640,10 +646,10 @@ class GroupedConv2DKind(LayerKind):
 
         c, (kh, kw, _, co) = layer.config, layer.weights["kernel"].shape
         if c["depth_multiplier"]:
-            return layers.DepthwiseConv2D((kh, kw), strides=c["strides"], padding=c["padding"],
+            return layers.DepthwiseConv2D((kh, kw), strides=c["strides"], padding=keras_padding(layer),
                                           depth_multiplier=c["depth_multiplier"], dilation_rate=c["dilation"],
                                           name=name)
-        return layers.Conv2D(co, (kh, kw), strides=c["strides"], padding=c["padding"], dilation_rate=c["dilation"],
+        return layers.Conv2D(co, (kh, kw), strides=c["strides"], padding=keras_padding(layer), dilation_rate=c["dilation"],
                              groups=c["groups"], name=name)
 
     def keras_weights(self, layer):
@@ -682,7 +688,7 @@ class SeparableConv2DKind(Conv2DKind):
 
     def output_shape(self, config, weights, input_shapes):
         span = _span(weights["depthwise"].shape[:2], config["dilation"])
-        oh, ow, _ = window_geometry(input_shapes[0], span, config["strides"], config["padding"])
+        oh, ow, _ = window_geometry(input_shapes[0], span, config["strides"], config["padding"], config.get("pads"))
         return (oh, ow, weights["kernel"].shape[3])
 
     def check_config(self, layer, input_shapes):
@@ -731,7 +737,7 @@ class SeparableConv2DKind(Conv2DKind):
 
         c, depthwise = layer.config, layer.weights["depthwise"]
         return layers.SeparableConv2D(layer.shape[-1], depthwise.shape[:2], strides=c["strides"],
-                                      padding=c["padding"], dilation_rate=c["dilation"],
+                                      padding=keras_padding(layer), dilation_rate=c["dilation"],
                                       depth_multiplier=c["depth_multiplier"], name=name)
 
     def keras_weights(self, layer):
@@ -930,7 +936,8 @@ class Pool2DKind(LayerKind):
         return config, {}, None
 
     def output_shape(self, config, weights, input_shapes):
-        oh, ow, _ = window_geometry(input_shapes[0], config["pool"], config["strides"], config["padding"])
+        oh, ow, _ = window_geometry(input_shapes[0], config["pool"], config["strides"], config["padding"],
+                                    config.get("pads"))
         return (oh, ow, input_shapes[0][2])
 
     def forward(self, layer, inputs, reusable=None, *, backend):
@@ -957,7 +964,7 @@ class Pool2DKind(LayerKind):
         from keras import layers
 
         cls = layers.MaxPooling2D if self.is_max else layers.AveragePooling2D
-        return cls(layer.config["pool"], strides=layer.config["strides"], padding=layer.config["padding"],
+        return cls(layer.config["pool"], strides=layer.config["strides"], padding=keras_padding(layer),
                    name=name)
 
 
@@ -1578,6 +1585,19 @@ def window_config(window, cfg, input_shapes, refuse, dilation=(1, 1)):
     return {"strides": strides, "padding": cfg["padding"], "pads": pads}
 
 
+def keras_padding(layer):
+    """The Keras ``padding`` of a window layer; explicit pads (an ONNX model's) have none.
+
+    Parameters
+    ----------
+    layer : Layer
+    """
+    if layer.config["padding"] == "explicit":
+        raise InputError(f"layer {layer.name!r} pads {layer.config['pads']} (top, bottom, left, right), which no "
+                         "Keras layer takes; export this module with to_onnx instead")
+    return layer.config["padding"]
+
+
 def _expect(condition, layer, field, what):
     if not condition:
         raise ValueError(f"layer {layer.name!r} ({layer.kind}): {field} should be {what}")
@@ -1592,7 +1612,10 @@ def _check_window(layer, window, in_shape):
     """Strides, padding and pads of a sliding window: valid, and the ones its input and size give."""
     c = layer.config
     _expect(_ints(c.get("strides"), 2, low=1), layer, "strides", "2 positive integers")
-    _expect(c.get("padding") in ("same", "valid"), layer, "padding", "'same' or 'valid'")
-    oh, ow, pads = window_geometry(in_shape, window, c["strides"], c["padding"])
+    _expect(c.get("padding") in ("same", "valid", "explicit"), layer, "padding", "'same', 'valid' or 'explicit'")
+    if c["padding"] == "explicit":
+        _expect(_ints(c.get("pads"), 4, low=0) and max(c["pads"][:2]) < window[0] and max(c["pads"][2:]) < window[1],
+                layer, "pads", "4 integers from 0 to the window's size less 1")
+    oh, ow, pads = window_geometry(in_shape, window, c["strides"], c["padding"], c.get("pads"))
     _expect(oh >= 1 and ow >= 1, layer, "window", f"no larger than its input {tuple(in_shape[:2])}")
     _expect(tuple(c.get("pads", ())) == pads, layer, "pads", f"{pads}, as its padding gives")

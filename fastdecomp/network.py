@@ -304,3 +304,25 @@ def _digest(*arrays):
             h.update(str(a.dtype).encode() + str(a.shape).encode())
             h.update(np.packbits(a).tobytes() if a.dtype == bool else a.tobytes())
     return h.digest()
+
+
+def check_weights(layers, model_name):
+    """``layers``, after checking that every weight is finite (folding can overflow too).
+
+    Parameters
+    ----------
+    layers : list of Layer
+    model_name : str
+        For the message.
+
+    Returns
+    -------
+    list of Layer
+    """
+    for layer in layers:
+        broken = [key for key, w in layer.weights.items() if not np.isfinite(w).all()]
+        if broken:
+            raise InputError(
+                f"layer {layer.keras_name!r} of model {model_name!r} has NaN or infinite {' and '.join(broken)} "
+                "weights (did training diverge?); fix or retrain the model before decomposing it")
+    return layers

@@ -172,6 +172,10 @@ def test_missing_and_corrupt_model_files(tmp_path):
         fd.from_keras(bad)
     other = tmp_path / "model.onnx"
     other.write_bytes(b"x")
+    with pytest.raises(ModelFileError, match="ONNX"):
+        fd.from_keras(other)
+    other = tmp_path / "model.pt"
+    other.write_bytes(b"x")
     with pytest.raises(ModelFileError, match=".keras or .h5"):
         fd.from_keras(other)
 

@@ -104,3 +104,161 @@ def test_import_needs_no_onnx():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- ONNX in: graphs as torch.onnx.export writes them
+
+
+class TorchStyleGraph:
+    """An ONNX graph built node by node the way ``torch.onnx.export`` writes torchvision models:
+    NCHW, Conv (no bias) + BatchNormalization + Relu or Clip(0, 6), symmetric pads, Flatten + Gemm."""
+
+    def __init__(self, channels, size, seed):
+        from onnx import TensorProto, helper
+
+        self.helper, self.rng, self.nodes, self.initializers, self.count = helper, np.random.default_rng(seed), [], [], 0
+        self.input = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", channels, size, size])
+
+    def name(self, op):
+        self.count += 1
+        return f"/{op}_{self.count}"
+
+    def const(self, array, dtype=np.float32):
+        from onnx import numpy_helper
+
+        name = f"w{len(self.initializers)}"
+        self.initializers.append(numpy_helper.from_array(np.asarray(array, dtype=dtype), name))
+        return name
+
+    def node(self, op, inputs, **attributes):
+        out = self.name(op)
+        self.nodes.append(self.helper.make_node(op, inputs, [out], name=out, **attributes))
+        return out
+
+    def conv(self, x, ci, co, k, stride=1, pad=0, groups=1):
+        w = self.rng.normal(0, np.sqrt(2 / (k * k * ci / groups)), (co, ci // groups, k, k))
+        return self.node("Conv", [x, self.const(w)], kernel_shape=[k, k], strides=[stride, stride],
+                         pads=[pad] * 4, group=groups, dilations=[1, 1])
+
+    def bn(self, x, c):
+        params = [self.rng.uniform(0.6, 1.4, c), self.rng.normal(0, 0.3, c), self.rng.normal(0, 0.3, c),
+                  self.rng.uniform(0.4, 1.6, c)]
+        return self.node("BatchNormalization", [x, *map(self.const, params)], epsilon=1e-5)
+
+    def relu(self, x, cap=None):
+        if cap is None:
+            return self.node("Relu", [x])
+        return self.node("Clip", [x, self.const(np.float32(0)), self.const(np.float32(cap))])
+
+    def gemm(self, x, fin, fout, matmul=False):
+        weights, bias = self.rng.normal(0, np.sqrt(1 / fin), (fout, fin)), self.rng.normal(0, 0.1, fout)
+        if matmul:  # as a traced x @ W.T + b exports
+            return self.node("Add", [self.node("MatMul", [x, self.const(weights.T)]), self.const(bias)])
+        return self.node("Gemm", [x, self.const(weights), self.const(bias)], transB=1)
+
+    def model(self, out, classes):
+        from onnx import TensorProto
+
+        output = self.helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N", classes])
+        graph = self.helper.make_graph(self.nodes, "torch_style", [self.input], [output], self.initializers)
+        return self.helper.make_model(graph, opset_imports=[self.helper.make_opsetid("", 17)])
+
+
+def resnet18_style(seed=0, width=8, classes=10):
+    """torchvision's resnet18 layout, narrower and shorter: 7x7/2 stem, 3x3/2 max pooling with pads 1,
+    basic blocks with a 1x1/2 projection, global pooling, Flatten, Gemm."""
+    g = TorchStyleGraph(3, 32, seed)
+    x = g.node("MaxPool", [g.relu(g.bn(g.conv("input", 3, width, 7, 2, 3), width))], kernel_shape=[3, 3],
+               strides=[2, 2], pads=[1, 1, 1, 1])
+    for ci, co, stride in ((width, width, 1), (width, 2 * width, 2)):
+        y = g.bn(g.conv(g.relu(g.bn(g.conv(x, ci, co, 3, stride, 1), co)), co, co, 3, 1, 1), co)
+        shortcut = x if stride == 1 else g.bn(g.conv(x, ci, co, 1, stride, 0), co)
+        x = g.relu(g.node("Add", [y, shortcut]))
+    x = g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1)
+    return g.model(g.gemm(x, 2 * width, classes), classes)
+
+
+def vgg16_bn_style(seed=1, width=8, classes=10):
+    """torchvision's vgg16_bn pattern: Conv+BN+ReLU pairs, 2x2 max pooling, Flatten of a map, then a
+    classifier of MatMul+Add, ReLU, Dropout and Gemm (its rows in ONNX's channel-first order)."""
+    g = TorchStyleGraph(3, 32, seed)
+    x, ci = "input", 3
+    for co in (width, 2 * width):
+        for _ in range(2):
+            x, ci = g.relu(g.bn(g.conv(x, ci, co, 3, 1, 1), co)), co
+        x = g.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    x = g.node("Flatten", [x], axis=1)
+    x = g.node("Dropout", [g.relu(g.gemm(x, ci * 8 * 8, 32, matmul=True))])
+    return g.model(g.gemm(x, 32, classes), classes)
+
+
+def mobilenet_v2_style(seed=2, width=8, classes=10):
+    """torchvision's mobilenet_v2 pattern: Clip(0, 6), inverted residuals (1x1 expand, 3x3 depthwise,
+    1x1 linear projection, Add), a global pooling head with Dropout and Gemm."""
+    g = TorchStyleGraph(3, 32, seed)
+    x = g.relu(g.bn(g.conv("input", 3, width, 3, 2, 1), width), 6)
+    for stride, residual in ((1, True), (2, False), (1, True)):
+        hidden = 3 * width
+        y = g.relu(g.bn(g.conv(x, width, hidden, 1), hidden), 6)
+        y = g.relu(g.bn(g.conv(y, hidden, hidden, 3, stride, 1, groups=hidden), hidden), 6)
+        y = g.bn(g.conv(y, hidden, width, 1), width)
+        x = g.node("Add", [x, y]) if residual else y
+    x = g.relu(g.bn(g.conv(x, width, 4 * width, 1), 4 * width), 6)
+    x = g.node("Dropout", [g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1)])
+    return g.model(g.gemm(x, 4 * width, classes), classes)
+
+
+TORCH_STYLE = [resnet18_style, vgg16_bn_style, mobilenet_v2_style]
+
+
+@pytest.mark.parametrize("build", TORCH_STYLE)
+def test_torch_style_graphs_import_decompose_and_export(build, tmp_path):
+    model = build()
+    onnx.checker.check_model(model)
+    images = np.random.default_rng(4).normal(size=(30, 3, 32, 32)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"input": images})[0]
+    network = fd.from_onnx(model)
+    x = images.transpose(0, 2, 3, 1)
+    logits = network.forward(x, logits=True)
+    assert np.abs(logits - expected).max() <= 1e-5 * np.abs(expected).max()
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    predicted = network.predict(x)
+    y = predicted.copy()
+    y[::6] = (y[::6] + 1) % 10
+    classes = sorted(set(predicted[predicted == y].tolist()))
+    modules = fd.decompose(str(path), x, y, classes=classes, backtrack="bi", delta=DELTA, progress=False)
+    k = modules.classes[0]
+    np.testing.assert_allclose(run(modules.to_onnx(k), x)[0], modules.module(k).predict_proba(x), atol=1e-6)
+
+
+def test_a_flattened_map_reaches_the_dense_layer_in_onnx_order():
+    network = fd.from_onnx(vgg16_bn_style())
+    kinds = [layer.kind for layer in network.layers]
+    assert "flatten" in kinds and kinds.count("dense") == 2  # MatMul + Add is one Dense layer
+    assert any(layer.config.get("padding") == "explicit" for layer in fd.from_onnx(resnet18_style()).layers)
+
+
+def test_bad_onnx_files_and_graphs_are_refused_by_name(tmp_path):
+    from onnx import helper
+
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(resnet18_style().SerializeToString()[:500])
+    with pytest.raises(fd.errors.ModelFileError, match="could not read"):
+        fd.from_onnx(truncated)
+    with pytest.raises(fd.errors.ModelFileError, match="does not exist"):
+        fd.from_onnx(tmp_path / "missing.onnx")
+    old = resnet18_style()
+    old.opset_import[0].version = 11
+    with pytest.raises(fd.errors.ModelFileError, match="opset 11.*13 to 21"):
+        fd.from_onnx(old)
+    g = TorchStyleGraph(3, 32, 0)
+    x = g.node("Sigmoid", [g.conv("input", 3, 4, 3)])
+    with pytest.raises(fd.errors.UnsupportedLayerError, match="Sigmoid_2.*Sigmoid.*exactly 0"):
+        fd.from_onnx(g.model(g.gemm(g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1), 4, 2), 2))
+    g = TorchStyleGraph(3, 32, 0)
+    g.input = helper.make_tensor_value_info("input", 1, ["N", 3, "H", "W"])
+    x = g.node("Flatten", [g.node("GlobalAveragePool", [g.conv("input", 3, 4, 3)])], axis=1)
+    with pytest.raises(fd.errors.UnsupportedLayerError, match="one size"):
+        fd.from_onnx(g.model(g.gemm(x, 4, 2), 2))
