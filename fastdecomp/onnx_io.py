@@ -549,8 +549,10 @@ class _OnnxReader:
             self.refuse(node, name, "a dilated or column-major pooling")
         config = self.window(node, name, a, x, window, ceil=bool(a.get("ceil_mode", 0)))
         if kind == "avgpool" and a.get("count_include_pad", 0) and any(config["pads"]):
-            self.refuse(node, name, "an average that counts padding (count_include_pad=1); export with "
-                                    "count_include_pad=False")
+            if a.get("ceil_mode", 0):
+                self.refuse(node, name, "an average that counts padding (count_include_pad=1) with ceil_mode=1")
+            x = self.add(f"{name}/pad", "zeropad", [x], {"pads": config["pads"]}, {})  # the zeros it counts
+            config = {"strides": config["strides"], "padding": "valid", "pads": (0, 0, 0, 0)}
         config["pool"] = window
         self.emit(node, self.add(name, kind, [x], config, {}))
 

@@ -262,3 +262,52 @@ def test_bad_onnx_files_and_graphs_are_refused_by_name(tmp_path):
     x = g.node("Flatten", [g.node("GlobalAveragePool", [g.conv("input", 3, 4, 3)])], axis=1)
     with pytest.raises(fd.errors.UnsupportedLayerError, match="one size"):
         fd.from_onnx(g.model(g.gemm(x, 4, 2), 2))
+
+
+@pytest.mark.parametrize("include_pad, ceil", [(0, 0), (1, 0), (0, 1)])
+def test_average_pooling_as_pytorch_counts_it(include_pad, ceil):
+    """AveragePool with pads, counting the padding or not, and ceil_mode; Clip bounds as Constant nodes."""
+    from onnx import helper, numpy_helper
+
+    g = TorchStyleGraph(3, 32, 5)
+    x = g.conv("input", 3, 4, 3, 1, 1)
+    bounds = []
+    for value in (0.0, 6.0):
+        bounds.append(g.name("Constant"))
+        g.nodes.append(helper.make_node("Constant", [], [bounds[-1]],
+                                        value=numpy_helper.from_array(np.array(value, np.float32))))
+    x = g.node("Clip", [x, *bounds])
+    x = g.node("AveragePool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+               count_include_pad=include_pad, ceil_mode=ceil)
+    model = g.model(g.gemm(g.node("Flatten", [x], axis=1), 4 * (17 if ceil else 16) ** 2, 3), 3)
+    images = np.random.default_rng(6).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": images})[0]
+    network = fd.from_onnx(model)
+    np.testing.assert_allclose(network.forward(images.transpose(0, 2, 3, 1), logits=True), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_one_network_in_both_forms_gives_the_same_masks(resnet_case):
+    """The zoo ResNet imported from Keras, and the same weights as an NCHW ONNX graph (as PyTorch would
+    write it: this library's export with the NHWC transpose taken off), decompose to the same masks."""
+    from onnx import helper
+
+    model, x, y = resnet_case
+    network = fd.from_keras(model)
+    exported = fd.onnx_io.network_to_onnx(network)
+    transpose = exported.graph.node[0]
+    assert transpose.op_type == "Transpose"
+    h, w, c = network.input_shape
+    del exported.graph.node[0]
+    exported.graph.input[0].CopyFrom(helper.make_tensor_value_info(transpose.output[0], 1, ["N", c, h, w]))
+    twin = fd.from_onnx(exported)
+    assert [layer.kind for layer in twin.layers] == [layer.kind for layer in network.layers]
+    for mask_at in ("relu", "conv"):
+        options = dict(mask_at=mask_at, backtrack="bi", delta=DELTA, seed=5, progress=False)
+        keras_side, onnx_side = fd.decompose(network, x, y, **options), fd.decompose(twin, x, y, **options)
+        for k in keras_side.classes:
+            ours, theirs = keras_side.masks(k, names="network"), onnx_side.masks(k, names="network")
+            assert len(ours) == len(theirs)
+            for a, b in zip(ours.values(), theirs.values()):
+                np.testing.assert_array_equal(a, b)
