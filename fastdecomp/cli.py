@@ -58,6 +58,10 @@ def _load_model(spec):
     from . import zoo
     from .keras_io import load_keras_model
 
+    if spec.endswith(".onnx"):
+        from .onnx_io import from_onnx
+
+        return from_onnx(spec)
     with _native_logs_silenced():  # TensorFlow's C++ start-up lines would bury the one-line error
         return zoo.load(spec[4:]) if spec.startswith("zoo:") else load_keras_model(spec)
 

@@ -88,3 +88,30 @@ def test_unexpected_errors_are_one_line_unless_debugging(files, capsys, monkeypa
     assert "ZeroDivisionError" in error and "--debug" in error
     with pytest.raises(ZeroDivisionError):
         cli.main(["--debug", "evaluate", str(files), str(files / "data.npz")])
+
+
+def test_an_onnx_model_decomposes_from_the_command_line(files, capsys, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from test_onnx import resnet18_style
+
+    import onnx
+
+    model_path = tmp_path / "resnet.onnx"
+    onnx.save(resnet18_style(), model_path)
+    x = np.random.default_rng(3).normal(size=(40, 32, 32, 3)).astype(np.float32)
+    import fastdecomp as fd
+
+    y = fd.from_onnx(model_path).predict(x)
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    present = ",".join(str(c) for c in sorted(set(y.tolist())))
+    assert cli.main(["decompose", str(model_path), str(tmp_path / "data.npz"), "-o", str(tmp_path / "modules"),
+                     "--classes", present, "--concerned", "all", "--no-progress"]) == 0
+    assert "modules written" in capsys.readouterr().out
+    loaded = fd.load(tmp_path / "modules")  # explicit pads saved, checked and loaded
+    assert any(layer.config.get("padding") == "explicit" for layer in loaded.network.layers)
+    assert loaded.predict_proba(x).shape == (40, len(loaded.classes), 2)
+    truncated = tmp_path / "broken.onnx"
+    truncated.write_bytes(model_path.read_bytes()[:300])
+    assert cli.main(["decompose", str(truncated), str(tmp_path / "data.npz"), "-o", str(tmp_path / "never"),
+                     "--no-progress"]) == 2
+    assert "could not read the ONNX model" in one_line(capsys)
