@@ -1,7 +1,8 @@
 """Plant one bug at a time in the restructured and hardened code, run the tests that should catch it, restore the file.
 
 Prints one table row per bug for ``bench/results/mutations.md``; ``python bench/mutate_structure.py
-architectures`` runs the bugs of the real-world Keras models instead (#14).
+architectures`` runs the bugs of the real-world Keras models instead (#14), ``onnx`` those of ONNX in
+and out (#15).
 """
 import subprocess
 import sys
@@ -111,7 +112,24 @@ ARCHITECTURES = [  # real-world Keras models (#14)
     ("a namesake of a registered class is read", "fastdecomp/keras_io.py",
      "    if defined is not type(op):", "    if defined is None:", "tests/test_network.py -k namesake"),
 ]
-selected = ARCHITECTURES if sys.argv[1:2] == ["architectures"] else MUTANTS
+ONNX = [  # ONNX in and out (#15)
+    ("a flattened map's rows kept in ONNX order", "fastdecomp/onnx_io.py",
+     "kernel if order is None else kernel[order]", "kernel", "tests/test_onnx.py -k torch_style"),
+    ("ceil_mode ignored", "fastdecomp/onnx_io.py",
+     "ceil=bool(a.get(\"ceil_mode\", 0))", "ceil=False", "tests/test_onnx.py -k average"),
+    ("an average that counts padding read as one that does not", "fastdecomp/onnx_io.py",
+     'if kind == "avgpool" and a.get("count_include_pad", 0) and any(config["pads"]):', "if False:",
+     "tests/test_onnx.py -k average"),
+    ("a composition shares nodes whose masks differ", "fastdecomp/onnx_io.py",
+     "tuple(keys[s] for s in layer.inputs), _digest(mask),", "tuple(keys[s] for s in layer.inputs), None,",
+     "tests/test_onnx.py -k composition"),
+    ("a BatchNormalization folds into a convolution read twice", "fastdecomp/onnx_io.py",
+     "self.readers.get(node.input[0], 0) == 1 and", "", "tests/test_onnx.py -k 'torch_style or read_twice'"),
+    ("pruning drops a layer's last channel", "fastdecomp/pruning.py",
+     "    keep[0] |= not keep.any()", "    pass", "tests/test_onnx.py tests/test_architectures.py -k 'pruned or every_channel'"),
+]
+GROUPS = {"architectures": ARCHITECTURES, "onnx": ONNX}
+selected = GROUPS.get(sys.argv[1], MUTANTS) if sys.argv[1:] else MUTANTS
 if sys.argv[2:]:  # one bug, by the start of its description
     selected = [m for m in selected if m[0].startswith(sys.argv[2])]
 rows = []
@@ -126,6 +144,8 @@ for what, path, old, new, tests in selected:
     finally:
         file.write_text(text)
     failed = [l.split(" ")[1] for l in run.stdout.splitlines() if l.startswith("FAILED")]
-    rows.append((what, path, failed[0] if failed else "**survives**", tests))
+    signal = -run.returncode if run.returncode < 0 else run.returncode - 128 if run.returncode > 128 else None
+    died = f"the test process died (signal {signal}): {tests}" if signal else None  # the shell reports 128 + it
+    rows.append((what, path, failed[0] if failed else died or "**survives**", tests))
     print(rows[-1], flush=True)
 print("\n".join(f"| {w} | `{p}` | {f} |" for w, p, f, t in rows))

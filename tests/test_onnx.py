@@ -311,3 +311,37 @@ def test_one_network_in_both_forms_gives_the_same_masks(resnet_case):
             assert len(ours) == len(theirs)
             for a, b in zip(ours.values(), theirs.values()):
                 np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("opset", [13, 21])
+def test_every_opset_from_13_to_21_imports(opset):
+    model = mobilenet_v2_style()
+    model.opset_import[0].version = opset
+    onnx.checker.check_model(model)
+    reference = fd.from_onnx(mobilenet_v2_style())
+    x = np.random.default_rng(7).normal(size=(3, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(fd.from_onnx(model).forward(x), reference.forward(x))
+
+
+def test_a_graph_with_two_inputs_is_refused():
+    from onnx import TensorProto, helper
+
+    g = TorchStyleGraph(3, 32, 0)
+    x = g.node("Flatten", [g.node("GlobalAveragePool", [g.conv("input", 3, 4, 3)])], axis=1)
+    model = g.model(g.gemm(x, 4, 2), 2)
+    model.graph.input.append(helper.make_tensor_value_info("second", TensorProto.FLOAT, ["N", 3, 32, 32]))
+    with pytest.raises(fd.errors.UnsupportedLayerError, match="2 inputs and 1 outputs"):
+        fd.from_onnx(model)
+
+
+def test_a_batchnorm_of_a_convolution_read_twice_is_not_folded():
+    g = TorchStyleGraph(3, 32, 8)
+    conv = g.conv("input", 3, 4, 3, 1, 1)
+    x = g.relu(g.node("Add", [conv, g.bn(conv, 4)]))  # the Add reads the convolution unnormalised
+    model = g.model(g.gemm(g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1), 4, 3), 3)
+    network = fd.from_onnx(model)
+    assert "affine" in [layer.kind for layer in network.layers]
+    images = np.random.default_rng(9).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": images})[0]
+    np.testing.assert_allclose(network.forward(images.transpose(0, 2, 3, 1), logits=True), expected, atol=1e-5)
