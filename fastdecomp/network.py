@@ -55,9 +55,9 @@ class Network:
         last = self.layers[-1]
         if not last.handler.output_activation or not self.by_name[last.inputs[0]].handler.output_layer:
             raise UnsupportedLayerError(
-                f"model {name!r} must end in a Dense layer, with a softmax activation or none (logits) "
-                f"(its last layer is {last.keras_name!r}, a {last.kind}); fastdecomp channels "
-                "that Dense layer into concerned/unconcerned outputs")
+                f"model {name!r} must end in a Dense layer (in ONNX: Gemm, or MatMul + Add), with a softmax "
+                f"activation or none (logits) (its last layer is {last.keras_name!r}, a {last.kind}); fastdecomp "
+                "channels that Dense layer into concerned/unconcerned outputs")
         self.output_dense = last.inputs[0]
         self.num_classes = last.shape[0]
         self._plans = {}

@@ -351,7 +351,8 @@ def _load_onnx(model_or_path):
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset not in OPSETS:
         raise ModelFileError(f"the ONNX model uses opset {opset}; fastdecomp reads opsets 13 to 21: export it "
-                             "again with opset_version=17")
+                             "again with opset_version=17, or convert it with "
+                             "onnx.version_converter.convert_version(model, 17)")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:

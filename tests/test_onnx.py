@@ -258,6 +258,9 @@ def test_bad_onnx_files_and_graphs_are_refused_by_name(tmp_path):
     with pytest.raises(fd.errors.UnsupportedLayerError, match="Sigmoid_2.*Sigmoid.*exactly 0"):
         fd.from_onnx(g.model(g.gemm(g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1), 4, 2), 2))
     g = TorchStyleGraph(3, 32, 0)
+    with pytest.raises(fd.errors.UnsupportedLayerError, match="must end in a Dense.*Gemm.*GlobalAveragePool"):
+        fd.from_onnx(g.model(g.node("GlobalAveragePool", [g.conv("input", 3, 4, 3)]), 4))
+    g = TorchStyleGraph(3, 32, 0)
     g.input = helper.make_tensor_value_info("input", 1, ["N", 3, "H", "W"])
     x = g.node("Flatten", [g.node("GlobalAveragePool", [g.conv("input", 3, 4, 3)])], axis=1)
     with pytest.raises(fd.errors.UnsupportedLayerError, match="one size"):
