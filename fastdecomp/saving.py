@@ -116,12 +116,17 @@ def _write_manifest(path, manifest):
 
 
 def load(path):
-    """Load whatever :func:`save` wrote at ``path``: a :class:`ModuleSet` or a :class:`Composition`.
+    """Load whatever :func:`save` wrote at ``path``: a :class:`ModuleSet` or a :class:`Composition`;
+    or, for a ``.onnx`` file, the :class:`~fastdecomp.network.Network` it holds (:func:`fastdecomp.from_onnx`).
 
     Parameters
     ----------
     path : str or Path
     """
+    if str(path).endswith(".onnx"):
+        from .onnx_io import from_onnx
+
+        return from_onnx(path)
     path = _path(path)
     if (path / FORMATS[COMPOSITION][0]).is_file():
         return load_composition(path)

@@ -224,6 +224,7 @@ def test_torch_style_graphs_import_decompose_and_export(build, tmp_path):
     assert np.abs(logits - expected).max() <= 1e-5 * np.abs(expected).max()
     path = tmp_path / "model.onnx"
     onnx.save(model, path)
+    np.testing.assert_array_equal(fd.load(path).forward(x, logits=True), logits)
     predicted = network.predict(x)
     y = predicted.copy()
     y[::6] = (y[::6] + 1) % 10
