@@ -18,7 +18,7 @@ images/s, time ratios, and the largest difference from the engine. Writes
 
 import argparse
 import os
-import time
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -26,24 +26,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def best_times(runs, repeats=3):
-    best = {name: float("inf") for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import numpy as np
     import onnxruntime as ort
 
     import fastdecomp as fd
+    from bench_engine import interleaved
 
     test = fd.data.fashion_mnist("test")
     count = 500 if args.quick else 2000
@@ -63,7 +55,7 @@ def main():
 
     runs = {"engine": lambda: composition.predict_proba(x), "onnxruntime": onnx_runtime, "tensorflow": tensorflow}
     outputs = {name: run() for name, run in runs.items()}
-    best = best_times(runs)
+    best = interleaved(runs, 3)
     lines = ["# Composed inference: 10 modules of the zoo ResNet-20", "",
              f"`python bench/bench_onnx.py{' --quick' if args.quick else ''}`, {count} Fashion-MNIST test images, "
              f"{os.cpu_count()} cores, best of 3, interleaved. Ratios are times against the engine's.", "",
