@@ -21,13 +21,15 @@ from .network import Network
 from .onnx_io import from_onnx
 from .options import DecompositionOptions
 from .saving import load, load_composition, load_modules, save
+from .shards import PartialStatistics, gather_statistics, merge as merge_statistics, modules_from_statistics
 
 __version__ = "0.1.0"
 
 __all__ = [
     "decompose", "DecompositionWarning", "DecompositionOptions", "compose", "Composition", "Module", "ModuleSet", "from_keras", "from_onnx", "Network",
     "save", "load", "load_modules", "load_composition", "set_backend", "backends", "config", "data", "engine",
-    "keras_io", "layers", "metrics", "onnx_io", "pruning",
+    "keras_io", "layers", "metrics", "onnx_io", "pruning", "gather_statistics", "merge_statistics",
+    "modules_from_statistics", "PartialStatistics",
     "zoo", "FastDecompError", "UnsupportedLayerError", "InputError", "ModelFileError", "DatasetNotFoundError",
     "BackendError", "ConfigError", "TargetError", "OutputExistsError", "SaveError", "__version__",
 ]

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from . import backends
-from .data import DataSource, as_source
+from .data import DataSource, Subset, as_source
 from .errors import InputError
 from .keras_io import from_keras
 from .modules import assemble
@@ -70,29 +70,56 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
     started = time.perf_counter()
     options = DecompositionOptions(mask_at=mask_at, backtrack=backtrack, delta=delta, bln_rule=bln_rule,
                                    ti_ratio=ti_ratio, concerned=concerned, seed=seed)
+    network, source, classes = _prepared(model, x, y, classes, batch_size)
+    gathered = _StatisticsPass(network, source, np.arange(len(source)), classes, options, backends.get(backend))
+    stats, correct = gathered.run(batch_size, n_jobs, progress)
+    statistics_seconds = time.perf_counter() - started
+    modules = build_modules(network, source.labels, classes, options, stats, correct)
+    modules.info.update(statistics_seconds=statistics_seconds, seconds=time.perf_counter() - started)
+    return modules
+
+
+def _prepared(model, x, y, classes, batch_size):
+    """The network, the data as a source, and the checked classes."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    device = backends.get(backend)
     network = from_keras(model)
     source = x if isinstance(x, DataSource) and y is None else as_source(x, y)
-    classes = _checked_classes(network, source, classes)
-    gathered = _StatisticsPass(network, source, classes, options, device)
-    stats, correct = gathered.run(batch_size, n_jobs, progress)
-    stats_seconds = time.perf_counter() - started
-    _check_concerned(stats, classes, options)
+    return network, source, _checked_classes(network, source, classes)
 
-    class_sizes = np.bincount(source.labels, minlength=network.num_classes)
+
+def build_modules(network, labels, classes, options, stats, correct):
+    """The modules from one pass's statistics over all of ``labels`` (CI, TI, MC and backtracking).
+
+    Parameters
+    ----------
+    network : Network
+    labels : numpy.ndarray
+        int64, one per image of the data.
+    classes : list of int
+    options : DecompositionOptions
+    stats : ActivityStatistics
+        On the host, gathered over every image.
+    correct : numpy.ndarray
+        bool per image: the model classified it correctly.
+
+    Returns
+    -------
+    ModuleSet
+    """
+    started = time.perf_counter()
+    _check_concerned(stats, classes, options)
+    class_sizes = np.bincount(labels, minlength=network.num_classes)
     tangling = np.stack([tangling_counts(k, stats.concerned_count[k], class_sizes, options.ti_ratio, options.seed)
                          for k in classes])
     base_keep = stats.keep(classes, tangling, release=True)
-    samples = _samples(source.labels, correct, classes, options, gathered, tangling)
+    samples = _samples(labels, correct, classes, options, tangling, network.num_classes)
     alone = [k for k, unconcerned in zip(classes, samples[1]) if options.ti_ratio > 0 and len(unconcerned) == 0]
     if alone:
         warnings.warn(f"the modules of classes {alone} saw no input of any other class (the data holds no other "
                       "class), so tangling identification kept nothing for them: they will not tell their class "
                       "from others. Decompose with data of several classes", DecompositionWarning, stacklevel=2)
-    info = {"num_images": len(source), "statistics_seconds": stats_seconds,
-            "train_top1": float(correct.mean()) if len(source) else 0.0}
+    info = {"num_images": len(labels), "train_top1": float(correct.mean()) if len(labels) else 0.0}
     concerned_bits = {name: active[classes] for name, active in stats.active.items()}
     modules = assemble(network, classes, options, base_keep, samples, info, concerned_bits)
     modules.info["seconds"] = time.perf_counter() - started
@@ -102,18 +129,20 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
 class _StatisticsPass:
     """The one pass over the data: every class's activity at every mask point, and each image's correctness."""
 
-    def __init__(self, network, source, classes, options, device):
-        self.network, self.source, self.options, self.device = network, source, options, device
+    def __init__(self, network, source, rows, classes, options, device):
+        """The pass over the images ``rows`` of ``source`` (all of them, or a shard), ranked among all."""
+        self.network, self.options, self.device = network, options, device
+        self.source = source if len(rows) == len(source) else Subset(source, rows)
         labels = source.labels
         num_classes = network.num_classes
-        self.ranks = class_ranks(labels, num_classes, options.seed)
+        self.ranks = class_ranks(labels, num_classes, options.seed)[rows]
         self.rank_limit = max_tangling_counts(np.bincount(labels, minlength=num_classes), options.ti_ratio,
                                               options.seed, classes)
         points = network.mask_points(options.mask_at)
         self.stats = ActivityStatistics({p.name: p.shape for p in points}, num_classes, self.rank_limit, device)
         self.is_module = np.zeros(num_classes, dtype=bool)
         self.is_module[classes] = True
-        self.correct = np.zeros(len(source), dtype=bool)
+        self.correct = np.zeros(len(rows), dtype=bool)
 
     def run(self, batch_size, n_jobs, progress):
         """Gather the statistics; returns them on the host, with a bool per image: classified correctly."""
@@ -170,11 +199,13 @@ class _StatisticsPass:
             f"to {float(np.abs(host).max()):.3g}) against what the model was trained on")
 
 
-def _samples(labels, correct, classes, options, gathered, tangling):
+def _samples(labels, correct, classes, options, tangling, num_classes):
     """Each module's concerned inputs, and its unconcerned sample (docs/method.md section 2)."""
     concerned = [np.flatnonzero((labels == k) & (correct if options.concerned == "correct" else True))
                  for k in classes]
-    ranks, rank_limit = gathered.ranks, gathered.rank_limit
+    ranks = class_ranks(labels, num_classes, options.seed)
+    rank_limit = max_tangling_counts(np.bincount(labels, minlength=num_classes), options.ti_ratio, options.seed,
+                                     classes)
     ranked = {}  # class -> its inputs in rank order, among those any sample can reach
     for c in np.flatnonzero(rank_limit):
         members = np.flatnonzero((labels == c) & (ranks < rank_limit[c]))

@@ -145,6 +145,28 @@ class ActivityStatistics:
         self.active, self.first_rank = {}, {}
         return host
 
+    def merged(self, other):
+        """These host statistics combined with ``other``'s, gathered over other images: activity ORed,
+        first ranks the smaller, counts summed (each is a commutative monoid, so any grouping of
+        shards gives the statistics of the whole pass bit for bit).
+
+        Parameters
+        ----------
+        other : ActivityStatistics
+            On the host, of the same mask points, classes and rank limits.
+
+        Returns
+        -------
+        ActivityStatistics
+        """
+        if self.shapes != other.shapes or not np.array_equal(self.rank_limit, other.rank_limit):
+            raise ValueError("statistics of different mask points or samples cannot be merged")
+        out = copy.copy(self)
+        out.active = {name: np.bitwise_or(a, other.active[name]) for name, a in self.active.items()}
+        out.first_rank = {name: np.minimum(r, other.first_rank[name]) for name, r in self.first_rank.items()}
+        out.concerned_count = self.concerned_count + other.concerned_count
+        return out
+
     def count(self, concerned_class):
         """Count a batch's concerned inputs per class (once per batch)."""
         valid = concerned_class[concerned_class >= 0]

@@ -1,0 +1,185 @@
+"""A decomposition split over shards of the data: statistics gathered per shard, merged, then modules.
+
+The statistics of the pass are commutative monoids (activity ORed, first
+ranks by minimum, counts summed), so shards gathered anywhere (processes,
+machines, array jobs) merge into the statistics of the whole pass, bit for
+bit, in any grouping and order. Every shard ranks its images among all of
+them (the tangling sample depends only on the labels and the seed), so each
+needs the labels of the whole data set, not its images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import backends
+from .decompose import _DEFAULTS, _prepared, _StatisticsPass, build_modules
+from .errors import InputError
+from .options import DecompositionOptions
+from .statistics import ActivityStatistics
+
+__all__ = ["PartialStatistics", "gather_statistics", "merge", "modules_from_statistics"]
+
+
+@dataclass(frozen=True)
+class PartialStatistics:
+    """The statistics of a pass over some of the images.
+
+    Parameters
+    ----------
+    fingerprint : str
+        Digest of what the statistics depend on: the network's weights, the
+        labels, the classes and the options of the pass.
+    num_images : int
+        Images in the whole data set.
+    rows : numpy.ndarray
+        int64, sorted: the images gathered.
+    correct : numpy.ndarray
+        bool per row: the model classified it correctly.
+    statistics : ActivityStatistics
+        On the host.
+    """
+
+    fingerprint: str
+    num_images: int
+    rows: np.ndarray
+    correct: np.ndarray
+    statistics: ActivityStatistics
+
+    @property
+    def complete(self):
+        """Every image of the data set is in."""
+        return len(self.rows) == self.num_images
+
+    def merge(self, other):
+        """These statistics and ``other``'s, of other images of the same pass.
+
+        Parameters
+        ----------
+        other : PartialStatistics
+
+        Returns
+        -------
+        PartialStatistics
+        """
+        if not isinstance(other, PartialStatistics) or other.fingerprint != self.fingerprint:
+            raise InputError("these statistics come from another model, label set, class list or options "
+                             "(their fingerprints differ); merge only shards of one decomposition")
+        if np.intersect1d(self.rows, other.rows).size:
+            raise InputError(f"images {np.intersect1d(self.rows, other.rows)[:5].tolist()} are in both sets of "
+                             "statistics: a shard was given twice")
+        rows = np.concatenate([self.rows, other.rows])
+        order = np.argsort(rows, kind="stable")
+        correct = np.concatenate([self.correct, other.correct])[order]
+        return PartialStatistics(self.fingerprint, self.num_images, rows[order], correct,
+                                 self.statistics.merged(other.statistics))
+
+
+def _options(mask_at, backtrack, delta, bln_rule, ti_ratio, concerned, seed):
+    return DecompositionOptions(mask_at=mask_at, backtrack=backtrack, delta=delta, bln_rule=bln_rule,
+                                ti_ratio=ti_ratio, concerned=concerned, seed=seed)
+
+
+def fingerprint(network, labels, classes, options):
+    """Digest of what a pass's statistics depend on (not the backtracking, applied afterwards)."""
+    hasher = hashlib.sha256()
+    for layer in network.layers:
+        hasher.update(f"{layer.name}|{layer.kind}|{layer.shape}|{sorted(layer.config.items())}".encode())
+        for key in sorted(layer.weights):
+            hasher.update(np.ascontiguousarray(layer.weights[key]).tobytes())
+    hasher.update(np.asarray(labels, dtype=np.int64).tobytes())
+    hasher.update(repr((list(classes), options.mask_at, options.ti_ratio, options.concerned, options.seed)).encode())
+    return hasher.hexdigest()
+
+
+def shard_rows(num_images, shard):
+    """The images of shard ``(index, count)``: ``count`` contiguous ranges as even as they can be."""
+    index, count = shard
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+        raise InputError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
+    return np.array_split(np.arange(num_images, dtype=np.int64), count)[index]
+
+
+def gather_statistics(model, x, y=None, *, shard=(0, 1), classes=None, mask_at=_DEFAULTS.mask_at,
+                      ti_ratio=_DEFAULTS.ti_ratio, concerned=_DEFAULTS.concerned, seed=_DEFAULTS.seed,
+                      batch_size=256, backend=None, progress=False, n_jobs=None):
+    """The statistics of one shard of the data (the pass of :func:`fastdecomp.decompose`).
+
+    Parameters
+    ----------
+    model, x, y, classes, batch_size, backend, progress, n_jobs :
+        As :func:`fastdecomp.decompose` takes them; ``x``/``y`` are the whole
+        data set (a source reads only the shard's images).
+    shard : (int, int)
+        ``(index, count)``: this shard of ``count`` contiguous ranges.
+    mask_at, ti_ratio, concerned, seed :
+        The options the statistics depend on.
+
+    Returns
+    -------
+    PartialStatistics
+    """
+    options = _options(mask_at, _DEFAULTS.backtrack, _DEFAULTS.delta, _DEFAULTS.bln_rule, ti_ratio, concerned, seed)
+    network, source, classes = _prepared(model, x, y, classes, batch_size)
+    rows = shard_rows(len(source), shard)
+    gathered = _StatisticsPass(network, source, rows, classes, options, backends.get(backend))
+    stats, correct = gathered.run(batch_size, n_jobs, progress)
+    return PartialStatistics(fingerprint(network, source.labels, classes, options), len(source), rows, correct, stats)
+
+
+def merge(parts):
+    """Merge the statistics of shards (in any order) into one.
+
+    Parameters
+    ----------
+    parts : iterable of PartialStatistics
+
+    Returns
+    -------
+    PartialStatistics
+    """
+    parts = list(parts)
+    if not parts:
+        raise InputError("no statistics to merge")
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = merged.merge(part)
+    return merged
+
+
+def modules_from_statistics(model, statistics, y, *, classes=None, mask_at=_DEFAULTS.mask_at,
+                            backtrack=_DEFAULTS.backtrack, delta=_DEFAULTS.delta, bln_rule=_DEFAULTS.bln_rule,
+                            ti_ratio=_DEFAULTS.ti_ratio, concerned=_DEFAULTS.concerned, seed=_DEFAULTS.seed):
+    """The modules :func:`fastdecomp.decompose` builds, from merged statistics of every shard.
+
+    Parameters
+    ----------
+    model : keras.Model, str, Path or Network
+    statistics : PartialStatistics
+        Of every image (:func:`merge` of all shards).
+    y : numpy.ndarray
+        The labels of the whole data set.
+    classes, mask_at, backtrack, delta, bln_rule, ti_ratio, concerned, seed :
+        As for :func:`fastdecomp.decompose`; those the pass depends on must be the pass's.
+
+    Returns
+    -------
+    ModuleSet
+    """
+    from .keras_io import from_keras
+
+    options = _options(mask_at, backtrack, delta, bln_rule, ti_ratio, concerned, seed)
+    network = from_keras(model)
+    labels = np.asarray(y, dtype=np.int64)
+    classes = list(range(network.num_classes)) if classes is None else [int(k) for k in classes]
+    if fingerprint(network, labels, classes, options) != statistics.fingerprint:
+        raise InputError("the statistics were gathered with another model, labels, classes or options "
+                         "(mask_at, ti_ratio, concerned, seed) than these; give the pass's")
+    if not statistics.complete:
+        missing = np.setdiff1d(np.arange(statistics.num_images), statistics.rows)
+        raise InputError(f"{len(missing)} images have no statistics (from image {missing[0]} on): a shard is "
+                         "missing; merge the statistics of every shard first")
+    return build_modules(network, labels, classes, options, statistics.statistics, statistics.correct)

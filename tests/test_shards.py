@@ -1,0 +1,75 @@
+"""A decomposition split over shards: statistics per shard, merged in any grouping, give the modules of
+one pass bit for bit."""
+
+import numpy as np
+import pytest
+
+import fastdecomp as fd
+from fastdecomp.shards import gather_statistics, merge, modules_from_statistics
+
+from test_invariants import assert_same_masks
+
+DELTA = 0.05
+
+
+def same_modules(a, b):
+    assert a.classes == b.classes
+    for k in a.classes:
+        assert_same_masks(b, k, a.masks(k, names="network"), a.head(k), a.sample_indices(k))
+
+
+@pytest.mark.parametrize("concerned", ["correct", "all"])
+@pytest.mark.parametrize("mask_at", ["relu", "conv"])
+def test_merged_shards_give_the_single_pass_modules(resnet_case, sequential_case, mask_at, concerned):
+    rng = np.random.default_rng(0)
+    for model, x, y in (resnet_case, sequential_case):
+        network = fd.from_keras(model)
+        options = dict(mask_at=mask_at, concerned=concerned, seed=3)
+        whole = fd.decompose(network, x, y, backtrack="bi", delta=DELTA, progress=False, **options)
+        parts = [gather_statistics(network, x, y, shard=(i, 7), batch_size=4, **options) for i in range(7)]
+        assert len(x) % 7 and sorted(len(p.rows) for p in parts)[0] < sorted(len(p.rows) for p in parts)[-1]
+        order = rng.permutation(7)
+        merged = merge([parts[i] for i in order])
+        same_modules(whole, modules_from_statistics(network, merged, y, backtrack="bi", delta=DELTA, **options))
+
+
+def random_split_merge(parts, rng):
+    """Merge in a random binary tree over a random order."""
+    pool = [parts[i] for i in rng.permutation(len(parts))]
+    while len(pool) > 1:
+        i = rng.integers(len(pool) - 1)
+        pool[i:i + 2] = [pool[i].merge(pool[i + 1])]
+    return pool[0]
+
+
+def test_the_merge_is_associative_and_commutative(resnet_case):
+    model, x, y = resnet_case
+    network = fd.from_keras(model)
+    rng = np.random.default_rng(1)
+    parts = [gather_statistics(network, x, y, shard=(i, 6)) for i in range(6)]
+    reference = merge(parts)
+    for _ in range(4):
+        other = random_split_merge(parts, rng)
+        np.testing.assert_array_equal(other.rows, reference.rows)
+        np.testing.assert_array_equal(other.correct, reference.correct)
+        for name in reference.statistics.shapes:
+            np.testing.assert_array_equal(other.statistics.active[name], reference.statistics.active[name])
+            np.testing.assert_array_equal(other.statistics.first_rank[name], reference.statistics.first_rank[name])
+        np.testing.assert_array_equal(other.statistics.concerned_count, reference.statistics.concerned_count)
+
+
+def test_a_missing_a_repeated_and_a_foreign_shard_are_refused(resnet_case):
+    model, x, y = resnet_case
+    network = fd.from_keras(model)
+    parts = [gather_statistics(network, x, y, shard=(i, 3)) for i in range(3)]
+    with pytest.raises(fd.errors.InputError, match="a shard was given twice"):
+        merge(parts + parts[:1])
+    with pytest.raises(fd.errors.InputError, match="a shard is missing"):
+        modules_from_statistics(network, merge(parts[:2]), y)
+    foreign = gather_statistics(network, x, y, shard=(2, 3), seed=9)
+    with pytest.raises(fd.errors.InputError, match="fingerprints differ"):
+        merge(parts[:2] + [foreign])
+    with pytest.raises(fd.errors.InputError, match="another model, labels, classes or options"):
+        modules_from_statistics(network, merge(parts), y, mask_at="conv")
+    with pytest.raises(fd.errors.InputError, match="shard must be"):
+        gather_statistics(network, x, y, shard=(3, 3))
