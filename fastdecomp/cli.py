@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 from . import data
 from .backtrack import BLN_RULES
@@ -120,6 +121,24 @@ def build_parser():
     d.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    st = sub.add_parser("stats", help="gather one shard's statistics (a batch-scheduler array job)",
+                        description="Run the pass over shard I of N of DATA (contiguous ranges); save its "
+                                    "statistics to OUT. 'fastdecomp merge' builds the modules from all shards.")
+    st.add_argument("model", help=MODEL_HELP)
+    st.add_argument("data", help="training images (all of them; the shard reads its own): " + DATA_HELP)
+    st.add_argument("--shard", required=True, type=_shard, help="I/N: this shard (0 <= I < N)")
+    st.add_argument("-o", "--out", required=True, help="directory to write the statistics to")
+    for flag in ("--limit", "--classes", "--mask-at", "--ti-ratio", "--concerned", "--batch-size", "--seed",
+                 "--backend", "--overwrite", "--no-progress"):
+        st._add_action(next(a for a in d._actions if flag in a.option_strings))
+    mg = sub.add_parser("merge", help="merge every shard's statistics and save the modules",
+                        description="Merge the statistics 'fastdecomp stats' wrote (all shards, any order), "
+                                    "then build and save the modules, as 'fastdecomp decompose' would.")
+    mg.add_argument("parts", nargs="+", help="the shards' statistics directories")
+    mg.add_argument("-o", "--out", required=True, help="directory to write the modules to")
+    for flag in ("--backtrack", "--delta", "--bln-rule", "--overwrite"):
+        mg._add_action(next(a for a in d._actions if flag in a.option_strings))
+
     e = sub.add_parser("evaluate", help="score composed modules against their model",
                        description="Compose the modules in MODULES by voting and print top-1/top-5 "
                                    "accuracy next to the model's, with each module's size and Jaccard index.")
@@ -139,6 +158,47 @@ def build_parser():
     m.add_argument("--batch-size", type=int, default=256)
     m.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def _shard(text):
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N (e.g. 3/10)") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"shard {text} is outside 0/{count}..{count - 1}/{count}")
+    return index, count
+
+
+def cmd_stats(args):
+    from .shards import gather_statistics, save_statistics
+
+    _check_output(args.out, args.overwrite)
+    options = {"mask_at": args.mask_at, "ti_ratio": args.ti_ratio, "concerned": args.concerned, "seed": args.seed}
+    part = gather_statistics(_load_model(args.model), data.open_data(args.data, args.limit), shard=args.shard,
+                             classes=args.classes, batch_size=args.batch_size, backend=args.backend,
+                             progress=not args.no_progress, **options)
+    sources = {"model": args.model, "data": args.data, "limit": args.limit, "classes": args.classes,
+               "options": options}
+    save_statistics(part, args.out, overwrite=args.overwrite, sources=sources)
+    print(f"shard {args.shard[0]}/{args.shard[1]}: {len(part.rows)} images' statistics written to {args.out}")
+    return 0
+
+
+def cmd_merge(args):
+    from .saving import read_manifest, save, STATISTICS
+    from .shards import load_statistics, merge, modules_from_statistics
+
+    _check_output(args.out, args.overwrite)
+    sources = read_manifest(Path(args.parts[0]), STATISTICS)["sources"]
+    merged = merge(load_statistics(part) for part in args.parts)
+    labels = data.open_data(sources["data"], sources["limit"]).labels
+    modules = modules_from_statistics(_load_model(sources["model"]), merged, labels, classes=sources["classes"],
+                                      backtrack=_backtrack(args.backtrack), delta=args.delta,
+                                      bln_rule=args.bln_rule, **sources["options"])
+    save(modules, args.out, overwrite=args.overwrite)
+    print(f"{len(modules)} modules from {len(args.parts)} shards written to {args.out}")
+    return 0
 
 
 def cmd_decompose(args):
@@ -224,7 +284,8 @@ def main(argv=None):
     """Entry point of the ``fastdecomp`` console script."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    handler = {"decompose": cmd_decompose, "evaluate": cmd_evaluate, "demo": cmd_demo}[args.command]
+    handler = {"decompose": cmd_decompose, "stats": cmd_stats, "merge": cmd_merge, "evaluate": cmd_evaluate,
+               "demo": cmd_demo}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

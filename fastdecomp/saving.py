@@ -39,8 +39,8 @@ from .storage import atomic_directory
 
 __all__ = ["save", "load", "load_modules", "load_composition", "read_manifest", "FORMATS"]
 
-MODULES, COMPOSITION = "fastdecomp-modules", "fastdecomp-composition"
-FORMATS = {MODULES: ("manifest.json", 2), COMPOSITION: ("composition.json", 2)}
+MODULES, COMPOSITION, STATISTICS = "fastdecomp-modules", "fastdecomp-composition", "fastdecomp-statistics"
+FORMATS = {MODULES: ("manifest.json", 2), COMPOSITION: ("composition.json", 2), STATISTICS: ("manifest.json", 1)}
 
 
 def save(obj, path, *, overwrite=False):
@@ -194,7 +194,7 @@ def read_manifest(path, kind):
         of the wrong type; the message names the file and the field.
     """
     name, version = FORMATS[kind]
-    what = "module set" if kind == MODULES else "composition"
+    what = {MODULES: "module set", COMPOSITION: "composition", STATISTICS: "shard's statistics"}[kind]
     manifest_path = Path(path) / name
     if not manifest_path.is_file():
         raise ModelFileError(f"{path} is not a saved {what} (no {name})")
@@ -221,6 +221,8 @@ _SCHEMAS = {
     MODULES: {"network_name": str, "graph": [_LAYER], "masks": [{"layer": str, "shape": [int]}],
               "classes": [int], "options": dict, "info": {"num_images": int}, "sha256": {"arrays.npz": str}},
     COMPOSITION: {"sets": int, "entries": [{"set": int, "class": int, "label": int}], "set_checksums": [str]},
+    STATISTICS: {"fingerprint": str, "num_images": int, "num_classes": int, "points": [{"name": str, "shape": [int]}],
+                 "sources": dict, "sha256": {"arrays.npz": str}},
 }
 
 

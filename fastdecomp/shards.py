@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +22,8 @@ from .errors import InputError
 from .options import DecompositionOptions
 from .statistics import ActivityStatistics
 
-__all__ = ["PartialStatistics", "gather_statistics", "merge", "modules_from_statistics"]
+__all__ = ["PartialStatistics", "gather_statistics", "merge", "modules_from_statistics", "save_statistics",
+           "load_statistics"]
 
 
 @dataclass(frozen=True)
@@ -183,3 +185,93 @@ def modules_from_statistics(model, statistics, y, *, classes=None, mask_at=_DEFA
         raise InputError(f"{len(missing)} images have no statistics (from image {missing[0]} on): a shard is "
                          "missing; merge the statistics of every shard first")
     return build_modules(network, labels, classes, options, statistics.statistics, statistics.correct)
+
+
+def save_statistics(part, path, *, overwrite=False, sources=None):
+    """Save a shard's statistics to a directory, atomically, checksummed like a module set.
+
+    Parameters
+    ----------
+    part : PartialStatistics
+    path : str or Path
+    overwrite : bool
+        Replace a statistics directory already there.
+    sources : dict, optional
+        Where the model and data came from (the CLI's ``model``, ``data``,
+        ``limit``), so that a merge can find them again.
+    """
+    from .saving import STATISTICS, FORMATS, _sha256, _write_manifest
+    from .storage import atomic_directory
+
+    stats = part.statistics
+    arrays = {"rows": part.rows, "correct": part.correct, "concerned_count": stats.concerned_count,
+              "rank_limit": stats.rank_limit}
+    for j, name in enumerate(stats.shapes):
+        arrays[f"active{j}"], arrays[f"first_rank{j}"] = stats.active[name], stats.first_rank[name]
+    with atomic_directory(Path(path), overwrite, replaceable=_is_statistics) as tmp:
+        np.savez(tmp / "arrays.npz", **arrays)
+        _write_manifest(tmp / "manifest.json", {
+            "format": STATISTICS, "version": FORMATS[STATISTICS][1], "fingerprint": part.fingerprint,
+            "num_images": part.num_images, "num_classes": stats.num_classes,
+            "points": [{"name": n, "shape": list(shape)} for n, shape in stats.shapes.items()],
+            "sources": dict(sources or {}), "sha256": {"arrays.npz": _sha256(tmp / "arrays.npz")}})
+    return Path(path)
+
+
+def _is_statistics(path):
+    from .saving import STATISTICS, _format
+
+    try:
+        return {p.name for p in Path(path).iterdir()} == {"manifest.json", "arrays.npz"} and \
+            _format(Path(path) / "manifest.json") == STATISTICS
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_statistics(path):
+    """A shard's statistics as :func:`save_statistics` wrote them, every array checked before use.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    PartialStatistics
+    """
+    from .errors import ModelFileError
+    from .saving import STATISTICS, _read_arrays, read_manifest
+
+    manifest = read_manifest(Path(path), STATISTICS)
+    arrays = _read_arrays(Path(path), manifest)
+    try:
+        return _checked_statistics(manifest, arrays)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: the statistics are inconsistent ({exc}); gather that shard again") from exc
+
+
+def _checked_statistics(manifest, arrays):
+    count, classes = manifest["num_images"], manifest["num_classes"]
+    rows, correct = arrays["rows"], arrays["correct"]
+    _expect(rows.dtype == np.int64 and rows.ndim == 1 and (np.diff(rows) > 0).all()
+            and (not rows.size or 0 <= rows[0] <= rows[-1] < count), "rows: sorted image numbers")
+    _expect(correct.dtype == np.bool_ and correct.shape == rows.shape, "correct: a bool per row")
+    rank_limit = arrays["rank_limit"]
+    _expect(rank_limit.dtype == np.int64 and rank_limit.shape == (classes,) and (rank_limit >= 0).all()
+            and arrays["concerned_count"].dtype == np.int64 and arrays["concerned_count"].shape == (classes,),
+            "rank_limit and concerned_count: one integer per class")
+    shapes = {p["name"]: tuple(p["shape"]) for p in manifest["points"]}
+    stats = ActivityStatistics(shapes, classes, rank_limit, backends.get("cpu"))
+    for j, name in enumerate(shapes):
+        for table, kept in (("active", stats.active), ("first_rank", stats.first_rank)):
+            loaded = arrays[f"{table}{j}"]
+            _expect(loaded.dtype == kept[name].dtype and loaded.shape == kept[name].shape, f"{table} of {name}")
+            kept[name] = loaded
+        _expect(int(stats.first_rank[name].max(initial=0)) <= stats.never, f"first ranks of {name}")
+    stats.concerned_count = arrays["concerned_count"]
+    return PartialStatistics(manifest["fingerprint"], count, rows, correct, stats)
+
+
+def _expect(condition, what):
+    if not condition:
+        raise ValueError(what)

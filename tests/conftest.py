@@ -132,3 +132,13 @@ def randomise_biases(model, seed=0, scale=0.2):
 def _all_layers(model):
     for layer in model.layers:
         yield from (_all_layers(layer) if hasattr(layer, "layers") else [layer])
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory, resnet_case):
+    """The ResNet case as a model file and a data file, as the command line takes them."""
+    model, x, y = resnet_case
+    folder = tmp_path_factory.mktemp("cli")
+    model.save(folder / "model.keras")
+    np.savez(folder / "data.npz", x=x, y=y)
+    return folder

@@ -10,15 +10,6 @@ import pytest
 from fastdecomp import cli
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory, resnet_case):
-    model, x, y = resnet_case
-    folder = tmp_path_factory.mktemp("cli")
-    model.save(folder / "model.keras")
-    np.savez(folder / "data.npz", x=x, y=y)
-    return folder
-
-
 def test_decompose_then_evaluate(files, capsys):
     out = files / "modules"
     assert cli.main(["decompose", str(files / "model.keras"), str(files / "data.npz"), "-o", str(out),

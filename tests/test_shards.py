@@ -73,3 +73,31 @@ def test_a_missing_a_repeated_and_a_foreign_shard_are_refused(resnet_case):
         modules_from_statistics(network, merge(parts), y, mask_at="conv")
     with pytest.raises(fd.errors.InputError, match="shard must be"):
         gather_statistics(network, x, y, shard=(3, 3))
+
+
+def test_saved_statistics_load_checked_and_merge_from_the_command_line(files, resnet_case, tmp_path, capsys):
+    from fastdecomp import cli
+    from fastdecomp.shards import load_statistics, save_statistics
+
+    model, x, y = resnet_case
+    network = fd.from_keras(model)
+    part = gather_statistics(network, x, y, shard=(1, 3))
+    save_statistics(part, tmp_path / "part")
+    loaded = load_statistics(tmp_path / "part")
+    assert loaded.fingerprint == part.fingerprint
+    np.testing.assert_array_equal(loaded.rows, part.rows)
+    arrays = tmp_path / "part" / "arrays.npz"
+    arrays.write_bytes(arrays.read_bytes()[:-20])
+    with pytest.raises(fd.errors.ModelFileError, match="checksum"):
+        load_statistics(tmp_path / "part")
+
+    common = [str(files / "model.keras"), str(files / "data.npz"), "--mask-at", "conv", "--no-progress"]
+    for i in range(3):
+        assert cli.main(["stats", *common, "--shard", f"{i}/3", "-o", str(tmp_path / f"part{i}")]) == 0
+    parts = [str(tmp_path / f"part{i}") for i in (2, 0, 1)]
+    assert cli.main(["merge", *parts, "-o", str(tmp_path / "modules"), "--backtrack", "bi", "--delta", "0.05"]) == 0
+    assert "from 3 shards" in capsys.readouterr().out
+    whole = fd.decompose(network, x, y, mask_at="conv", backtrack="bi", delta=0.05, progress=False)
+    same_modules(whole, fd.load(tmp_path / "modules"))
+    assert cli.main(["merge", *parts[:2], "-o", str(tmp_path / "never")]) == 2
+    assert "a shard is missing" in capsys.readouterr().err
