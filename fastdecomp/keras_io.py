@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import InputError, ModelFileError, UnsupportedLayerError
-from .layers import KERAS_CLASSES, KINDS, OUTSIDE_THE_METHOD, Layer, refuser
+from .layers import KERAS_CLASSES, KINDS, OUTSIDE_THE_METHOD, refuser
 from .network import Network, check_weights
 
 __all__ = ["from_keras", "load_keras_model", "to_keras", "keras_custom_objects"]
@@ -158,6 +158,8 @@ class _Import:
         refuse = refuser(op)
         handler = KINDS[_registered_kind(op, call.node, refuse)]
         sources = [self.alias[source] for source in call.sources]
+        for source in sources:
+            _refuse_an_inner_output(self.layer(source))
         input_shapes = [tuple(self.layer(s).shape) for s in sources]
         handler = KINDS[handler.kind_for(op.get_config(), input_shapes)]
         config, weights, activation = handler.from_keras(op, op.get_config(), input_shapes, refuse)
@@ -167,27 +169,29 @@ class _Import:
         if handler.imported_as == "identity":
             out = sources[0]
         else:
-            shape = handler.output_shape(config, weights, input_shapes)
-            self.layers.append(Layer(name, handler.kind, sources, shape, config, weights, keras_name=name))
-            out = name
+            out = self._build(handler.kind, name, sources, config, weights, name, refuse)
         if activation is not None:
             kind, activation_config = activation
-            self.layers.append(Layer(f"{name}/{kind}", kind, [out], self.layer(out).shape, activation_config,
-                                     keras_name=name))
-            out = self.layers[-1].name
+            out = self._build(kind, f"{name}/{kind}", [out], activation_config, {}, name, refuse)
         self.alias[name] = out
+
+    def _build(self, kind, name, sources, config, weights, keras_name, refuse):
+        try:
+            layer = KINDS[kind].build(name, sources, [self.layer(s).shape for s in sources], config, weights,
+                                      keras_name)
+        except ValueError as error:
+            refuse(str(error))
+        self.layers.append(layer)
+        return name
 
     def _fold(self, handler, name, source, weights, refuse):
         """Fold into the layer before where that is exact; otherwise the layer of its own the kind says."""
         previous = self.layer(source)
-        passing_on = [n for n, target in self.alias.items() if target == previous.name]  # it, and identities after it
-        readers = sum(self.readers.get(n, 0) for n in passing_on) - (len(passing_on) - 1)
-        if previous.name == self.layers[-1].name and readers == 1 and previous.handler.folds_normalisation:
+        if handler.folds_after(previous, self.layers[-1], self.alias, self.readers):
             handler.fold_into(previous, weights, refuse)
             return previous.name
         kind, config, weights = handler.unfolded(weights)
-        self.layers.append(Layer(name, kind, [source], previous.shape, config, weights, keras_name=name))
-        return name
+        return self._build(kind, name, [source], config, weights, name, refuse)
 
 
 def _registered_kind(op, node, refuse):
@@ -223,14 +227,18 @@ def _import_layers(model):
     for call in calls:
         graph.add(call)
     for layer in graph.layers[:-1]:
-        if layer.handler.output_activation:
-            raise UnsupportedLayerError(
-                f"layer {layer.keras_name!r} ends in a {layer.kind} (or a one-unit sigmoid) inside the model; "
-                "fastdecomp takes it only on the output layer, which it channels into modules")
+        _refuse_an_inner_output(layer)
     last = graph.layers[-1]
     if last.handler.output_layer:  # a logits output (trained with from_logits=True): the softmax is implied
         graph.layers[-1:] = last.handler.logits_output(last)
     return graph.layers
+
+
+def _refuse_an_inner_output(layer):
+    if layer.handler.output_activation:
+        raise UnsupportedLayerError(
+            f"layer {layer.keras_name!r} ends in a {layer.kind} (or a one-unit sigmoid) inside the model; "
+            "fastdecomp takes it only on the output layer, which it channels into modules")
 
 
 def _topological_keras_nodes(model):

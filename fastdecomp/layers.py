@@ -308,6 +308,28 @@ class LayerKind:
         input_shapes : list of tuple of int
             The shapes of its inputs, themselves checked.
         """
+        expected = self.checked_output_shape(layer, input_shapes)
+        if tuple(layer.shape) != expected:
+            raise ValueError(f"layer {layer.name!r} ({self.kind}) has shape {tuple(layer.shape)}; its inputs "
+                             f"and settings give {expected}")
+
+    def checked_output_shape(self, layer, input_shapes):
+        """The output shape ``layer``'s inputs and settings give, after checking all but its own shape.
+
+        Parameters
+        ----------
+        layer : Layer
+        input_shapes : list of tuple of int
+
+        Returns
+        -------
+        tuple of int
+
+        Raises
+        ------
+        ValueError
+            Where the layer is inconsistent, naming it.
+        """
         low, high = self.input_count
         if len(input_shapes) < low or (high is not None and len(input_shapes) > high):
             raise ValueError(f"layer {layer.name!r} ({self.kind}) has {len(input_shapes)} inputs")
@@ -320,10 +342,31 @@ class LayerKind:
             raise ValueError(f"layer {layer.name!r} ({self.kind}) has weights {sorted(layer.weights)}, "
                              f"not {sorted(self.weight_names)}")
         self.check_config(layer, input_shapes)
-        expected = tuple(self.output_shape(layer.config, layer.weights, input_shapes))
-        if tuple(layer.shape) != expected:
-            raise ValueError(f"layer {layer.name!r} ({self.kind}) has shape {tuple(layer.shape)}; its inputs "
-                             f"and settings give {expected}")
+        return tuple(int(d) for d in self.output_shape(layer.config, layer.weights, input_shapes))
+
+    def build(self, name, inputs, input_shapes, config, weights, keras_name):
+        """A new layer of this kind, checked as a loaded one is: an importer reads untrusted files too.
+
+        Parameters
+        ----------
+        name : str
+        inputs : list of str
+        input_shapes : list of tuple of int
+        config, weights : dict
+        keras_name : str
+
+        Returns
+        -------
+        Layer
+
+        Raises
+        ------
+        ValueError
+            Where the settings, weights or inputs are inconsistent, naming the layer.
+        """
+        layer = Layer(name, self.kind, list(inputs), (), config, weights, keras_name)
+        layer.shape = self.checked_output_shape(layer, input_shapes)
+        return layer
 
     def check_config(self, layer, input_shapes):
         """Raise ValueError unless ``layer``'s settings and weight shapes fit its inputs (see :meth:`check`).
@@ -343,12 +386,33 @@ class LayerKind:
         return False
 
     def cap(self, layer):
-        """The upper bound a rectifier (``fuses_as == "rectify"``) clips its output to, or None."""
+        """The upper bound a rectifier (``fuses_as == "rectify"``) clips its output to.
+
+        Parameters
+        ----------
+        layer : Layer
+
+        Returns
+        -------
+        float or None
+            None where it has none (a plain ReLU, or not a rectifier).
+        """
         return None
 
     def unfolded(self, weights):
         """What a ``fold`` kind becomes where it cannot fold (after a ReLU, at the input, after a layer
-        read elsewhere too): ``(kind, config, weights)`` of a layer of its own."""
+        read elsewhere too).
+
+        Parameters
+        ----------
+        weights : dict
+            The weights its import gave, to be folded.
+
+        Returns
+        -------
+        (str, dict, dict)
+            The kind, settings and weights of a layer of its own.
+        """
         raise NotImplementedError
 
     def fold_into(self, previous, weights, refuse):
@@ -426,8 +490,17 @@ class LayerKind:
         raise NotImplementedError
 
     def logits_output(self, layer):
-        """The layers that stand for a model ending in ``layer``'s logits (an :attr:`output_layer` kind):
-        its output layer, then the softmax implied."""
+        """The layers that stand for a model ending in ``layer``'s logits (an :attr:`output_layer` kind).
+
+        Parameters
+        ----------
+        layer : Layer
+
+        Returns
+        -------
+        list of Layer
+            Its output layer, then the softmax implied.
+        """
         raise NotImplementedError
 
     def with_head(self, layer, head):
@@ -601,12 +674,31 @@ class GroupedConv2DKind(LayerKind):
         bias = keras_layer.bias.numpy() if cfg["use_bias"] else np.zeros(kernel.shape[3])
         dilation = _pair(cfg.get("dilation_rate", 1))
         config = window_config((kh, kw), cfg, input_shapes, refuse, dilation)
-        config.update(dilation=dilation, groups=groups, depth_multiplier=multiplier)
-        return config, {"kernel": kernel, "bias": bias.astype(np.float32)}, \
-            inline_activation(keras_layer.activation, refuse)
+        return self.settings(config, groups, dilation, multiplier), \
+            {"kernel": kernel, "bias": bias.astype(np.float32)}, inline_activation(keras_layer.activation, refuse)
+
+    @staticmethod
+    def settings(window, groups, dilation, depth_multiplier):
+        """A grouped convolution's settings.
+
+        Parameters
+        ----------
+        window : dict
+            ``strides``, ``padding`` and ``pads`` (as :func:`window_config` gives them).
+        groups : int
+        dilation : tuple of int
+        depth_multiplier : int
+            The outputs per input channel of a depthwise convolution (exported as Keras'
+            ``DepthwiseConv2D``), or 0 (exported as a ``Conv2D`` with ``groups``).
+
+        Returns
+        -------
+        dict
+        """
+        return {**window, "dilation": tuple(dilation), "groups": groups, "depth_multiplier": depth_multiplier}
 
     def output_shape(self, config, weights, input_shapes):
-        span = _span(weights["kernel"].shape[:2], config["dilation"])
+        span = window_span(weights["kernel"].shape[:2], config["dilation"])
         oh, ow, _ = window_geometry(input_shapes[0], span, config["strides"], config["padding"], config.get("pads"))
         return (oh, ow, weights["kernel"].shape[3])
 
@@ -619,11 +711,12 @@ class GroupedConv2DKind(LayerKind):
         _expect(kernel.ndim == 4 and min(kernel.shape) >= 1 and kernel.shape[2] * groups == ci
                 and kernel.shape[3] % groups == 0, layer, "kernel",
                 f"[height, width, {ci} / groups, a multiple of {groups} channels]")
-        _expect(c.get("depth_multiplier") in (0, kernel.shape[3] // groups) and
-                (c["depth_multiplier"] == 0 or kernel.shape[2] == 1), layer, "depth_multiplier",
+        multiplier = c.get("depth_multiplier")
+        _expect(_ints([multiplier], 1, low=0) and multiplier in (0, kernel.shape[3] // groups) and
+                (multiplier == 0 or kernel.shape[2] == 1), layer, "depth_multiplier",
                 "0 (a Conv2D), or the outputs per input channel of a depthwise kernel")
         _expect(bias.shape == (kernel.shape[3],), layer, "bias", f"[{kernel.shape[3]}]")
-        _check_window(layer, _span(kernel.shape[:2], c["dilation"]), input_shapes[0])
+        _check_window(layer, window_span(kernel.shape[:2], c["dilation"]), input_shapes[0])
 
     def forward(self, layer, inputs, reusable=None, *, backend):
         x, c = inputs[0], layer.config
@@ -687,14 +780,14 @@ class SeparableConv2DKind(Conv2DKind):
         return config, weights, inline_activation(keras_layer.activation, refuse)
 
     def output_shape(self, config, weights, input_shapes):
-        span = _span(weights["depthwise"].shape[:2], config["dilation"])
+        span = window_span(weights["depthwise"].shape[:2], config["dilation"])
         oh, ow, _ = window_geometry(input_shapes[0], span, config["strides"], config["padding"], config.get("pads"))
         return (oh, ow, weights["kernel"].shape[3])
 
     def check_config(self, layer, input_shapes):
         depthwise, kernel, bias = (layer.weights[k] for k in ("depthwise", "kernel", "bias"))
-        ci = input_shapes[0][2]
         _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
+        ci = input_shapes[0][2]
         _expect(_ints(layer.config.get("dilation"), 2, low=1), layer, "dilation", "2 positive integers")
         multiplier = layer.config.get("depth_multiplier")
         _expect(_ints([multiplier], 1, low=1), layer, "depth_multiplier", "a positive integer")
@@ -703,7 +796,7 @@ class SeparableConv2DKind(Conv2DKind):
         _expect(kernel.ndim == 4 and kernel.shape[:3] == (1, 1, depthwise.shape[3]) and kernel.shape[3] >= 1,
                 layer, "kernel", f"[1, 1, {depthwise.shape[3]}, channels]")
         _expect(bias.shape == (kernel.shape[3],), layer, "bias", f"[{kernel.shape[3]}]")
-        _check_window(layer, _span(depthwise.shape[:2], layer.config["dilation"]), input_shapes[0])
+        _check_window(layer, window_span(depthwise.shape[:2], layer.config["dilation"]), input_shapes[0])
 
     def forward(self, layer, inputs, reusable=None, *, backend, rectify=False, residual=None, in_place=False,
                 activity=None, cap=None):
@@ -1065,6 +1158,8 @@ class ScaledAddKind(LayerKind):
 
 @register
 class GlobalMaxPoolKind(GlobalAveragePoolKind):
+    """Keras ``GlobalMaxPooling2D``: each channel's largest value (a pooling with the whole map as window)."""
+
     kind = "gmp"
     keras_classes = ("GlobalMaxPooling2D",)
 
@@ -1269,7 +1364,17 @@ class FlattenKind(LayerKind):
     keras_classes = ("Flatten", "Reshape")
 
     def kind_for(self, cfg, input_shapes):
-        return IdentityKind.kind if len(input_shapes[0]) == 1 else self.kind
+        if len(input_shapes[0]) == 1 and self._keeps_vector(cfg, input_shapes[0][0]):
+            return IdentityKind.kind
+        return self.kind
+
+    @staticmethod
+    def _keeps_vector(cfg, size):
+        """Whether a Flatten or Reshape of a vector of ``size`` leaves it a vector (or a 1x1 map)."""
+        if "target_shape" not in cfg:
+            return True
+        target = tuple(cfg["target_shape"])
+        return target in ((size,), (-1,)) or (target[-1] in (size, -1) and set(target[:-1]) == {1})
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("data_format") not in (None, "channels_last"):
@@ -1350,7 +1455,7 @@ class RescalingKind(ChannelMapKind):
 
 
 @register
-class ChannelAffineKind(RescalingKind):
+class UnfoldedBatchNormKind(RescalingKind):
     """``x * a + b`` per channel: a BatchNormalization that cannot fold into the layer before it
     (exported as a ``Rescaling`` that computes the same)."""
 
@@ -1425,8 +1530,33 @@ class BatchNormKind(LayerKind):
         scale = gamma / np.sqrt(var + cfg["epsilon"])
         return {}, {"scale": scale, "shift": beta - mean * scale}, None
 
+    def folds_after(self, previous, last, aliases, readers):
+        """Whether the normalisation of ``previous``'s output folds into it exactly.
+
+        It does where ``previous`` is the last layer built, its kind folds, and nothing else reads
+        its output, directly or through the identities (Dropout, Identity) after it.
+
+        Parameters
+        ----------
+        previous : Layer
+            The layer the normalisation reads.
+        last : Layer
+            The last layer built.
+        aliases : Mapping
+            Each name in the source graph (a Keras layer, an ONNX tensor) to the layer standing for it.
+        readers : Mapping
+            Each name in the source graph to how many calls or nodes read it.
+
+        Returns
+        -------
+        bool
+        """
+        passing_on = [name for name, target in aliases.items() if target == previous.name]
+        other_readers = sum(readers.get(name, 0) for name in passing_on) - len(passing_on)
+        return previous is last and other_readers == 0 and previous.handler.folds_normalisation
+
     def unfolded(self, weights):
-        return ChannelAffineKind.kind, {}, {"a": weights["scale"].astype(np.float32),
+        return UnfoldedBatchNormKind.kind, {}, {"a": weights["scale"].astype(np.float32),
                                            "b": weights["shift"].astype(np.float32)}
 
     def fold_into(self, previous, weights, refuse):
@@ -1526,8 +1656,18 @@ def _pair(value):
     return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value), int(value))
 
 
-def _span(window, dilation):
-    """The rows and columns a dilated window spans."""
+def window_span(window, dilation):
+    """The rows and columns a dilated window spans.
+
+    Parameters
+    ----------
+    window, dilation : tuple of int
+        (rows, columns) each.
+
+    Returns
+    -------
+    tuple of int
+    """
     return tuple((k - 1) * d + 1 for k, d in zip(window, dilation))
 
 
@@ -1549,6 +1689,8 @@ def _window_dead_inputs(layer, dead_out, in_shape, groups, through_conv):
     group_dead = np.ascontiguousarray(dead_out.reshape(dead_out.shape[:3] + (groups, -1)).all(axis=-1))
     dead_in = cpu.window_dead_inputs(group_dead, h, w, *window, *c["strides"], c["pads"][0], c["pads"][2],
                                      *c.get("dilation", (1, 1)))
+    if groups == ci:
+        return dead_in
     return np.repeat(dead_in, ci // groups, axis=-1)
 
 
@@ -1579,7 +1721,7 @@ def window_config(window, cfg, input_shapes, refuse, dilation=(1, 1)):
     if cfg["padding"] not in ("same", "valid"):
         refuse(f"padding={cfg['padding']!r}; use 'same' or 'valid'")
     strides = tuple(cfg["strides"] or window)
-    oh, ow, pads = window_geometry(input_shapes[0], _span(window, dilation), strides, cfg["padding"])
+    oh, ow, pads = window_geometry(input_shapes[0], window_span(window, dilation), strides, cfg["padding"])
     if oh < 1 or ow < 1:
         refuse(f"a {tuple(window)} window does not fit its {tuple(input_shapes[0][:2])} input")
     return {"strides": strides, "padding": cfg["padding"], "pads": pads}
@@ -1591,6 +1733,16 @@ def keras_padding(layer):
     Parameters
     ----------
     layer : Layer
+
+    Returns
+    -------
+    str
+        ``"same"`` or ``"valid"``.
+
+    Raises
+    ------
+    InputError
+        Where its pads are explicit.
     """
     if layer.config["padding"] == "explicit":
         raise InputError(f"layer {layer.name!r} pads {layer.config['pads']} (top, bottom, left, right), which no "

@@ -367,9 +367,7 @@ class _OnnxReader:
     def __init__(self, graph):
         from onnx import numpy_helper
 
-        from .layers import Layer
-
-        self.Layer, self.layers, self.tensors, self.order, self.product = Layer, [], {}, {}, None
+        self.layers, self.tensors, self.order, self.product = [], {}, {}, None
         self.constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
         self.readers = {}
         for node in graph.node:
@@ -395,11 +393,14 @@ class _OnnxReader:
         return graph.output[0].name
 
     def add(self, name, kind, sources, config, weights):
+        from .errors import UnsupportedLayerError
         from .layers import KINDS
 
-        shapes = [self.shape(s) for s in sources]
-        shape = KINDS[kind].output_shape(config, weights, shapes)
-        self.layers.append(self.Layer(name, kind, sources, tuple(shape), config, weights, keras_name=name))
+        try:
+            layer = KINDS[kind].build(name, sources, [self.shape(s) for s in sources], config, weights, name)
+        except ValueError as error:
+            raise UnsupportedLayerError(f"node {name!r} is not supported: {error}") from None
+        self.layers.append(layer)
         return name
 
     def shape(self, layer_name):
@@ -460,6 +461,8 @@ class _OnnxReader:
     # one method per operator ------------------------------------------------
 
     def _conv(self, node, name, a):
+        from .layers import KINDS
+
         x = self.source(node, name)
         kernel = np.ascontiguousarray(self.constant(node, name, 1).transpose(2, 3, 1, 0), dtype=np.float32)
         bias = self.constant(node, name, 2)
@@ -471,16 +474,16 @@ class _OnnxReader:
             return
         ci = self.shape(x)[2]
         multiplier = kernel.shape[3] // ci if groups == ci and kernel.shape[2] == 1 else 0
-        config.update(dilation=dilation, groups=groups, depth_multiplier=multiplier)
+        config = KINDS["grouped_conv2d"].settings(config, groups, dilation, multiplier)
         self.emit(node, self.add(name, "grouped_conv2d", [x], config, weights))
 
     def window(self, node, name, a, x, window, dilation=(1, 1), ceil=False):
         """``strides``, ``padding`` and ``pads`` of a window node: Keras' ``same`` or ``valid`` where its
         pads are those, else ``explicit``."""
-        from .layers import window_geometry
+        from .layers import window_geometry, window_span
 
         h, w, _ = self.shape(x)
-        span = tuple((k - 1) * d + 1 for k, d in zip(window, dilation))
+        span = window_span(window, dilation)
         strides = tuple(a.get("strides", (1, 1)))
         auto = a.get("auto_pad", "NOTSET")
         if auto in ("SAME_UPPER", "SAME_LOWER"):
@@ -506,8 +509,8 @@ class _OnnxReader:
         gamma, beta, mean, var = (self.constant(node, name, i).astype(np.float64) for i in (1, 2, 3, 4))
         scale = gamma / np.sqrt(var + a.get("epsilon", 1e-5))
         weights = {"scale": scale, "shift": beta - mean * scale}
-        previous, handler = self.layers[-1], KINDS["batchnorm"]
-        if previous.name == x and self.readers.get(node.input[0], 0) == 1 and previous.handler.folds_normalisation:
+        previous, handler = next(layer for layer in reversed(self.layers) if layer.name == x), KINDS["batchnorm"]
+        if handler.folds_after(previous, self.layers[-1], self.tensors, self.readers):
             handler.fold_into(previous, weights, lambda why: self.refuse(node, name, why))
             self.emit(node, x)
             return

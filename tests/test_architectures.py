@@ -392,6 +392,22 @@ def test_a_reshape_that_only_flattens_is_a_flatten_and_any_other_is_refused():
         fd.from_keras(keras.Model(inputs, layers.Dense(2, activation="softmax")(bad)))
 
 
+def test_a_reshape_of_a_vector_into_a_map_is_refused_not_passed_through():
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((4, 4, 2))
+    vector = layers.Dense(64, activation="relu")(layers.Flatten()(inputs))
+    as_map = layers.Reshape((4, 4, 4), name="unfold")(vector)
+    x = layers.Concatenate()([as_map, layers.Conv2D(2, 1)(inputs)])
+    model = keras.Model(inputs, layers.Dense(2, activation="softmax")(layers.Flatten()(x)))
+    with pytest.raises(fd.errors.UnsupportedLayerError, match="'unfold'.*flattens"):
+        fd.from_keras(model)
+    kept = layers.Reshape((1, 1, 64))(vector)
+    model = keras.Model(inputs, layers.Dense(2, activation="softmax")(layers.Reshape((-1,))(kept)))
+    assert [layer.kind for layer in fd.from_keras(model).layers].count("flatten") == 1  # the reshapes pass it on
+
+
 def test_a_squeeze_and_excitation_gate_is_refused_with_the_reason():
     import keras
     from keras import layers

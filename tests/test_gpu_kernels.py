@@ -333,6 +333,10 @@ def hostile(name, arguments):
     integers = [i for i, a in enumerate(arguments) if isinstance(a, int) and not isinstance(a, bool)]
     for i in integers:  # the CUDA kernels take sizes as int: a wider value would wrap
         yield f"argument {i} beyond int32", arguments[:i] + [np.int64(2 ** 32 + 1)] + arguments[i + 1:]
+    if name == "grouped_conv2d_forward":
+        out = arguments[-1]
+        beyond = np.zeros((out.shape[0], out.shape[1] + 2 * arguments[0].shape[1]) + out.shape[2:], np.float32)
+        yield "output rows beyond the input", arguments[:-1] + [beyond]
     if name.startswith("accumulate"):
         classes = arguments[1].copy()
         classes[0] = arguments[-2 if name == "accumulate_packed_activity" else (2 if name == "accumulate_concerned"

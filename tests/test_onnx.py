@@ -349,3 +349,27 @@ def test_a_batchnorm_of_a_convolution_read_twice_is_not_folded():
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"input": images})[0]
     np.testing.assert_allclose(network.forward(images.transpose(0, 2, 3, 1), logits=True), expected, atol=1e-5)
+
+
+def test_a_batchnorm_behind_an_identity_of_a_convolution_read_twice_is_not_folded():
+    g = TorchStyleGraph(3, 32, 8)
+    conv = g.conv("input", 3, 4, 3, 1, 1)
+    normalised = g.bn(g.node("Identity", [conv]), 4)
+    x = g.relu(g.node("Add", [conv, normalised]))  # the Add reads the convolution unnormalised
+    model = g.model(g.gemm(g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1), 4, 3), 3)
+    network = fd.from_onnx(model)
+    assert "affine" in [layer.kind for layer in network.layers]
+    images = np.random.default_rng(9).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": images})[0]
+    np.testing.assert_allclose(network.forward(images.transpose(0, 2, 3, 1), logits=True), expected, atol=1e-5)
+
+
+def test_a_crafted_graph_is_checked_layer_by_layer_as_it_is_read():
+    g = TorchStyleGraph(3, 32, 8)
+    wide, narrow = g.conv("input", 3, 4, 3, 1, 1), g.conv("input", 3, 4, 3, 2, 1)
+    joined = g.node("Concat", [wide, narrow], axis=1)  # 32x32 beside 16x16
+    x = g.relu(joined)
+    model = g.model(g.gemm(g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1), 8, 3), 3)
+    with pytest.raises(fd.errors.UnsupportedLayerError, match=f"node '{joined}'.*"):
+        fd.from_onnx(model)

@@ -20,6 +20,7 @@ class Cropping2DKind(layers.LayerKind):
     kind = "test-cropping"
     keras_classes = ("Cropping2D",)
     passes_channels = True
+    config_keys = ("crops",)
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("data_format", "channels_last") != "channels_last":

@@ -17,8 +17,9 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["conv2d_forward", "grouped_conv2d_forward", "dense_forward", "pool2d_forward", "global_average_pool_forward", "accumulate_activity",
-           "accumulate_packed_activity", "accumulate_concerned", "tangling_keep", "window_dead_inputs"]
+__all__ = ["conv2d_forward", "rectifier_cap", "grouped_conv2d_forward", "dense_forward", "pool2d_forward",
+           "global_average_pool_forward", "accumulate_activity", "accumulate_packed_activity", "accumulate_concerned",
+           "tangling_keep", "window_dead_inputs"]
 
 RANK_DTYPES = (np.uint8, np.uint16, np.uint32)
 
@@ -171,6 +172,17 @@ def grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dila
     _shape(name, "kernel", kernel, kernel.shape[:2] + (x.shape[3] // groups, co))
     _shape(name, "bias", bias, (co,))
     _shape(name, "out", out, (x.shape[0],) + tuple(out.shape[1:3]) + (co,))
+    for axis, size, window, stride, dilation, pad, outputs in (
+            ("rows", x.shape[1], kernel.shape[0], stride_h, dilation_h, pad_top, out.shape[1]),
+            ("columns", x.shape[2], kernel.shape[1], stride_w, dilation_w, pad_left, out.shape[2])):
+        _window_fits(name, axis, size, (window - 1) * dilation + 1, stride, pad, outputs)
+
+
+def _window_fits(kernel, axis, size, span, stride, pad, outputs):
+    """Every output's window overlaps the input: none lies wholly in the padding."""
+    if outputs < 1 or pad >= span or (outputs - 1) * stride - pad >= size:
+        _fail(kernel, f"{outputs} output {axis} of a window spanning {span} at stride {stride}, over {size} input "
+                      f"{axis} padded by {pad} before them, put windows wholly in the padding")
 
 
 def global_average_pool_forward(x, out):

@@ -155,8 +155,6 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
 
 
 @jit()
-
-
 def _dense_forward(x, kernel, bias, out):
     """The kernel of :func:`dense_forward`, called after its checks."""
     n, f = x.shape
@@ -187,8 +185,6 @@ def dense_forward(x, kernel, bias, out):
 
 
 @jit()
-
-
 def _pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out):
     """The kernel of :func:`pool2d_forward`, called after its checks."""
     n, h, w, c = x.shape
@@ -237,8 +233,6 @@ def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_
 
 
 @jit()
-
-
 def _grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left,
                             groups, out):
     """The kernel of :func:`grouped_conv2d_forward`, called after its checks.
@@ -311,8 +305,6 @@ def grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dila
 
 
 @jit()
-
-
 def _global_average_pool_forward(x, out):
     """The kernel of :func:`global_average_pool_forward`, called after its checks."""
     n, h, w, c = x.shape
@@ -345,8 +337,6 @@ def global_average_pool_forward(x, out):
 
 
 @jit()
-
-
 def _accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, packed):
     """The kernel of :func:`accumulate_activity`, called after its checks."""
     n, nodes = values.shape
@@ -412,8 +402,6 @@ def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, acti
 
 
 @jit()
-
-
 def _accumulate_concerned(bits, concerned_class, active):
     """The kernel of :func:`accumulate_concerned`, called after its checks."""
     n, nbytes = bits.shape
@@ -445,8 +433,6 @@ def accumulate_concerned(bits, concerned_class, active):
 
 
 @jit()
-
-
 def _accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank):
     """The kernel of :func:`accumulate_packed_activity`, called after its checks."""
     _accumulate_concerned(bits, concerned_class, active)
@@ -489,8 +475,6 @@ def accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank,
 
 
 @jit(parallel=True)
-
-
 def _tangling_keep(first_rank, counts, keep):
     """The kernel of :func:`tangling_keep`, called after its checks."""
     m, nodes = keep.shape
@@ -581,8 +565,6 @@ def tangling_keep(first_rank, counts, keep):
 
 
 @jit(parallel=True)
-
-
 def _window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w,
                        pad_top, pad_left, dilation_h, dilation_w):
     """The kernel of :func:`window_dead_inputs`, called after its checks."""
