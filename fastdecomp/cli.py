@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import data
 from .backtrack import BLN_RULES
-from .errors import FastDecompError
+from .errors import FastDecompError, InputError
 from .layers import MASK_PLACEMENTS
 from .options import CONCERNED, DecompositionOptions
 
@@ -118,6 +118,10 @@ def build_parser():
     d.add_argument("--batch-size", type=int, default=256)
     d.add_argument("--seed", type=int, default=DEFAULTS.seed)
     d.add_argument("--backend", help="where the pass runs: cpu, auto, cuda (default: FASTDECOMP_BACKEND, else cpu)")
+    d.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the pass on this Dask cluster (e.g. tcp://host:8786); its workers open DATA "
+                        "themselves, so it must be a path or name they can read (pip install 'fastdecomp[dist]')")
+    d.add_argument("--shards", type=int, help="with --scheduler: shards of the data (default: two per worker)")
     d.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -208,10 +212,18 @@ def cmd_decompose(args):
     _check_output(args.out, args.overwrite)
     model = _load_model(args.model)
     source = data.open_data(args.data, args.limit)
-    modules = decompose(model, source, classes=args.classes, mask_at=args.mask_at,
-                        backtrack=_backtrack(args.backtrack), delta=args.delta, bln_rule=args.bln_rule,
-                        ti_ratio=args.ti_ratio, concerned=args.concerned, batch_size=args.batch_size,
-                        seed=args.seed, backend=args.backend, progress=not args.no_progress)
+    options = dict(classes=args.classes, mask_at=args.mask_at, backtrack=_backtrack(args.backtrack),
+                   delta=args.delta, bln_rule=args.bln_rule, ti_ratio=args.ti_ratio, concerned=args.concerned,
+                   batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+    if args.scheduler is None:
+        if args.shards is not None:
+            raise InputError("--shards is for --scheduler")
+        modules = decompose(model, source, backend=args.backend, **options)
+    else:
+        from .cluster import connect
+
+        with connect(args.scheduler) as client:
+            modules = decompose(model, source, backend="dask", client=client, shards=args.shards, **options)
     save(modules, args.out, overwrite=args.overwrite)
     print(f"{len(modules)} modules written to {args.out} "
           f"({modules.info['num_images']} images, {modules.info['seconds']:.1f} s)")

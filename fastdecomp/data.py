@@ -13,6 +13,7 @@ import gzip
 import numbers
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = [
     "Subset",
     "stratified_subset",
     "open_data",
+    "DataDescription",
 ]
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -55,6 +57,7 @@ class DataSource:
     labels: np.ndarray
     sample_shape: tuple
     scale: float = 1.0
+    description: DataDescription | None = None  # how another process opens it again, where it can
 
     def __len__(self):
         return len(self.labels)
@@ -240,7 +243,7 @@ def from_npy(x_path, y_path, scale=None):
     """
     x = _load_npy(x_path, mmap_mode="r")
     y = _load_npy(y_path, mmap_mode=None)
-    return ArraySource(x, y, scale=scale)
+    return _described(ArraySource(x, y, scale=scale), "from_npy", _absolute(x_path), _absolute(y_path), scale)
 
 
 def _load_npy(path, mmap_mode):
@@ -308,7 +311,7 @@ def from_npz(path, x_key="x", y_key="y", scale=None):
     if offset + int(np.prod(shape, dtype=object)) * dtype.itemsize > path.stat().st_size:
         raise ModelFileError(f"{path}: array {x_key!r} claims {shape}, more than the file holds (truncated?)")
     x = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-    return ArraySource(x, y, scale=scale)
+    return _described(ArraySource(x, y, scale=scale), "from_npz", _absolute(path), x_key, y_key, scale)
 
 
 def _read_idx(path, expected_magic):
@@ -354,7 +357,8 @@ def fashion_mnist(split="train", path=None):
                 "to a folder holding the IDX .gz files")
     images = _read_idx(images_path, 0x803)[..., None]
     labels = _read_idx(labels_path, 0x801)
-    return ArraySource(images, labels, scale=1 / 255)  # the zoo models were trained on [0, 1]
+    source = ArraySource(images, labels, scale=1 / 255)  # the zoo models were trained on [0, 1]
+    return _described(source, "fashion_mnist", split, _absolute(folder))
 
 
 MNIST_TEST_PER_CLASS = 100
@@ -394,7 +398,7 @@ def mnist(split="train"):
             rows.append(members[-MNIST_TEST_PER_CLASS:] if split == "test" else members[:-MNIST_TEST_PER_CLASS])
         order = np.sort(np.concatenate(rows))
         images, labels = images[order], labels[order]
-    return ArraySource(images, labels, scale=1 / 255)
+    return _described(ArraySource(images, labels, scale=1 / 255), "mnist", split)
 
 
 class TinyImageNetFolder(DataSource):
@@ -414,6 +418,7 @@ class TinyImageNetFolder(DataSource):
     """
 
     def __init__(self, root, split="train", image_size=64):
+        self.description = DataDescription("tiny_imagenet", (_absolute(root), split, image_size))
         root = Path(root)
         wnids_path = root / "wnids.txt"
         if not wnids_path.is_file():
@@ -498,6 +503,7 @@ class SyntheticTinyImageNet(DataSource):
     """
 
     def __init__(self, num_samples, num_classes=200, image_size=64, seed=0):
+        self.description = DataDescription("synthetic", (num_samples, num_classes, image_size, seed))
         self.seed = int(seed)
         self.num_classes = int(num_classes)
         self.labels = np.random.default_rng(self.seed).integers(
@@ -575,7 +581,10 @@ def stratified_subset(source, size, seed=0):
         members = np.flatnonzero(source.labels == c)
         take = max(1, int(round(size * count / len(source))))
         rows.append(rng.choice(members, size=min(take, count), replace=False))
-    return Subset(source, np.sort(np.concatenate(rows)))
+    subset = Subset(source, np.sort(np.concatenate(rows)))
+    if source.description is not None:
+        _described(subset, "stratified_subset", source.description, size, seed)
+    return subset
 
 
 def open_data(spec, limit=None, seed=0):
@@ -619,3 +628,51 @@ def open_data(spec, limit=None, seed=0):
             f"cannot read data {spec!r}: use fashion-mnist:train|test, mnist:train|test, synthetic:N, "
             "tiny-imagenet:FOLDER[:train|val], FILE.npz (arrays x, y) or X.npy,Y.npy")
     return stratified_subset(source, limit, seed)
+
+
+@dataclass(frozen=True)
+class DataDescription:
+    """How to open a data source again, in another process or on another machine (a Dask
+    worker): the opener that made it and its arguments, paths absolute. Small and picklable,
+    unlike the images.
+
+    Sources from :func:`open_data`, :func:`from_npy`, :func:`from_npz`,
+    :func:`fashion_mnist`, :func:`mnist`, :class:`SyntheticTinyImageNet`,
+    :class:`TinyImageNetFolder` and :func:`stratified_subset` of those carry
+    one as their ``description``; an in-memory array has none.
+
+    Parameters
+    ----------
+    opener : str
+        One of :data:`DataDescription.OPENERS`.
+    arguments : tuple
+        Its arguments (a :class:`DataDescription` among them stands for the source it opens).
+    """
+
+    opener: str
+    arguments: tuple
+
+    OPENERS = ("from_npy", "from_npz", "fashion_mnist", "mnist", "synthetic", "tiny_imagenet", "stratified_subset")
+
+    def open(self):
+        """Open the source this describes.
+
+        Returns
+        -------
+        DataSource
+        """
+        if self.opener not in self.OPENERS:
+            raise InputError(f"a data description names {self.opener!r}, not one of {', '.join(self.OPENERS)}")
+        openers = {"from_npy": from_npy, "from_npz": from_npz, "fashion_mnist": fashion_mnist, "mnist": mnist,
+                   "synthetic": SyntheticTinyImageNet, "tiny_imagenet": TinyImageNetFolder,
+                   "stratified_subset": stratified_subset}
+        return openers[self.opener](*(a.open() if isinstance(a, DataDescription) else a for a in self.arguments))
+
+
+def _described(source, opener, *arguments):
+    source.description = DataDescription(opener, arguments)
+    return source
+
+
+def _absolute(path):
+    return str(Path(path).absolute())

@@ -9,13 +9,13 @@ import warnings
 import numpy as np
 
 from . import backends
-from .data import DataSource, Subset, as_source
+from .data import DataSource, as_source
 from .errors import InputError
+from .gathering import StatisticsPass
 from .keras_io import from_keras
 from .modules import assemble
 from .options import DecompositionOptions
 from .sampling import class_ranks, max_tangling_counts, tangling_counts
-from .statistics import ActivityStatistics
 
 __all__ = ["decompose", "DecompositionWarning"]
 
@@ -29,7 +29,7 @@ _DEFAULTS = DecompositionOptions()
 def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, backtrack=_DEFAULTS.backtrack,
               delta=_DEFAULTS.delta, bln_rule=_DEFAULTS.bln_rule, ti_ratio=_DEFAULTS.ti_ratio,
               concerned=_DEFAULTS.concerned, seed=_DEFAULTS.seed, batch_size=256, backend=None, progress=True,
-              n_jobs=None):
+              n_jobs=None, client=None, shards=None):
     """Decompose a trained classifier into one module per class.
 
     Implements docs/method.md sections 1-4 (Pan & Rajan, ICSE 2022) in one
@@ -55,13 +55,23 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
         bit-packed (needs ``pip install 'fastdecomp[gpu]'``); ``"auto"``
         takes the GPU when one is reachable, else the CPU;
         ``"emulated-cuda"`` runs the GPU code path with its CUDA kernels
-        compiled for the CPU, for testing (slow). The modules are
-        bit-identical whichever backend computed them.
+        compiled for the CPU, for testing (slow). ``"dask"`` runs the pass
+        on a Dask cluster, shard by shard (:mod:`fastdecomp.cluster`; needs
+        ``pip install 'fastdecomp[dist]'`` and data the workers can open,
+        e.g. from :func:`fastdecomp.data.open_data`); each worker uses its
+        ``FASTDECOMP_BACKEND``. The modules are bit-identical whichever
+        backend computed them.
     progress : bool
         Show a progress bar.
     n_jobs : int, optional
         Threads on the CPU, each running whole batches (default: every core,
-        or ``FASTDECOMP_JOBS``). The result does not depend on it.
+        or ``FASTDECOMP_JOBS``; on Dask, the worker's threads). The result
+        does not depend on it.
+    client : distributed.Client, optional
+        With ``backend="dask"``: the cluster (default: the current client).
+    shards : int, optional
+        With ``backend="dask"``: how many shards the data is cut into
+        (default: two per worker).
 
     Returns
     -------
@@ -71,8 +81,17 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
     options = DecompositionOptions(mask_at=mask_at, backtrack=backtrack, delta=delta, bln_rule=bln_rule,
                                    ti_ratio=ti_ratio, concerned=concerned, seed=seed)
     network, source, classes = _prepared(model, x, y, classes, batch_size)
-    gathered = _StatisticsPass(network, source, np.arange(len(source)), classes, options, backends.get(backend))
-    stats, correct = gathered.run(batch_size, n_jobs, progress)
+    if backend == "dask":
+        from .cluster import gather_on_cluster
+
+        merged = gather_on_cluster(network, source, classes, options, client=client, shards=shards,
+                                   batch_size=batch_size, n_jobs=n_jobs, progress=progress)
+        stats, correct = merged.statistics, merged.correct
+    else:
+        if client is not None or shards is not None:
+            raise InputError("client= and shards= are for backend='dask'")
+        gathered = StatisticsPass(network, source, np.arange(len(source)), classes, options, backends.get(backend))
+        stats, correct = gathered.run(batch_size, n_jobs, progress)
     statistics_seconds = time.perf_counter() - started
     modules = build_modules(network, source.labels, classes, options, stats, correct)
     modules.info.update(statistics_seconds=statistics_seconds, seconds=time.perf_counter() - started)
@@ -124,79 +143,6 @@ def build_modules(network, labels, classes, options, stats, correct):
     modules = assemble(network, classes, options, base_keep, samples, info, concerned_bits)
     modules.info["seconds"] = time.perf_counter() - started
     return modules
-
-
-class _StatisticsPass:
-    """The one pass over the data: every class's activity at every mask point, and each image's correctness."""
-
-    def __init__(self, network, source, rows, classes, options, device):
-        """The pass over the images ``rows`` of ``source`` (all of them, or a shard), ranked among all."""
-        self.network, self.options, self.device = network, options, device
-        self.source = source if len(rows) == len(source) else Subset(source, rows)
-        labels = source.labels
-        num_classes = network.num_classes
-        self.ranks = class_ranks(labels, num_classes, options.seed)[rows]
-        self.rank_limit = max_tangling_counts(np.bincount(labels, minlength=num_classes), options.ti_ratio,
-                                              options.seed, classes)
-        points = network.mask_points(options.mask_at)
-        self.stats = ActivityStatistics({p.name: p.shape for p in points}, num_classes, self.rank_limit, device)
-        self.is_module = np.zeros(num_classes, dtype=bool)
-        self.is_module[classes] = True
-        self.correct = np.zeros(len(rows), dtype=bool)
-
-    def run(self, batch_size, n_jobs, progress):
-        """Gather the statistics; returns them on the host, with a bool per image: classified correctly."""
-        bar = _progress(progress, len(self.source), "activity statistics")
-        for done in self.device.run_batches(self.gather, self.source.batches(batch_size), n_jobs):
-            bar.update(done)
-        bar.close()
-        return self.stats.to_host(), self.correct
-
-    def gather(self, batch):
-        """Fold one batch in; returns its size."""
-        positions, xb, yb = batch
-        stats, device = self.stats, self.device
-        known = self.options.concerned == "all"  # else concern waits for the prediction
-        roles = stats.batch_roles(yb, self.ranks[positions], self.is_module[yb] if known else None)
-        on_device = [device.asarray(r) for r in roles]
-        bits = {}
-
-        def observe(layer, values, packed_activity):
-            packed = stats.update(layer.name, values, *on_device, packed=not known, bits=packed_activity)
-            if not known:
-                bits[layer.name] = packed
-
-        probs = self.network.forward(xb, observe=observe, mask_at=self.options.mask_at, backend=device,
-                                     packed_activity=True, observed_reusable=True)
-        if not np.isfinite(probs).all():
-            raise self._overflow(positions, xb, probs)
-        self.correct[positions] = probs.argmax(axis=1) == yb
-        concerned_class = roles[0]
-        if not known:
-            concerned_class = np.where(self.is_module[yb] & self.correct[positions], yb, -1)
-            moved = device.asarray(concerned_class)
-            for name, packed in bits.items():
-                stats.update_concerned(name, packed, moved)
-        stats.count(concerned_class)
-        return len(positions)
-
-
-    def _overflow(self, positions, xb, probs):
-        """The error for images whose values overflow: it names them and the first layer affected."""
-        rows = np.flatnonzero(~np.isfinite(probs).all(axis=1))
-        first = []
-
-        def find(layer, values):
-            if not first and not np.isfinite(np.asarray(values)).all():
-                first.append(layer.keras_name)
-
-        host = np.asarray(xb if isinstance(xb, np.ndarray) else self.device.to_host(xb))[rows]
-        self.network.forward(host, observe=find, mask_at=self.options.mask_at, backend="cpu")
-        where = f"from layer {first[0]!r} on" if first else "at the output layer"
-        return InputError(
-            f"images {positions[rows][:5].tolist()}{'...' if len(rows) > 5 else ''} overflow to NaN or inf "
-            f"{where} (in the batch of images {positions[0]}..{positions[-1]}); check their scale (values up "
-            f"to {float(np.abs(host).max()):.3g}) against what the model was trained on")
 
 
 def _samples(labels, correct, classes, options, tangling, num_classes):
@@ -256,19 +202,3 @@ def _checked_classes(network, source, classes):
         raise InputError(f"classes {absent} have no inputs in the data; pass data of every "
                          "class you decompose, or leave them out with classes=")
     return classes
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(enabled, total, desc):
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img")

@@ -10,14 +10,13 @@ needs the labels of the whole data set, not its images.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import backends
-from .decompose import _DEFAULTS, _prepared, _StatisticsPass, build_modules
+from .decompose import _DEFAULTS, _prepared, build_modules
+from .gathering import PartialStatistics, StatisticsPass, fingerprint, shard_rows
 from .errors import InputError
 from .options import DecompositionOptions
 from .statistics import ActivityStatistics
@@ -26,83 +25,9 @@ __all__ = ["PartialStatistics", "gather_statistics", "merge", "modules_from_stat
            "load_statistics"]
 
 
-@dataclass(frozen=True)
-class PartialStatistics:
-    """The statistics of a pass over some of the images.
-
-    Parameters
-    ----------
-    fingerprint : str
-        Digest of what the statistics depend on: the network's weights, the
-        labels, the classes and the options of the pass.
-    num_images : int
-        Images in the whole data set.
-    rows : numpy.ndarray
-        int64, sorted: the images gathered.
-    correct : numpy.ndarray
-        bool per row: the model classified it correctly.
-    statistics : ActivityStatistics
-        On the host.
-    """
-
-    fingerprint: str
-    num_images: int
-    rows: np.ndarray
-    correct: np.ndarray
-    statistics: ActivityStatistics
-
-    @property
-    def complete(self):
-        """Every image of the data set is in."""
-        return len(self.rows) == self.num_images
-
-    def merge(self, other):
-        """These statistics and ``other``'s, of other images of the same pass.
-
-        Parameters
-        ----------
-        other : PartialStatistics
-
-        Returns
-        -------
-        PartialStatistics
-        """
-        if not isinstance(other, PartialStatistics) or other.fingerprint != self.fingerprint:
-            raise InputError("these statistics come from another model, label set, class list or options "
-                             "(their fingerprints differ); merge only shards of one decomposition")
-        if np.intersect1d(self.rows, other.rows).size:
-            raise InputError(f"images {np.intersect1d(self.rows, other.rows)[:5].tolist()} are in both sets of "
-                             "statistics: a shard was given twice")
-        rows = np.concatenate([self.rows, other.rows])
-        order = np.argsort(rows, kind="stable")
-        correct = np.concatenate([self.correct, other.correct])[order]
-        return PartialStatistics(self.fingerprint, self.num_images, rows[order], correct,
-                                 self.statistics.merged(other.statistics))
-
-
 def _options(mask_at, backtrack, delta, bln_rule, ti_ratio, concerned, seed):
     return DecompositionOptions(mask_at=mask_at, backtrack=backtrack, delta=delta, bln_rule=bln_rule,
                                 ti_ratio=ti_ratio, concerned=concerned, seed=seed)
-
-
-def fingerprint(network, labels, classes, options):
-    """Digest of what a pass's statistics depend on (not the backtracking, applied afterwards)."""
-    hasher = hashlib.sha256()
-    for layer in network.layers:
-        hasher.update(f"{layer.name}|{layer.kind}|{layer.shape}|{sorted(layer.config.items())}".encode())
-        for key in sorted(layer.weights):
-            hasher.update(np.ascontiguousarray(layer.weights[key]).tobytes())
-    hasher.update(np.asarray(labels, dtype=np.int64).tobytes())
-    hasher.update(repr((list(classes), options.mask_at, options.ti_ratio, options.concerned, options.seed)).encode())
-    return hasher.hexdigest()
-
-
-def shard_rows(num_images, shard):
-    """The images of shard ``(index, count)``: ``count`` contiguous ranges as even as they can be."""
-    index, count = shard
-    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
-        raise InputError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
-    return np.array_split(np.arange(num_images, dtype=np.int64), count)[index]
 
 
 def gather_statistics(model, x, y=None, *, shard=(0, 1), classes=None, mask_at=_DEFAULTS.mask_at,
@@ -127,7 +52,7 @@ def gather_statistics(model, x, y=None, *, shard=(0, 1), classes=None, mask_at=_
     options = _options(mask_at, _DEFAULTS.backtrack, _DEFAULTS.delta, _DEFAULTS.bln_rule, ti_ratio, concerned, seed)
     network, source, classes = _prepared(model, x, y, classes, batch_size)
     rows = shard_rows(len(source), shard)
-    gathered = _StatisticsPass(network, source, rows, classes, options, backends.get(backend))
+    gathered = StatisticsPass(network, source, rows, classes, options, backends.get(backend))
     stats, correct = gathered.run(batch_size, n_jobs, progress)
     return PartialStatistics(fingerprint(network, source.labels, classes, options), len(source), rows, correct, stats)
 

@@ -145,6 +145,19 @@ class ActivityStatistics:
         self.active, self.first_rank = {}, {}
         return host
 
+    def __getstate__(self):
+        """Pickled (to move between processes) on the host, without its locks."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_locks", "_count_lock", "backend")}
+        state["active"] = {name: self.backend.to_host(a) for name, a in self.active.items()}
+        state["first_rank"] = {name: self.backend.to_host(a) for name, a in self.first_rank.items()}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.backend = backends.get("cpu")
+        self._locks = {name: threading.Lock() for name in self.shapes}
+        self._count_lock = threading.Lock()
+
     def merged(self, other):
         """These host statistics combined with ``other``'s, gathered over other images: activity ORed,
         first ranks the smaller, counts summed (each is a commutative monoid, so any grouping of
