@@ -146,7 +146,8 @@ class ActivityStatistics:
         return host
 
     def __getstate__(self):
-        """Pickled (to move between processes) on the host, without its locks."""
+        """Pickled (to move between processes) on the host, without its locks; the tables go as they are,
+        out of band where the pickler takes buffers (Dask's does, so they are not copied)."""
         state = {k: v for k, v in self.__dict__.items() if k not in ("_locks", "_count_lock", "backend")}
         state["active"] = {name: self.backend.to_host(a) for name, a in self.active.items()}
         state["first_rank"] = {name: self.backend.to_host(a) for name, a in self.first_rank.items()}
@@ -218,3 +219,4 @@ class ActivityStatistics:
                 del self.first_rank[name]
             out[name] = keep.reshape((len(modules),) + tuple(shape))
         return out
+

@@ -136,3 +136,14 @@ def test_the_command_line_decomposes_on_a_scheduler(client, files, tmp_path, cap
     same_modules(fd.load_modules(tmp_path / "here"), fd.load_modules(tmp_path / "there"))
     assert main(["decompose", *common, "-o", str(tmp_path / "x"), "--shards", "5"]) == 2
     assert "--shards is for --scheduler" in capsys.readouterr().err
+
+
+def test_workers_that_open_other_data_are_refused_before_any_work(client, resnet_case, resnet_files, tmp_path):
+    _, x, y = resnet_case
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.roll(y, 1))  # other labels under the same images
+    elsewhere = fd.data.from_npy(tmp_path / "x.npy", tmp_path / "y.npy")
+    source = fd.data.from_npy(resnet_files.description.arguments[0], resnet_files.description.arguments[1])
+    source.description = elsewhere.description  # as when a worker's copy of the files differs from the client's
+    with pytest.raises(BackendError, match=r"worker tcp://.* opens other data .* give every worker the same files"):
+        fd.decompose(resnet_case[0], source, backend="dask", client=client, progress=False)

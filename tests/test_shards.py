@@ -101,3 +101,19 @@ def test_saved_statistics_load_checked_and_merge_from_the_command_line(files, re
     same_modules(whole, fd.load(tmp_path / "modules"))
     assert cli.main(["merge", *parts[:2], "-o", str(tmp_path / "never")]) == 2
     assert "a shard is missing" in capsys.readouterr().err
+
+
+def test_statistics_pickle_and_come_back_the_same(resnet_case):
+    import pickle
+
+    model, x, y = resnet_case
+    part = gather_statistics(fd.from_keras(model), x, y, shard=(1, 3))
+    stats = part.statistics
+    again = pickle.loads(pickle.dumps(part)).statistics
+    assert any((t != stats.never).any() for t in stats.first_rank.values())
+    for name in stats.shapes:
+        np.testing.assert_array_equal(again.active[name], stats.active[name])
+        np.testing.assert_array_equal(again.first_rank[name], stats.first_rank[name])
+        assert again.first_rank[name].dtype == stats.first_rank[name].dtype
+    np.testing.assert_array_equal(again.concerned_count, stats.concerned_count)
+    assert again.backend.name == "cpu" and len(again._locks) == len(stats.shapes)  # usable again
