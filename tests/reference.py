@@ -1,9 +1,10 @@
 """A slow, literal implementation of docs/method.md sections 1-4: the oracle.
 
 One input at a time, one module at a time, one node at a time, straight from
-the definitions. It shares only the forward pass with fastdecomp (so that both
-see the same float values); statistics, sampling, channeling and backtracking
-are written here again, independently and plainly.
+the definitions. It shares only the imported graph and the forward pass with
+fastdecomp (so that both see the same float values; test_network pins the
+forward pass to Keras); mask points, readers, statistics, sampling,
+channeling and backtracking are written here again, independently and plainly.
 """
 
 import itertools
@@ -52,6 +53,20 @@ def tangling_sample(k, concerned_size, labels, num_classes, ti_ratio, seed):
         if not dealt or len(sample) >= target:
             break
     return sorted(sample)
+
+
+MASK_POINT_KINDS = {"relu": ("relu",), "conv": ("conv2d", "grouped_conv2d", "separable_conv2d", "dense")}
+
+
+def mask_points(network, mask_at):
+    """docs/method.md 0.2: every ReLU output, or every convolution's and hidden Dense layer's output."""
+    return [layer for layer in network.layers
+            if layer.kind in MASK_POINT_KINDS[mask_at] and layer.name != network.output_dense]
+
+
+def readers(network, name):
+    """The layers reading ``name``'s output, once per input they read it through."""
+    return [layer.name for layer in network.layers for source in layer.inputs if source == name]
 
 
 def reads(network, layer, out_node):
@@ -128,13 +143,13 @@ def backtrack_dead(network, removed_features, through_conv):
     for layer in reversed(network.layers):
         if layer.name in (network.output_dense, network.layers[-1].name):
             continue
-        readers = network.readers[layer.name]
+        layer_readers = readers(network, layer.name)
         per_reader = dead_for_reader.get(layer.name, {})
         nodes = set(itertools.product(*[range(d) for d in layer.shape]))
-        if any(r not in per_reader for r in readers) or not readers:
+        if any(r not in per_reader for r in layer_readers) or not layer_readers:
             dead[layer.name] = set()
         else:
-            dead[layer.name] = set.intersection(*[per_reader[r] for r in set(readers)])
+            dead[layer.name] = set.intersection(*[per_reader[r] for r in set(layer_readers)])
         if not dead[layer.name] or layer.kind == "input":
             continue
         if layer.kind in ("conv2d", "grouped_conv2d", "separable_conv2d") and not through_conv:
@@ -162,7 +177,7 @@ def reference_decompose(network, x, y, k, *, mask_at="conv", backtrack="bln", de
     predictions = [int(np.argmax(mask_point_values(network, x[i], mask_at)[1])) for i in range(len(x))]
     concerned_set = [i for i in range(len(x))
                      if y[i] == k and (concerned == "all" or predictions[i] == k)]
-    points = network.mask_points(mask_at)
+    points = mask_points(network, mask_at)
     keep = {p.name: np.zeros(p.shape, dtype=bool) for p in points}
     for i in concerned_set:  # 1. concern identification
         values, _ = mask_point_values(network, x[i], mask_at)

@@ -106,3 +106,37 @@ def test_an_onnx_model_decomposes_from_the_command_line(files, capsys, tmp_path)
     assert cli.main(["decompose", str(truncated), str(tmp_path / "data.npz"), "-o", str(tmp_path / "never"),
                      "--no-progress"]) == 2
     assert "could not read the ONNX model" in one_line(capsys)
+
+
+BASELINE = dict(mask_at="relu", backtrack="bi", delta=0.05, bln_rule="algorithm", ti_ratio=1.0,
+                concerned="correct", seed=2)
+OPTIONS = [("--mask-at", "conv", "mask_at", "conv"), ("--backtrack", "none", "backtrack", None),
+           ("--delta", "0.02", "delta", 0.02), ("--bln-rule", "prose", "bln_rule", "prose"),
+           ("--ti-ratio", "0.3", "ti_ratio", 0.3), ("--concerned", "all", "concerned", "all"),
+           ("--seed", "7", "seed", 7), ("--classes", "0,2", "classes", [0, 2]), ("--limit", "30", None, None),
+           ("--batch-size", "5", None, None)]
+
+
+def _same(a, b):
+    if a.classes != b.classes or any(set(a.masks(k)) != set(b.masks(k)) for k in a.classes):
+        return False
+    return all(np.array_equal(a.masks(k)[n], b.masks(k)[n]) for k in a.classes for n in a.masks(k)) and all(
+        np.array_equal(x, y) for k in a.classes for x, y in zip(a.head(k) + a.sample_indices(k),
+                                                               b.head(k) + b.sample_indices(k)))
+
+
+@pytest.mark.parametrize("flag, value, option, library_value", OPTIONS, ids=[o[0] for o in OPTIONS])
+def test_every_decompose_option_reaches_the_library_and_changes_the_result(files, tmp_path, flag, value, option,
+                                                                           library_value):
+    import fastdecomp as fd
+
+    model, data = str(files / "model.keras"), str(files / "data.npz")
+    args = [model, data, "--no-progress", "--backtrack", "bi", "--delta", "0.05", "--seed", "2"]
+    assert cli.main(["decompose", *args, flag, value, "-o", str(tmp_path / "out")]) == 0
+    got = fd.load_modules(tmp_path / "out")
+    source = fd.data.open_data(data, 30 if flag == "--limit" else None)
+    expected = fd.decompose(model, source, progress=False, **{**BASELINE, **({option: library_value} if option
+                                                                            else {})})
+    assert _same(got, expected)
+    baseline = fd.decompose(model, fd.data.open_data(data), progress=False, **BASELINE)
+    assert _same(got, baseline) == (flag == "--batch-size"), f"{flag} {value} changed nothing"

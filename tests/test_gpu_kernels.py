@@ -157,6 +157,7 @@ def test_global_average_pool_forward_twin(device):
 
 def statistics_inputs(rank_dtype, nodes=45, n=9, classes=4):
     values = floats(n, nodes)
+    values[rng.random(values.shape) < 0.3] = 0.0  # a ReLU's zeros are inactive: > 0, not >= 0
     concerned = rng.integers(-1, classes, n)
     tangle = rng.integers(-1, classes, n)
     rank = np.where(tangle >= 0, rng.integers(0, 7, n), -1)

@@ -69,6 +69,9 @@ def test_a_missing_a_repeated_and_a_foreign_shard_are_refused(resnet_case):
     foreign = gather_statistics(network, x, y, shard=(2, 3), seed=9)
     with pytest.raises(fd.errors.InputError, match="fingerprints differ"):
         merge(parts[:2] + [foreign])
+    relabelled = gather_statistics(network, x, np.roll(y, 1), shard=(2, 3))
+    with pytest.raises(fd.errors.InputError, match="fingerprints differ"):
+        merge(parts[:2] + [relabelled])
     with pytest.raises(fd.errors.InputError, match="another model, labels, classes or options"):
         modules_from_statistics(network, merge(parts), y, mask_at="conv")
     with pytest.raises(fd.errors.InputError, match="shard must be"):
