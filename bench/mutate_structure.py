@@ -17,7 +17,7 @@ MUTANTS = [
      "    while len(network.readers[name]) == 1", "    while not chain and len(network.readers[name]) == 1",
      "tests/test_registry.py"),
     ("fusion skips an observed or masked value", "fastdecomp/engine.py",
-     "if len(readers) == 1 and layer.name not in untouched and", "if len(readers) == 1 and",
+     "    if reader is not None and layer.name not in untouched and", "    if reader is not None and",
      "tests/test_invariants.py tests/test_network.py -k 'fusion or reference or observed'"),
     ("an unknown backend name runs on the CPU", "fastdecomp/backends.py",
      '    if backend not in BACKENDS:\n        raise InputError(f"backend must be one of {names()}, got {backend!r}")',
@@ -223,7 +223,10 @@ rows = []
 for what, path, old, new, tests in selected:
     file = ROOT / path
     text = file.read_text()
-    assert text.count(old) == 1, (what, old)
+    if text.count(old) != 1:  # the code moved on: the mutant must be written again
+        rows.append((what, path, f"**stale**: the text to mutate is found {text.count(old)} times", tests))
+        print(rows[-1], flush=True)
+        continue
     file.write_text(text.replace(old, new))
     try:
         run = subprocess.run(f"{ROOT}/.venv/bin/python -m pytest -q -x -p no:cacheprovider {tests}", shell=True,

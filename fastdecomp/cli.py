@@ -220,6 +220,9 @@ def cmd_decompose(args):
             raise InputError("--shards is for --scheduler")
         modules = decompose(model, source, backend=args.backend, **options)
     else:
+        if args.backend is not None:
+            raise InputError("--backend is for a pass on this machine; with --scheduler each worker runs on "
+                             "its own FASTDECOMP_BACKEND (set it where the workers start)")
         from .cluster import connect
 
         with connect(args.scheduler) as client:

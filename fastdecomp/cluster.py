@@ -14,7 +14,9 @@ Nothing here imports Dask until a cluster is used (``pip install 'fastdecomp[dis
 from __future__ import annotations
 
 import hashlib
+import pickle
 import threading
+import uuid
 
 import numpy as np
 
@@ -25,6 +27,7 @@ from .gathering import PartialStatistics, StatisticsPass, fingerprint, progress_
 __all__ = ["gather_on_cluster", "default_shards", "connect"]
 
 _ONE_SHARD_AT_A_TIME = threading.Lock()  # per worker process: a shard uses all the worker's threads
+_SAMPLED_IMAGES = 16  # images whose values the client and every worker compare before the pass
 
 
 def default_shards(workers, num_images):
@@ -71,25 +74,49 @@ def gather_on_cluster(network, source, classes, options, *, client=None, shards=
     client = _client(distributed, client)
     description = _description(source)
     expected = fingerprint(network, source.labels, classes, options)
-    workers = _check_workers(client, description, source)
-    shards = default_shards(len(workers), len(source)) if shards is None else _checked_shards(shards, len(source))
-    remote_network = client.scatter(network, broadcast=True, hash=False)
-    parts = {client.submit(_gather_shard, remote_network, description, (i, shards), classes, options, batch_size,
-                           n_jobs, key=f"fastdecomp-shard-{i}-of-{shards}-{expected[:16]}"): len(rows)
-             for i, rows in enumerate(shard_rows(len(source), (i, shards)) for i in range(shards))}
-    merged = _tree_merge(client, list(parts))
-    _follow(distributed, parts, len(source), progress)
-    del parts
+    futures = []
     try:
-        result = merged.result()
-    except FastDecompError:
-        raise
-    except Exception as error:  # a worker died too often, or a task failed outside fastdecomp
-        raise BackendError(f"the Dask pass failed: {type(error).__name__}: {error}") from error
+        workers = _check_workers(client, description, source)
+        shards = default_shards(len(workers), len(source)) if shards is None else \
+            _checked_shards(shards, len(source))
+        result = _run_shards(distributed, client, network, description, shards, len(source), futures,
+                             (classes, options, batch_size, n_jobs), progress)
+    except FastDecompError as error:  # a fresh one: the stored one's traceback would keep the futures alive
+        raise type(error)(*error.args) from None
+    except Exception as error:  # the scheduler lost, a worker dead too often, a task failing outside fastdecomp
+        raise BackendError(f"the Dask pass failed: {type(error).__name__}: {error}") from None
+    finally:
+        _release(client, futures)
     if result.fingerprint != expected or not result.complete:
         raise BackendError("the workers' statistics are not those of this model, data and options "
                            "(their fastdecomp or data differ from the client's)")
     return result
+
+
+def _run_shards(distributed, client, network, description, shards, num_images, futures, pass_arguments,
+                progress):
+    """Submit the shards and their tree merge (every future into ``futures``); the merged statistics."""
+    run = uuid.uuid4().hex[:12]  # keys of this call only: another call's data may share everything else
+    remote_network = client.submit(pickle.loads, pickle.dumps(network, protocol=5), pure=False,
+                                   key=f"fastdecomp-network-{run}")  # in the graph: recomputed if its holder dies
+    futures.append(remote_network)
+    parts = {}
+    for i in range(shards):
+        future = client.submit(_gather_shard, remote_network, description, (i, shards), *pass_arguments,
+                               key=f"fastdecomp-shard-{i}-of-{shards}-{run}")
+        parts[future] = len(shard_rows(num_images, (i, shards)))
+        futures.append(future)
+    merged = _tree_merge(client, list(parts), futures)
+    _follow(distributed, parts, num_images, progress)
+    return merged.result()
+
+
+def _release(client, futures):
+    try:
+        client.cancel(futures)
+    except Exception:  # the client may be gone already; nothing is left to release then
+        pass
+    futures.clear()
 
 
 def connect(address, timeout=10):
@@ -151,8 +178,13 @@ def _checked_shards(shards, num_images):
     return int(shards)
 
 
-def _labels_digest(labels):
-    return hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()
+def _data_digest(source):
+    """Images, shape, labels and some images' values as read (so after any scale) of a source."""
+    rows = np.unique(np.linspace(0, len(source) - 1, min(len(source), _SAMPLED_IMAGES)).astype(np.int64))
+    hasher = hashlib.sha256(np.asarray(source.labels, dtype=np.int64).tobytes())
+    hasher.update(repr(tuple(source.sample_shape)).encode())
+    hasher.update(source.read(rows).tobytes())
+    return len(source), hasher.hexdigest()
 
 
 def _check_workers(client, description, source):
@@ -163,40 +195,39 @@ def _check_workers(client, description, source):
         answers = client.run(_probe, description)
     except Exception as error:  # unpickling _probe needs fastdecomp on the worker; Dask re-raises it as Exception
         raise BackendError(f"a Dask worker cannot run fastdecomp ({type(error).__name__}: {error}); install "
-                           f"fastdecomp {__version__} on every worker") from error
+                           f"fastdecomp {__version__} on every worker") from None
     if not answers:
         raise BackendError("the Dask cluster has no workers; start some (dask worker tcp://scheduler:8786)")
-    expected = (__version__, len(source), _labels_digest(source.labels))
+    expected = _data_digest(source)
     for address, answer in sorted(answers.items()):
         if isinstance(answer, str):
             raise BackendError(f"Dask worker {address} cannot open the data: {answer}")
         if answer[0] != __version__:
             raise BackendError(f"Dask worker {address} runs fastdecomp {answer[0]}, the client {__version__}; "
                                "install the same version on every worker")
-        if tuple(answer) != expected:
-            raise BackendError(f"Dask worker {address} opens other data ({answer[1]} images, labels digest "
-                               f"{answer[2][:12]}) than the client ({len(source)}, {expected[2][:12]}); give every "
-                               "worker the same files")
+        if tuple(answer[1:]) != expected:
+            raise BackendError(f"Dask worker {address} opens other data ({answer[1]} images, digest of labels, "
+                               f"shape and sampled images {answer[2][:12]}) than the client ({expected[0]}, "
+                               f"{expected[1][:12]}); give every worker the same files, and change data only "
+                               "through the function that opens it")
     return sorted(answers)
 
 
 def _probe(description):
-    """On a worker: (fastdecomp version, images, labels digest) of the data, or why it cannot open it."""
+    """On a worker: (fastdecomp version, images, data digest), or why it cannot open the data."""
     from . import __version__
 
     try:
-        source = description.open()
-    except (FastDecompError, OSError) as error:
+        return (__version__, *_data_digest(description.open()))
+    except Exception as error:  # anything the data does on this worker is the answer, not a crash
         return f"{type(error).__name__}: {error}"
-    return __version__, len(source), _labels_digest(source.labels)
 
 
 def _gather_shard(network, description, shard, classes, options, batch_size, n_jobs):
     """On a worker: the statistics of one shard."""
-
-    source = description.open()
-    rows = shard_rows(len(source), shard)
     with _ONE_SHARD_AT_A_TIME:
+        source = description.open()
+        rows = shard_rows(len(source), shard)
         gathered = StatisticsPass(network, source, rows, classes, options, backends.get(None))
         stats, correct = gathered.run(batch_size, n_jobs or _worker_threads(), False)
     return PartialStatistics(fingerprint(network, source.labels, classes, options), len(source), rows, correct,
@@ -216,10 +247,12 @@ def _merge_two(a, b):
     return a.merge(b)
 
 
-def _tree_merge(client, futures):
-    """One future of all ``futures``' statistics merged, pairwise, level by level, on the workers."""
+def _tree_merge(client, futures, submitted):
+    """One future of all ``futures``' statistics merged, pairwise, level by level, on the workers (each
+    merge's future also into ``submitted``)."""
     while len(futures) > 1:
         merged = [client.submit(_merge_two, a, b, pure=False) for a, b in zip(futures[::2], futures[1::2])]
+        submitted.extend(merged)
         futures = merged + futures[len(merged) * 2:]
     return futures[0]
 
@@ -233,8 +266,8 @@ def _follow(distributed, parts, total, progress):
             if future.status == "error":
                 error = future.exception()
                 if isinstance(error, FastDecompError):
-                    raise error
-                raise BackendError(f"a shard failed on the cluster: {type(error).__name__}: {error}") from error
+                    raise type(error)(*error.args) from None
+                raise BackendError(f"a shard failed on the cluster: {type(error).__name__}: {error}") from None
             bar.update(parts[future])
     finally:
         bar.close()

@@ -418,7 +418,8 @@ class TinyImageNetFolder(DataSource):
     """
 
     def __init__(self, root, split="train", image_size=64):
-        self.description = DataDescription("tiny_imagenet", (_absolute(root), split, image_size))
+        if type(self) is TinyImageNetFolder:  # a subclass reads otherwise: only it could describe itself
+            self.description = DataDescription("tiny_imagenet", (_absolute(root), split, image_size))
         root = Path(root)
         wnids_path = root / "wnids.txt"
         if not wnids_path.is_file():
@@ -503,7 +504,8 @@ class SyntheticTinyImageNet(DataSource):
     """
 
     def __init__(self, num_samples, num_classes=200, image_size=64, seed=0):
-        self.description = DataDescription("synthetic", (num_samples, num_classes, image_size, seed))
+        if type(self) is SyntheticTinyImageNet:  # a subclass makes other images: only it could describe itself
+            self.description = DataDescription("synthetic", (num_samples, num_classes, image_size, seed))
         self.seed = int(seed)
         self.num_classes = int(num_classes)
         self.labels = np.random.default_rng(self.seed).integers(

@@ -62,6 +62,10 @@ class Network:
         self.num_classes = last.shape[0]
         self._plans = {}
 
+    def __getstate__(self):
+        """Pickled without the fusion plans it has cached (they are planned again on demand)."""
+        return {**self.__dict__, "_plans": {}}
+
     def __repr__(self):
         return (f"Network({self.name!r}, {len(self.layers)} layers, input {self.input_shape}, "
                 f"{self.num_classes} classes)")

@@ -1,6 +1,5 @@
 """Per-class activity statistics gathered in one streamed pass (CI and TI)."""
 
-import copy
 import threading
 
 import numpy as np
@@ -137,13 +136,19 @@ class ActivityStatistics:
         The tables move: this object lets go of them, so that :meth:`keep` with
         ``release=True`` on the result frees each table once used.
         """
-        host = copy.copy(self)
+        host = self._shallow_copy()
         host.backend = backends.get("cpu")
         host.active = {name: self.backend.to_host(a) for name, a in self.active.items()}
         host.first_rank = {name: self.backend.to_host(a) for name, a in self.first_rank.items()}
         host.concerned_count = self.concerned_count.copy()
         self.active, self.first_rank = {}, {}
         return host
+
+    def _shallow_copy(self):
+        """A new object sharing this one's attributes (not :func:`copy.copy`, which pickles: to the host)."""
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        return other
 
     def __getstate__(self):
         """Pickled (to move between processes) on the host, without its locks; the tables go as they are,
@@ -175,7 +180,7 @@ class ActivityStatistics:
         """
         if self.shapes != other.shapes or not np.array_equal(self.rank_limit, other.rank_limit):
             raise ValueError("statistics of different mask points or samples cannot be merged")
-        out = copy.copy(self)
+        out = self._shallow_copy()
         out.active = {name: np.bitwise_or(a, other.active[name]) for name, a in self.active.items()}
         out.first_rank = {name: np.minimum(r, other.first_rank[name]) for name, r in self.first_rank.items()}
         out.concerned_count = self.concerned_count + other.concerned_count

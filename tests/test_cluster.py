@@ -147,3 +147,27 @@ def test_workers_that_open_other_data_are_refused_before_any_work(client, resnet
     source.description = elsewhere.description  # as when a worker's copy of the files differs from the client's
     with pytest.raises(BackendError, match=r"worker tcp://.* opens other data .* give every worker the same files"):
         fd.decompose(resnet_case[0], source, backend="dask", client=client, progress=False)
+
+
+def test_data_changed_after_opening_is_seen_before_any_work(client, resnet_case, resnet_files):
+    source = fd.data.from_npy(*resnet_files.description.arguments[:2])
+    source.scale = 3.0  # the workers would open the files as described, unscaled
+    with pytest.raises(BackendError, match="opens other data.*change data only through the function"):
+        fd.decompose(resnet_case[0], source, backend="dask", client=client, progress=False)
+
+
+def test_a_failed_pass_leaves_nothing_behind_and_a_fixed_one_runs(client, resnet_case, tmp_path):
+    model, x, y = resnet_case
+    bad = x.copy()
+    bad[7, 0, 0, 0] = np.inf
+    np.save(tmp_path / "x.npy", bad)
+    np.save(tmp_path / "y.npy", y)
+    with pytest.raises(InputError, match=r"images \[7\].*NaN or inf"):
+        fd.decompose(model, fd.data.from_npy(tmp_path / "x.npy", tmp_path / "y.npy"), backend="dask", client=client,
+                     shards=3, progress=False)
+    assert not [key for key in client.who_has() if "fastdecomp" in str(key)]
+    np.save(tmp_path / "x.npy", x)
+    source = fd.data.from_npy(tmp_path / "x.npy", tmp_path / "y.npy")
+    options = dict(backtrack="bi", delta=DELTA, progress=False)
+    same_modules(fd.decompose(model, source, **options),
+                 fd.decompose(model, source, backend="dask", client=client, shards=3, **options))
