@@ -1,8 +1,10 @@
 """Plant one bug at a time in the restructured and hardened code, run the tests that should catch it, restore the file.
 
-Prints one table row per bug for ``bench/results/mutations.md``; ``python bench/mutate_structure.py
+Prints one table row per bug for ``bench/results/mutation.md``; ``python bench/mutate_structure.py
 architectures`` runs the bugs of the real-world Keras models instead (#14), ``onnx`` those of ONNX in
-and out (#15).
+and out (#15), ``method`` those of the method's rules, pruning, metrics, CLI and shards (#16, #19),
+``twins`` one per CUDA kernel and CPU twin, ``kinds`` one per layer kind not covered elsewhere.
+``python bench/mutate_structure.py all`` runs every group and prints the kill rate.
 """
 import subprocess
 import sys
@@ -56,7 +58,7 @@ MUTANTS = [
     ("a save replaces the old folder by delete-then-rename", "fastdecomp/storage.py",
      "    if os.path.lexists(path):\n        if not _renameat2(tmp, path, _RENAME_EXCHANGE):",
      "    if os.path.lexists(path):\n        shutil.rmtree(path)\n        os.rename(tmp, path)\n        return\n"
-     "        if not _renameat2(tmp, path, _RENAME_EXCHANGE):", "tests/test_storage.py -k killed"),
+     "        if not _renameat2(tmp, path, _RENAME_EXCHANGE):", "tests/test_storage.py -k 'killed or last_rename'"),
     ("overwrite replaces a foreign folder", "fastdecomp/storage.py",
      "(replaceable is not None and not replaceable(path))", "False", "tests/test_storage.py -k foreign"),
     ("the kernel cache trusts a plain checksum", "fastdecomp/kernels/trusted_cache.py",
@@ -200,7 +202,7 @@ METHOD = [  # every rule of the method, the pruning, the metrics and the CLI (#1
      "        futures = merged + futures[len(merged) * 2:]", "        futures = merged",
      "tests/test_cluster.py -k single_process"),
     ("workers' data not compared with the client's", "fastdecomp/cluster.py",
-     "        if tuple(answer) != expected:", "        if False:", "tests/test_cluster.py -k other_data"),
+     "        if tuple(answer[1:]) != expected:", "        if False:", "tests/test_cluster.py -k 'other_data or after_opening'"),
     ("Reshape of a vector into a map passed through", "fastdecomp/layers.py",
      "        if len(input_shapes[0]) == 1 and self._keeps_vector(cfg, input_shapes[0][0]):",
      "        if len(input_shapes[0]) == 1:", "tests/test_architectures.py -k reshape"),
@@ -215,8 +217,63 @@ METHOD = [  # every rule of the method, the pruning, the metrics and the CLI (#1
      "    if outputs < 1 or pad >= span or (outputs - 1) * stride - pad >= size:", "    if outputs < 1:",
      "tests/test_gpu_kernels.py -k 'refuse and grouped'"),
 ]
-GROUPS = {"architectures": ARCHITECTURES, "onnx": ONNX, "method": METHOD}
-selected = GROUPS.get(sys.argv[1], MUTANTS) if sys.argv[1:] else MUTANTS
+TWINS = [  # one bug per CUDA kernel and per CPU kernel, each caught by its twin test (#19)
+    ("the CUDA convolution drops its bias", "fastdecomp/kernels/cuda/forward.cu",
+     "    float r = acc + bias[o];", "    float r = acc;", "tests/test_gpu_kernels.py -k conv2d_forward_twin"),
+    ("the CUDA grouped convolution reads the wrong group", "fastdecomp/kernels/cuda/forward.cu",
+     "    int first = (o / (co / groups)) * group_ci;", "    int first = (o % groups) * group_ci;",
+     "tests/test_gpu_kernels.py -k grouped_conv2d_forward_twin"),
+    ("the CUDA dense layer skips its first feature", "fastdecomp/kernels/cuda/forward.cu",
+     "    for (long long i = 0; i < features; ++i)", "    for (long long i = 1; i < features; ++i)",
+     "tests/test_gpu_kernels.py -k dense_forward_twin"),
+    ("the CUDA average pooling counts padding", "fastdecomp/kernels/cuda/forward.cu",
+     "    out[t] = is_max ? acc : acc / (float)count;", "    out[t] = is_max ? acc : acc / (float)(pool_h * pool_w);",
+     "tests/test_gpu_kernels.py -k pool2d_forward_twin"),
+    ("the CUDA global average skips the first row", "fastdecomp/kernels/cuda/forward.cu",
+     "    for (int y = 0; y < h; ++y)\n        for (int xx = 0; xx < w; ++xx) acc",
+     "    for (int y = 1; y < h; ++y)\n        for (int xx = 0; xx < w; ++xx) acc",
+     "tests/test_gpu_kernels.py -k global_average_pool_forward_twin"),
+    ("the CUDA concerned update skips class 0", "fastdecomp/kernels/cuda/statistics.cu",
+     "        if (k >= 0) active[k * nbytes + byte] |= bits[b * nbytes + byte];",
+     "        if (k > 0) active[k * nbytes + byte] |= bits[b * nbytes + byte];",
+     "tests/test_gpu_kernels.py -k accumulate_concerned_twin"),
+    ("the CUDA first ranks keep the largest", "fastdecomp/kernels/cuda/statistics.cu",
+     "if ((bits & (128u >> bit)) && r < (long long)ranks[bit])", "if ((bits & (128u >> bit)) && r > (long long)ranks[bit])",
+     "tests/test_gpu_kernels.py -k 'accumulate_packed_activity_twin or accumulate_activity_twin'"),
+    ("the CUDA tangling reach misses the last rank", "fastdecomp/kernels/cuda/statistics.cu",
+     "            if (r < most) set |=", "            if (r < most - 1) set |=", "tests/test_gpu_kernels.py -k tangling_keep_twin"),
+    ("the CUDA dead-input window ignores the column stride", "fastdecomp/kernels/cuda/backward.cu",
+     "            if (num_x < 0 || num_x % stride_w) continue;", "            if (num_x < 0) continue;",
+     "tests/test_gpu_kernels.py -k window_dead_inputs_twin"),
+    ("the CPU dense layer drops its bias", "fastdecomp/kernels/cpu.py",
+     "            out[b, o] = acc[o] + bias[o]", "            out[b, o] = acc[o]", "tests/test_gpu_kernels.py -k dense_forward_twin"),
+    ("the CPU average pooling counts padding", "fastdecomp/kernels/cpu.py",
+     "                out[b, i, j, ch] = acc if is_max else acc / np.float32(count)",
+     "                out[b, i, j, ch] = acc if is_max else acc / np.float32(pool_h * pool_w)",
+     "tests/test_network.py -k 'same_padding_pooling'"),
+]
+KINDS_GROUP = [  # one bug per layer kind not yet covered (#19)
+    ("a scaled residual scales the shortcut", "fastdecomp/layers.py",
+     '        out = backend.xp.multiply(inputs[1], np.float32(layer.config["scale"]))\n        return backend.xp.add(inputs[0], out, out=out)',
+     '        out = backend.xp.multiply(inputs[0], np.float32(layer.config["scale"]))\n        return backend.xp.add(inputs[1], out, out=out)',
+     "tests/test_architectures.py -k keras"),
+    ("Rescaling offsets before it scales", "fastdecomp/layers.py",
+     "        out = backend.xp.multiply(inputs[0], a)\n        return backend.xp.add(out, b, out=out)",
+     "        out = backend.xp.add(inputs[0], b)\n        return backend.xp.multiply(out, a, out=out)",
+     "tests/test_network.py -k preprocessing"),
+    ("Normalization forgets the variance's floor", "fastdecomp/layers.py",
+     "        deviation = np.maximum(np.sqrt(np.asarray(keras_layer.variance, dtype=np.float32)), np.float32(1e-7))",
+     "        deviation = np.sqrt(np.asarray(keras_layer.variance, dtype=np.float32))",
+     "tests/test_network.py -k 'preprocessing or constant_channel'"),
+    ("a global pooling's dead channel kills only its first position", "fastdecomp/layers.py",
+     "        return [np.broadcast_to(dead_out[:, None, None, :], (dead_out.shape[0], h, w, c))]",
+     "        dead_in = np.zeros((dead_out.shape[0], h, w, c), dtype=bool)\n"
+     "        dead_in[:, 0, 0, :] = dead_out\n        return [dead_in]",
+     "tests/test_invariants.py -k reference tests/test_values.py"),
+]
+GROUPS = {"architectures": ARCHITECTURES, "onnx": ONNX, "method": METHOD, "twins": TWINS, "kinds": KINDS_GROUP}
+selected = (sum(GROUPS.values(), MUTANTS) if sys.argv[1] == "all" else GROUPS.get(sys.argv[1], MUTANTS)) \
+    if sys.argv[1:] else MUTANTS
 if sys.argv[2:]:  # one bug, by the start of its description
     selected = [m for m in selected if m[0].startswith(sys.argv[2])]
 rows = []
@@ -239,3 +296,5 @@ for what, path, old, new, tests in selected:
     rows.append((what, path, failed[0] if failed else died or "**survives**", tests))
     print(rows[-1], flush=True)
 print("\n".join(f"| {w} | `{p}` | {f} |" for w, p, f, t in rows))
+caught = sum(not f.startswith("**") for w, p, f, t in rows)
+print(f"\n{caught} of {len(rows)} caught ({caught / max(len(rows), 1):.0%})")

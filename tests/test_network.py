@@ -587,3 +587,20 @@ def test_grouped_convolution_sums_in_its_documented_order(groups, multiplier, st
                         acc = np.float32(acc + np.float32(x[b, y, xx, first + c] * kernel[dy, dx, c, o]))
         expected[b, i, j, o] = np.float32(acc + bias[o])
     np.testing.assert_array_equal(out, expected)
+
+
+def test_a_normalized_constant_channel_divides_by_keras_floor_not_by_zero():
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((5, 5, 2))
+    normalized = layers.Normalization(mean=[0.2, 0.7], variance=[0.5, 0.0], name="norm")(inputs)
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(3, 3, activation="relu")(normalized))
+    model = keras.Model(inputs, layers.Dense(2, activation="softmax")(x))
+    images = np.random.default_rng(4).random((6, 5, 5, 2), dtype=np.float32)
+    images[..., 1] = np.float32(0.7)  # a constant channel: variance 0, every value its mean
+    network = fd.from_keras(model)
+    layer = network.by_name["norm"]
+    ours = layer.handler.forward(layer, [images], backend=fd.backends.get("cpu"))
+    np.testing.assert_array_equal(ours, keras.Model(inputs, normalized).predict(images, verbose=0))
+    assert np.isfinite(network.predict_proba(images)).all()

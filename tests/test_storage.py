@@ -134,3 +134,19 @@ def test_overflowing_inputs_are_named_wherever_modules_run(modules, resnet_case)
                 lambda: modules.updated(0, huge)):
         with pytest.raises(fd.InputError, match=r"images \[3\] overflow"):
             run()
+
+
+def test_a_replacing_save_whose_last_rename_fails_keeps_the_old_save(modules, tmp_path, monkeypatch):
+    """The old save is never deleted before the new one is in place: a failure at the last step leaves it."""
+    fd.save(modules, tmp_path / "m")
+
+    def refuse(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "rename", refuse)  # only an exchange of the folders can still succeed
+    try:
+        fd.save(modules, tmp_path / "m", overwrite=True)
+    except fd.SaveError:
+        pass
+    monkeypatch.undo()
+    assert fd.load_modules(tmp_path / "m").classes == modules.classes
