@@ -112,7 +112,8 @@ def test_what_mc_bi_removes_changes_no_output_where_it_bites(bites_case, mask_at
     assert more > 100
 
 
-def test_a_hidden_dense_input_dies_only_when_every_edge_does():
+@pytest.mark.parametrize("backtrack", ["bln", "bi"])
+def test_a_hidden_dense_input_dies_only_when_every_edge_does(backtrack):
     import keras
     from keras import layers
 
@@ -128,9 +129,10 @@ def test_a_hidden_dense_input_dies_only_when_every_edge_does():
     x = np.random.default_rng(1).random((12, 6, 6, 1), dtype=np.float32)
     y = np.arange(12) % 3
     network = fd.from_keras(model)
-    fast = fd.decompose(network, x, y, mask_at="relu", backtrack="bi", delta=DELTA, concerned="all", progress=False)
+    fast = fd.decompose(network, x, y, mask_at="relu", backtrack=backtrack, delta=DELTA, concerned="all",
+                        progress=False)
     for k in range(3):
-        assert_same_masks(fast, k, *reference_decompose(network, x, y, k, mask_at="relu", backtrack="bi",
+        assert_same_masks(fast, k, *reference_decompose(network, x, y, k, mask_at="relu", backtrack=backtrack,
                                                         delta=DELTA, concerned="all"))
     assert not fast.masks(0, names="network")["c/relu"].any()
     assert fast.masks(1, names="network")["c/relu"].any()
@@ -138,7 +140,8 @@ def test_a_hidden_dense_input_dies_only_when_every_edge_does():
 
 def test_bln_removes_a_feature_at_exactly_delta():
     delta = 0.125  # exact in binary, so a weight can sit on the boundary
-    kernel = np.array([[0.125, -0.125, -0.125, -0.125], [0.125, -0.0625, -0.125, -0.125]], np.float32)
+    kernel = np.array([[0.125, -0.125, -0.125, -0.125], [0.125, -0.0625, -0.125, -0.125],
+                       [-0.125, 0.125, 0.125, 0.125], [-0.125, 0.0625, 0.125, 0.125]], np.float32)
     head = channel_head(kernel, np.zeros(4, np.float32), 0)[0]
-    np.testing.assert_array_equal(bln_removed_features(head, delta), [True, False])
-    np.testing.assert_array_equal(bln_removed_features(head, delta, rule="prose"), [False, False])
+    np.testing.assert_array_equal(bln_removed_features(head, delta), [True, False, False, False])
+    np.testing.assert_array_equal(bln_removed_features(head, delta, rule="prose"), [False, False, True, False])

@@ -136,17 +136,20 @@ def test_overflowing_inputs_are_named_wherever_modules_run(modules, resnet_case)
             run()
 
 
-def test_a_replacing_save_whose_last_rename_fails_keeps_the_old_save(modules, tmp_path, monkeypatch):
+def test_a_replacing_save_whose_last_rename_fails_keeps_the_old_save(modules, resnet_case, tmp_path, monkeypatch):
     """The old save is never deleted before the new one is in place: a failure at the last step leaves it."""
     fd.save(modules, tmp_path / "m")
+    model, x, y = resnet_case
+    newer = fd.decompose(model, x, y, classes=[0, 1], progress=False)
 
     def refuse(*args):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(storage.os, "rename", refuse)  # only an exchange of the folders can still succeed
     try:
-        fd.save(modules, tmp_path / "m", overwrite=True)
+        fd.save(newer, tmp_path / "m", overwrite=True)
+        saved = newer
     except fd.SaveError:
-        pass
+        saved = modules
     monkeypatch.undo()
-    assert fd.load_modules(tmp_path / "m").classes == modules.classes
+    assert fd.load_modules(tmp_path / "m").classes == saved.classes
