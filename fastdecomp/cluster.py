@@ -22,7 +22,7 @@ import numpy as np
 
 from . import backends
 from .errors import BackendError, FastDecompError, InputError
-from .gathering import PartialStatistics, StatisticsPass, fingerprint, progress_bar, shard_rows
+from .gathering import fingerprint, gather_shard, progress_bar, shard_rows
 
 __all__ = ["gather_on_cluster", "default_shards", "connect"]
 
@@ -226,12 +226,8 @@ def _probe(description):
 def _gather_shard(network, description, shard, classes, options, batch_size, n_jobs):
     """On a worker: the statistics of one shard."""
     with _ONE_SHARD_AT_A_TIME:
-        source = description.open()
-        rows = shard_rows(len(source), shard)
-        gathered = StatisticsPass(network, source, rows, classes, options, backends.get(None))
-        stats, correct = gathered.run(batch_size, n_jobs or _worker_threads(), False)
-    return PartialStatistics(fingerprint(network, source.labels, classes, options), len(source), rows, correct,
-                             stats)
+        return gather_shard(network, description.open(), shard, classes, options, backends.get(None), batch_size,
+                            n_jobs or _worker_threads(), False)
 
 
 def _worker_threads():

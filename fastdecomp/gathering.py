@@ -12,7 +12,7 @@ from .errors import InputError
 from .sampling import class_ranks, max_tangling_counts
 from .statistics import ActivityStatistics
 
-__all__ = ["StatisticsPass", "PartialStatistics", "fingerprint", "shard_rows", "progress_bar"]
+__all__ = ["StatisticsPass", "gather_shard", "PartialStatistics", "fingerprint", "shard_rows", "progress_bar"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,31 @@ def shard_rows(num_images, shard):
     if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
         raise InputError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
     return np.array_split(np.arange(num_images, dtype=np.int64), count)[index]
+
+
+def gather_shard(network, source, shard, classes, options, device, batch_size, n_jobs, progress):
+    """The statistics of shard ``(index, count)`` of ``source``, ranked among all its images.
+
+    Parameters
+    ----------
+    network : Network
+    source : DataSource
+        The whole data set.
+    shard : (int, int)
+    classes : list of int
+    options : DecompositionOptions
+    device : device
+    batch_size : int
+    n_jobs : int or None
+    progress : bool
+
+    Returns
+    -------
+    PartialStatistics
+    """
+    rows = shard_rows(len(source), shard)
+    stats, correct = StatisticsPass(network, source, rows, classes, options, device).run(batch_size, n_jobs, progress)
+    return PartialStatistics(fingerprint(network, source.labels, classes, options), len(source), rows, correct, stats)
 
 
 class StatisticsPass:

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import backends
 from .decompose import _DEFAULTS, _prepared, build_modules
-from .gathering import PartialStatistics, StatisticsPass, fingerprint, shard_rows
+from .gathering import PartialStatistics, fingerprint, gather_shard
 from .errors import InputError
 from .options import DecompositionOptions
 from .statistics import ActivityStatistics
@@ -51,10 +51,8 @@ def gather_statistics(model, x, y=None, *, shard=(0, 1), classes=None, mask_at=_
     """
     options = _options(mask_at, _DEFAULTS.backtrack, _DEFAULTS.delta, _DEFAULTS.bln_rule, ti_ratio, concerned, seed)
     network, source, classes = _prepared(model, x, y, classes, batch_size)
-    rows = shard_rows(len(source), shard)
-    gathered = StatisticsPass(network, source, rows, classes, options, backends.get(backend))
-    stats, correct = gathered.run(batch_size, n_jobs, progress)
-    return PartialStatistics(fingerprint(network, source.labels, classes, options), len(source), rows, correct, stats)
+    return gather_shard(network, source, shard, classes, options, backends.get(backend), batch_size, n_jobs,
+                        progress)
 
 
 def merge(parts):
