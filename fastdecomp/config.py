@@ -23,6 +23,11 @@ setting             environment variable      meaning
 ``fashion_mnist_dir`` ``FASHION_MNIST_DIR``   the Fashion-MNIST IDX files (``None``: the
                                               Debian package's folder)
 ``cxx``             ``CXX``                   the C++ compiler of the CUDA kernels' CPU emulator
+``activity_count_bytes`` ``FASTDECOMP_ACTIVITY_COUNT_BYTES`` the most memory per-node activity counts
+                                              may take (:mod:`fastdecomp.thresholds`); above
+                                              it they are counted per channel
+``watts_per_core``  ``FASTDECOMP_WATTS_PER_CORE`` the power assumed per busy core where RAPL
+                                              cannot be read (:mod:`fastdecomp.metrics`)
 ==================  ========================  ==============================================
 
 Values are read once and kept; :func:`set` overrides one for the rest of the
@@ -49,6 +54,8 @@ DEFAULTS = {
     "backend": "cpu",
     "fashion_mnist_dir": None,
     "cxx": "g++",
+    "activity_count_bytes": 2 * 2**30,
+    "watts_per_core": 10.0,
 }
 
 ENVIRONMENT = {
@@ -59,6 +66,8 @@ ENVIRONMENT = {
     "backend": "FASTDECOMP_BACKEND",
     "fashion_mnist_dir": "FASHION_MNIST_DIR",
     "cxx": "CXX",
+    "activity_count_bytes": "FASTDECOMP_ACTIVITY_COUNT_BYTES",
+    "watts_per_core": "FASTDECOMP_WATTS_PER_CORE",
 }
 
 _values = {}
@@ -82,10 +91,23 @@ def _parse_tune(text, variable):
     return words[text.strip().lower()]
 
 
+def _parse_positive(kind):
+    def parse(text, variable):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise ConfigError(f"{variable}={text!r} is not understood: give a positive {kind.__name__}")
+        return value
+    return parse
+
+
 _PARSERS = {"jobs": _parse_jobs, "cache_dir": lambda text, variable: Path(text),
             "target_cpu": lambda text, variable: text.strip(),
             "tune": _parse_tune, "backend": lambda text, variable: text.strip(),
-            "fashion_mnist_dir": lambda text, variable: Path(text), "cxx": lambda text, variable: text.strip()}
+            "fashion_mnist_dir": lambda text, variable: Path(text), "cxx": lambda text, variable: text.strip(),
+            "activity_count_bytes": _parse_positive(int), "watts_per_core": _parse_positive(float)}
 
 
 def get(name):
@@ -145,7 +167,7 @@ def _checked(name, value):
         raise ConfigError(f"unknown setting {name!r}; the settings are {sorted(DEFAULTS)}")
     kinds = {"jobs": (int, type(None)), "cache_dir": (str, os.PathLike, type(None)), "target_cpu": (str,),
              "tune": (bool,), "backend": (str,), "fashion_mnist_dir": (str, os.PathLike, type(None)),
-             "cxx": (str,)}[name]
+             "cxx": (str,), "activity_count_bytes": (int,), "watts_per_core": (int, float)}[name]
     if not isinstance(value, kinds) or (name == "jobs" and value is not None and (isinstance(value, bool)
                                                                                    or value < 1)):
         raise ConfigError(f"setting {name}={value!r} is not valid: give {' or '.join(k.__name__ for k in kinds)}"

@@ -16,6 +16,7 @@ from .keras_io import from_keras
 from .modules import assemble
 from .options import DecompositionOptions
 from .sampling import class_ranks, max_tangling_counts, tangling_counts
+from .thresholds import labels_digest
 
 __all__ = ["decompose", "DecompositionWarning"]
 
@@ -28,8 +29,9 @@ _DEFAULTS = DecompositionOptions()
 
 def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, backtrack=_DEFAULTS.backtrack,
               delta=_DEFAULTS.delta, bln_rule=_DEFAULTS.bln_rule, ti_ratio=_DEFAULTS.ti_ratio,
-              concerned=_DEFAULTS.concerned, seed=_DEFAULTS.seed, batch_size=256, backend=None, progress=True,
-              n_jobs=None, client=None, shards=None):
+              concerned=_DEFAULTS.concerned, seed=_DEFAULTS.seed, activity_threshold=_DEFAULTS.activity_threshold,
+              tangling_threshold=_DEFAULTS.tangling_threshold, channel_threshold=_DEFAULTS.channel_threshold,
+              batch_size=256, backend=None, progress=True, n_jobs=None, client=None, shards=None):
     """Decompose a trained classifier into one module per class.
 
     Implements docs/method.md sections 1-4 (Pan & Rajan, ICSE 2022) in one
@@ -47,6 +49,10 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
         Classes to build modules for (default: all).
     mask_at, backtrack, delta, bln_rule, ti_ratio, concerned, seed :
         What the decomposition computes; see :class:`DecompositionOptions`.
+    activity_threshold, tangling_threshold, channel_threshold :
+        Smaller modules than the paper's (:class:`DecompositionOptions`);
+        other than 0, 0 and None they take a second pass over ``x``, on this
+        machine's CPU, to count activity (:meth:`ModuleSet.thresholded`).
     batch_size : int
     backend : str or device, optional
         Where the pass runs (:mod:`fastdecomp.backends`; default
@@ -78,8 +84,11 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
     ModuleSet
     """
     started = time.perf_counter()
+    thresholds = dict(activity_threshold=activity_threshold, tangling_threshold=tangling_threshold,
+                      channel_threshold=channel_threshold)
     options = DecompositionOptions(mask_at=mask_at, backtrack=backtrack, delta=delta, bln_rule=bln_rule,
-                                   ti_ratio=ti_ratio, concerned=concerned, seed=seed)
+                                   ti_ratio=ti_ratio, concerned=concerned, seed=seed, **thresholds)
+    wanted, options = options, options.replace(activity_threshold=0.0, tangling_threshold=0.0, channel_threshold=None)
     network, source, classes = _prepared(model, x, y, classes, batch_size)
     if backend == "dask":
         from .cluster import gather_on_cluster
@@ -94,6 +103,8 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
         stats, correct = gathered.run(batch_size, n_jobs, progress)
     statistics_seconds = time.perf_counter() - started
     modules = build_modules(network, source.labels, classes, options, stats, correct)
+    if wanted.thresholded:
+        modules = modules.thresholded(modules.activity_counts(source, batch_size=batch_size), **thresholds)
     modules.info.update(statistics_seconds=statistics_seconds, seconds=time.perf_counter() - started)
     return modules
 
@@ -138,7 +149,11 @@ def build_modules(network, labels, classes, options, stats, correct):
         warnings.warn(f"the modules of classes {alone} saw no input of any other class (the data holds no other "
                       "class), so tangling identification kept nothing for them: they will not tell their class "
                       "from others. Decompose with data of several classes", DecompositionWarning, stacklevel=2)
-    info = {"num_images": len(labels), "train_top1": float(correct.mean()) if len(labels) else 0.0}
+    if options.thresholded:
+        raise InputError("thresholds need a second pass over the data: build the paper's modules, then apply "
+                         "them with modules.thresholded(data, ...)")
+    info = {"num_images": len(labels), "train_top1": float(correct.mean()) if len(labels) else 0.0,
+            "labels_sha256": labels_digest(labels)}
     concerned_bits = {name: active[classes] for name, active in stats.active.items()}
     modules = assemble(network, classes, options, base_keep, samples, info, concerned_bits)
     modules.info["seconds"] = time.perf_counter() - started

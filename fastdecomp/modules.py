@@ -95,6 +95,7 @@ class ModuleSet:
         self._concerned = [np.asarray(a, dtype=np.int64) for a in samples[0]]
         self._unconcerned = [np.asarray(a, dtype=np.int64) for a in samples[1]]
         self._key_cache = {}
+        self._paper = None  # the paper's CI and TI masks, for a thresholded set
 
     def __repr__(self):
         return (f"ModuleSet({len(self.classes)} modules of {self.network.name!r}, "
@@ -131,8 +132,65 @@ class ModuleSet:
             changes["delta"] = delta
         if bln_rule is not None:
             changes["bln_rule"] = bln_rule
-        return assemble(self.network, self.classes, self.options.replace(**changes), self._base_keep,
-                        self.samples(), self.info, self._concerned_bits)
+        modules = assemble(self.network, self.classes, self.options.replace(**changes), self._base_keep,
+                           self.samples(), self.info, self._concerned_bits)
+        modules._paper = self._paper
+        return modules
+
+    def activity_counts(self, x, y=None, *, batch_size=256, level=None):
+        """How many of each module's concerned and unconcerned inputs activate each node: a pass over ``x``.
+
+        Parameters
+        ----------
+        x : numpy.ndarray or DataSource
+            The data these modules were decomposed from.
+        y : numpy.ndarray, optional
+            Labels, with an array ``x``.
+        batch_size : int
+        level : {"node", "channel"}, optional
+            See :func:`fastdecomp.thresholds.count_activity`.
+
+        Returns
+        -------
+        fastdecomp.thresholds.ActivityCounts
+        """
+        from .thresholds import count_activity
+
+        return count_activity(self, x, y, batch_size=batch_size, level=level)
+
+    def thresholded(self, counts, y=None, *, activity_threshold=0.0, tangling_threshold=0.0, channel_threshold=None):
+        """The same decomposition keeping only the nodes enough inputs use (smaller modules).
+
+        Parameters
+        ----------
+        counts : ActivityCounts or numpy.ndarray or DataSource
+            From :meth:`activity_counts` (reuse them across thresholds), or the
+            data to count them on: the decomposition's own.
+        activity_threshold, tangling_threshold, channel_threshold :
+            See :class:`fastdecomp.DecompositionOptions`; 0, 0 and None give
+            the paper's masks.
+        y : numpy.ndarray, optional
+            Labels, with an array of images as ``counts``.
+
+        Returns
+        -------
+        ModuleSet
+        """
+        from .thresholds import ActivityCounts, thresholded_keep
+
+        options = self.options.replace(activity_threshold=activity_threshold, tangling_threshold=tangling_threshold,
+                                       channel_threshold=channel_threshold)
+        if not isinstance(counts, ActivityCounts):
+            counts = self.activity_counts(counts, y)
+        paper = self if not self.options.thresholded else self._paper
+        if paper is None:
+            raise InputError("these modules were thresholded and saved; threshold the set decompose() returned")
+        base_keep = thresholded_keep(paper, counts, options)
+        info = dict(self.info, activity_counts=counts.level)
+        modules = assemble(self.network, self.classes, options, base_keep, self.samples(), info,
+                           self._concerned_bits)
+        modules._paper = paper
+        return modules
 
     def index(self, k):
         """Position of class ``k``'s module in :attr:`classes`."""

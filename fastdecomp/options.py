@@ -16,9 +16,10 @@ from .backtrack import BACKTRACKS, BLN_RULES
 from .errors import InputError
 from .layers import DEFAULT_MASK_AT, MASK_PLACEMENTS
 
-__all__ = ["DecompositionOptions", "CONCERNED"]
+__all__ = ["DecompositionOptions", "CONCERNED", "THRESHOLDS"]
 
 CONCERNED = ("correct", "all")
+THRESHOLDS = ("activity_threshold", "tangling_threshold", "channel_threshold")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,6 +47,18 @@ class DecompositionOptions:
         Concerned inputs: the class's images the model classifies correctly, or all.
     seed : int
         Seed of the tangling samples.
+    activity_threshold : float
+        Concern identification keeps a node active for at least this fraction
+        of the concerned inputs (and for one at least). 0, the default, is the
+        paper's "any"; larger values make smaller modules
+        (:mod:`fastdecomp.thresholds`; bench/results/size_accuracy.md).
+    tangling_threshold : float
+        The same for tangling identification, over each module's unconcerned sample.
+    channel_threshold : float or None
+        None (the default): node masks. A fraction in (0, 1]: at every mask
+        point with channels, a channel is kept whole when at least this
+        fraction of its positions is kept, and removed whole otherwise, so
+        that pruning can drop it.
 
     Raises
     ------
@@ -60,6 +73,9 @@ class DecompositionOptions:
     ti_ratio: float = 1.0
     concerned: str = "correct"
     seed: int = 0
+    activity_threshold: float = 0.0
+    tangling_threshold: float = 0.0
+    channel_threshold: float | None = None
 
     def __post_init__(self):
         _one_of("mask_at", self.mask_at, MASK_PLACEMENTS)
@@ -72,9 +88,24 @@ class DecompositionOptions:
             raise InputError(f"ti_ratio must be a number >= 0 (0 turns TI off), got {self.ti_ratio!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise InputError(f"seed must be an integer >= 0, got {self.seed!r}")
+        for name in ("activity_threshold", "tangling_threshold"):
+            value = getattr(self, name)
+            if not _finite(value) or not 0 <= value < 1:
+                raise InputError(f"{name} must be a fraction in [0, 1) (0: the paper's 'any input'), got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.channel_threshold is not None:
+            if not _finite(self.channel_threshold) or not 0 < self.channel_threshold <= 1:
+                raise InputError("channel_threshold must be None (node masks) or a fraction in (0, 1], got "
+                                 f"{self.channel_threshold!r}")
+            object.__setattr__(self, "channel_threshold", float(self.channel_threshold))
         object.__setattr__(self, "delta", float(self.delta))
         object.__setattr__(self, "ti_ratio", float(self.ti_ratio))
         object.__setattr__(self, "seed", int(self.seed))
+
+    @property
+    def thresholded(self):
+        """Whether any threshold differs from the paper's (the masks then need activity counts)."""
+        return any(getattr(self, name) != getattr(_PAPER, name) for name in THRESHOLDS)
 
     def replace(self, **changes):
         """A copy with ``changes`` applied, validated again.
@@ -106,6 +137,8 @@ class DecompositionOptions:
         InputError
             For a missing, unknown or invalid option.
         """
+        if isinstance(values, dict):
+            values = {**{name: getattr(_PAPER, name) for name in THRESHOLDS}, **values}  # saved before them
         if not isinstance(values, dict) or set(values) != set(cls.names()):
             got = sorted(map(repr, values)) if isinstance(values, dict) else type(values).__name__
             raise InputError(f"options must have exactly the keys {cls.names()}, got {got}")
@@ -127,3 +160,6 @@ def _finite(value):
         return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     except OverflowError:
         return False
+
+
+_PAPER = DecompositionOptions()

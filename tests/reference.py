@@ -30,6 +30,19 @@ def _forward_one(network, image, mask_at):
     return values, probs[0]
 
 
+def _activating(values_of, inputs, point, level):
+    """How many of ``inputs`` activate each node of ``point`` (level "node"), or each channel anywhere."""
+    counts = np.zeros(point.shape if level == "node" else point.shape[-1:], dtype=np.int64)
+    for i in inputs:
+        values = values_of[i][point.name]
+        if level == "node":
+            counts += values > 0
+        else:
+            for c in range(point.shape[-1]):
+                counts[c] += bool((values[..., c] > 0).any())
+    return counts
+
+
 def tangling_sample(k, concerned_size, labels, num_classes, ti_ratio, seed):
     """U_k as fastdecomp.sampling's docstring defines it, dealt one input at a time."""
     if ti_ratio == 0:
@@ -171,25 +184,37 @@ def backtrack_dead(network, removed_features, through_conv):
 
 def reference_decompose(network, x, y, k, *, mask_at="conv", backtrack="bln", delta=0.5,
                         bln_rule="algorithm", ti_ratio=1.0, concerned="correct", seed=0,
-                        tangling=True):
+                        tangling=True, activity_threshold=0.0, tangling_threshold=0.0, channel_threshold=None,
+                        count_level="node"):
     """Masks (by layer name), channeled head and samples of module ``k``, literally."""
     num_classes = network.num_classes
     predictions = [int(np.argmax(mask_point_values(network, x[i], mask_at)[1])) for i in range(len(x))]
     concerned_set = [i for i in range(len(x))
                      if y[i] == k and (concerned == "all" or predictions[i] == k)]
     points = mask_points(network, mask_at)
-    keep = {p.name: np.zeros(p.shape, dtype=bool) for p in points}
-    for i in concerned_set:  # 1. concern identification
-        values, _ = mask_point_values(network, x[i], mask_at)
-        for name in keep:
-            for node in itertools.product(*[range(d) for d in keep[name].shape]):
-                if values[name][node] > 0:
-                    keep[name][node] = True
     unconcerned = tangling_sample(k, len(concerned_set), y, num_classes, ti_ratio, seed) if tangling else []
-    for i in unconcerned:  # 2. tangling identification
-        values, _ = mask_point_values(network, x[i], mask_at)
-        for name in keep:
-            keep[name] |= values[name] > 0
+    values = {i: mask_point_values(network, x[i], mask_at)[0] for i in set(concerned_set) | set(unconcerned)}
+    keep = {}
+    for point in points:  # 1. concern identification, 2. tangling identification
+        by_concern = _activating(values, concerned_set, point, "node")
+        by_sample = _activating(values, unconcerned, point, "node")
+        level = "node" if len(point.shape) < 2 else count_level
+        concern_counts = _activating(values, concerned_set, point, level)
+        sample_counts = _activating(values, unconcerned, point, level)
+        keep[point.name] = np.zeros(point.shape, dtype=bool)
+        for node in itertools.product(*[range(d) for d in point.shape]):
+            unit = node if level == "node" else node[-1]
+            by_ci = concern_counts[unit] >= 1 and concern_counts[unit] >= activity_threshold * len(concerned_set)
+            by_ti = sample_counts[unit] >= 1 and sample_counts[unit] >= tangling_threshold * len(unconcerned)
+            if level == "node":
+                keep[point.name][node] = by_ci or by_ti
+            else:
+                keep[point.name][node] = ((by_concern[node] > 0 and by_ci)
+                                          or ((by_concern[node] > 0 or by_sample[node] > 0) and by_ti))
+        if channel_threshold is not None and len(point.shape) == 3:
+            for c in range(point.shape[2]):
+                kept = keep[point.name][:, :, c].sum()
+                keep[point.name][:, :, c] = kept >= channel_threshold * point.shape[0] * point.shape[1]
     dense = network.by_name[network.output_dense]  # 3. channeling
     w, b = dense.weights["kernel"], dense.weights["bias"]
     others = [c for c in range(num_classes) if c != k]
