@@ -115,6 +115,14 @@ def build_parser():
                    help="unconcerned sample size relative to the concerned set (0: no TI)")
     d.add_argument("--concerned", choices=CONCERNED, default=DEFAULTS.concerned,
                    help="concerned inputs: correctly classified ones (default) or all of the class")
+    d.add_argument("--activity-threshold", type=float, default=DEFAULTS.activity_threshold,
+                   help="keep a node active for at least this fraction of the concerned inputs (default 0: any, "
+                        "the paper's); larger values make smaller modules, at a second pass over DATA")
+    d.add_argument("--tangling-threshold", type=float, default=DEFAULTS.tangling_threshold,
+                   help="the same for each module's unconcerned sample (default 0: any)")
+    d.add_argument("--channel-threshold", type=float, default=DEFAULTS.channel_threshold,
+                   help="keep a channel whole when this fraction of its positions is kept, else remove it "
+                        "(default: node masks), so that pruning can drop it")
     d.add_argument("--batch-size", type=int, default=256)
     d.add_argument("--seed", type=int, default=DEFAULTS.seed)
     d.add_argument("--backend", help="where the pass runs: cpu, auto, cuda (default: FASTDECOMP_BACKEND, else cpu)")
@@ -214,7 +222,9 @@ def cmd_decompose(args):
     source = data.open_data(args.data, args.limit)
     options = dict(classes=args.classes, mask_at=args.mask_at, backtrack=_backtrack(args.backtrack),
                    delta=args.delta, bln_rule=args.bln_rule, ti_ratio=args.ti_ratio, concerned=args.concerned,
-                   batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress)
+                   activity_threshold=args.activity_threshold, tangling_threshold=args.tangling_threshold,
+                   channel_threshold=args.channel_threshold, batch_size=args.batch_size, seed=args.seed,
+                   progress=not args.no_progress)
     if args.scheduler is None:
         if args.shards is not None:
             raise InputError("--shards is for --scheduler")

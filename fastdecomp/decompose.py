@@ -14,7 +14,8 @@ from .errors import InputError
 from .gathering import StatisticsPass
 from .keras_io import from_keras
 from .modules import assemble
-from .options import DecompositionOptions
+from .energy import EnergyMeter
+from .options import THRESHOLDS, DecompositionOptions
 from .sampling import class_ranks, max_tangling_counts, tangling_counts
 from .thresholds import labels_digest
 
@@ -83,13 +84,22 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
     -------
     ModuleSet
     """
-    started = time.perf_counter()
     thresholds = dict(activity_threshold=activity_threshold, tangling_threshold=tangling_threshold,
                       channel_threshold=channel_threshold)
     options = DecompositionOptions(mask_at=mask_at, backtrack=backtrack, delta=delta, bln_rule=bln_rule,
                                    ti_ratio=ti_ratio, concerned=concerned, seed=seed, **thresholds)
-    wanted, options = options, options.replace(activity_threshold=0.0, tangling_threshold=0.0, channel_threshold=None)
     network, source, classes = _prepared(model, x, y, classes, batch_size)
+    with EnergyMeter() as meter:
+        modules = _decomposed(network, source, classes, options, backend, client, shards, batch_size, n_jobs,
+                              progress)
+    modules.info["energy"] = meter.result
+    return modules
+
+
+def _decomposed(network, source, classes, wanted, backend, client, shards, batch_size, n_jobs, progress):
+    """The pass, the modules from its statistics, and the thresholds' counting pass where they need one."""
+    started = time.perf_counter()
+    options = wanted.replace(activity_threshold=0.0, tangling_threshold=0.0, channel_threshold=None)
     if backend == "dask":
         from .cluster import gather_on_cluster
 
@@ -104,6 +114,7 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
     statistics_seconds = time.perf_counter() - started
     modules = build_modules(network, source.labels, classes, options, stats, correct)
     if wanted.thresholded:
+        thresholds = {name: getattr(wanted, name) for name in THRESHOLDS}
         modules = modules.thresholded(modules.activity_counts(source, batch_size=batch_size), **thresholds)
     modules.info.update(statistics_seconds=statistics_seconds, seconds=time.perf_counter() - started)
     return modules

@@ -429,6 +429,16 @@ class LayerKind:
         """
         raise NotImplementedError
 
+    def multiply_adds(self, layer):
+        """Multiply-accumulate operations of one forward pass of one input through ``layer`` (0 for
+        kinds without weights to multiply by; FLOPs are twice this).
+
+        Parameters
+        ----------
+        layer : Layer
+        """
+        return 0
+
     def zero_channels(self, layer, dead):
         """Zero the weights producing some output channels, in place (:attr:`prunes_channels` kinds).
 
@@ -623,6 +633,10 @@ class Conv2DKind(LayerKind):
     def dead_inputs(self, layer, dead_out, input_shapes, through_conv):
         return [_window_dead_inputs(layer, dead_out, input_shapes[0], groups=1, through_conv=through_conv)]
 
+    def multiply_adds(self, layer):
+        return _positions(layer) * sum(layer.weights[name].size for name in ("depthwise", "kernel")
+                                       if name in layer.weights)
+
     def zero_channels(self, layer, dead):
         layer.weights["kernel"][..., dead] = 0.0
         layer.weights["bias"][dead] = 0.0
@@ -663,6 +677,9 @@ class GroupedConv2DKind(LayerKind):
     folds_normalisation = True
     weight_names = ("kernel", "bias")
     config_keys = ("strides", "padding", "pads", "dilation", "groups", "depth_multiplier")
+
+    def multiply_adds(self, layer):
+        return _positions(layer) * layer.weights["kernel"].size
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         kernel = keras_layer.kernel.numpy().astype(np.float32)
@@ -848,6 +865,9 @@ class DenseKind(LayerKind):
     output_layer = True
     folds_normalisation = True
     weight_names = ("kernel", "bias")
+
+    def multiply_adds(self, layer):
+        return layer.weights["kernel"].size
 
     def check_config(self, layer, input_shapes):
         kernel, bias = layer.weights["kernel"], layer.weights["bias"]
@@ -1771,3 +1791,8 @@ def _check_window(layer, window, in_shape):
     oh, ow, pads = window_geometry(in_shape, window, c["strides"], c["padding"], c.get("pads"))
     _expect(oh >= 1 and ow >= 1, layer, "window", f"no larger than its input {tuple(in_shape[:2])}")
     _expect(tuple(c.get("pads", ())) == pads, layer, "pads", f"{pads}, as its padding gives")
+
+
+def _positions(layer):
+    """The output positions of a layer with a channel axis last."""
+    return int(np.prod(layer.shape[:-1]))

@@ -1,13 +1,29 @@
-"""How good and how small modules are: top-k accuracy, Jaccard indices, sizes (docs/method.md section 7)."""
+"""How good, how small and how independent modules are: the metrics of the modularization literature.
+
+Accuracy (top-k, per class precision/recall/F1, k-of-N reuse), size (node
+Jaccard index, kernel retention rate, parameter fraction, FLOPs),
+independence (coupling, cohesion, overlap) and cost (latency; energy in
+:mod:`fastdecomp.energy`). Each function's docstring gives its formula and
+the paper it comes from; masks are compared as packed bits by popcount
+(docs/method.md section 7).
+"""
 
 from __future__ import annotations
 
+import copy
+import itertools
+import math
+import time
+
 import numpy as np
 
+from .data import Subset, as_input_source
 from .errors import InputError
 from .pruning import dead_channels
 
-__all__ = ["topk_accuracy", "jaccard", "sizes", "JACCARD_KINDS"]
+__all__ = ["topk_accuracy", "jaccard", "sizes", "JACCARD_KINDS", "kernel_retention", "kernel_masks",
+           "parameter_fraction", "flops", "pairwise_jaccard", "coupling", "overlap", "cohesion",
+           "per_class_scores", "reuse_accuracy", "latency"]
 
 JACCARD_KINDS = ("nodes", "weights")
 
@@ -102,3 +118,409 @@ def sizes(modules, k):
         "parameters": modules.pruned(k).parameter_count(),
         "model_parameters": int(model_parameters),
     }
+
+
+def kernel_retention(modules, k):
+    """Kernel retention rate (KRR, MwT ICSE'24): the share of convolution kernels module ``k`` keeps.
+
+    A kernel is one output channel of a layer that owns channels (Conv2D,
+    SeparableConv2D): ``KRR = kept kernels / all kernels``, the mean of the
+    binary kernel mask.
+
+    Parameters
+    ----------
+    modules : ModuleSet
+    k : int
+
+    Returns
+    -------
+    dict
+        ``masked``: kernels whose output the masks keep at some position (what
+        a module run with masks uses); ``pruned``: kernels still present in the
+        physically pruned module (:meth:`ModuleSet.pruned`; a removed channel
+        stays, zeroed, where a layer that cannot drop it reads it).
+    """
+    network = modules.network
+    live = kernel_masks(modules)[modules.index(k)]
+    pruned = modules.pruned(k)
+    owners = [layer for layer in network.layers if layer.handler.prunes_channels]
+    present = sum(pruned.layers[network.layers.index(layer)].shape[-1] for layer in owners)
+    return {"masked": float(live.mean()) if live.size else 1.0,
+            "pruned": float(present / live.size) if live.size else 1.0}
+
+
+def kernel_masks(modules):
+    """bool ``[M, kernels]``: each module's kept convolution kernels (see :func:`kernel_retention`).
+
+    Parameters
+    ----------
+    modules : ModuleSet
+    """
+    network = modules.network
+    rows = []
+    for k in modules.classes:
+        masks = modules.masks(k, names="network")
+        rows.append(np.concatenate([~dead_channels(network, layer, masks) for layer in network.layers
+                                    if layer.handler.prunes_channels] or [np.zeros(0, bool)]))
+    return np.stack(rows)
+
+
+def parameter_fraction(modules, k):
+    """Module ``k``'s parameters over its model's (MODA; Incite's compression ratio is its inverse).
+
+    The module's parameters count its channeled head (``F x 2 + 2``) in place
+    of the output layer.
+
+    Parameters
+    ----------
+    modules : ModuleSet
+    k : int
+
+    Returns
+    -------
+    dict
+        ``masked``: parameters not zeroed by removing every channel the masks
+        remove everywhere, over the model's; ``pruned``: parameters of the
+        physically pruned module over the model's; ``compression_ratio``: the
+        model's parameters over the pruned module's.
+    """
+    network = modules.network
+    total = _model_parameters(network)
+    removed = _removable_per_kernel(network) @ (~kernel_masks(modules)[modules.index(k)]).astype(np.int64)
+    dense = network.by_name[network.output_dense]
+    head = sum(w.size for w in modules.head(k)) - sum(w.size for w in dense.weights.values())
+    pruned = modules.pruned(k).parameter_count()
+    return {"masked": float((total - removed + head) / total), "pruned": float(pruned / total),
+            "compression_ratio": float(total / pruned)}
+
+
+def flops(modules, k):
+    """Floating-point operations of one input through module ``k``, pruned, and through its model.
+
+    FLOPs are twice the multiply-accumulates of the layers with weights to
+    multiply by (convolutions and Dense layers, as SeaM and CNNSplitter count
+    them; :meth:`fastdecomp.layers.LayerKind.multiply_adds`), the channeled
+    head included.
+
+    Parameters
+    ----------
+    modules : ModuleSet
+    k : int
+
+    Returns
+    -------
+    dict
+        ``module``, ``model`` (int) and ``fraction``.
+    """
+    network = modules.network
+    pruned = modules.pruned(k)
+    module = sum(2 * layer.handler.multiply_adds(pruned.channeled(layer)) for layer in pruned.layers)
+    model = sum(2 * layer.handler.multiply_adds(layer) for layer in network.layers)
+    return {"module": int(module), "model": int(model), "fraction": float(module / model)}
+
+
+def pairwise_jaccard(masks):
+    """Jaccard index of every pair of rows of a boolean matrix, by popcount on packed bits.
+
+    Parameters
+    ----------
+    masks : numpy.ndarray
+        bool ``[M, units]`` (or a dict of ``[M, ...]`` arrays, concatenated).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``[M, M]``; 1 where both rows are empty.
+    """
+    if isinstance(masks, dict):
+        packed = np.concatenate([_packed(m.reshape(len(m), -1)) for m in masks.values()], axis=1)
+    else:
+        packed = _packed(np.asarray(masks, dtype=bool).reshape(len(masks), -1))
+    sizes = np.bitwise_count(packed).sum(axis=1, dtype=np.int64)
+    inter = np.empty((len(packed), len(packed)), dtype=np.int64)
+    for i in range(len(packed)):
+        inter[i] = np.bitwise_count(packed[i] & packed).sum(axis=1, dtype=np.int64)
+    union = sizes[:, None] + sizes[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def coupling(modules, *, unit="nodes"):
+    """Coupling (MwT): the mean Jaccard index of the masks of every pair of modules (lower: more independent).
+
+    ``coupling = 2 / (M (M - 1)) * sum over i < j of |m_i & m_j| / |m_i | m_j|``.
+
+    Parameters
+    ----------
+    modules : ModuleSet
+    unit : {"nodes", "kernels"}
+        Compare the node masks at every mask point, or the kernel masks of
+        :func:`kernel_retention` (MwT's unit).
+
+    Returns
+    -------
+    dict
+        ``mean`` (float; 0 for one module) and ``pairwise`` (``[M, M]``).
+    """
+    if unit not in ("nodes", "kernels"):
+        raise InputError(f"unit must be 'nodes' or 'kernels', got {unit!r}")
+    keep = {name: np.stack([modules.masks(k, names="network")[name] for k in modules.classes])
+            for name in modules.base_masks} if unit == "nodes" else kernel_masks(modules)
+    pairwise = pairwise_jaccard(keep)
+    return {"mean": _mean_off_diagonal(pairwise), "pairwise": pairwise}
+
+
+def overlap(modules):
+    """Overlap (MODA): the parameters two modules share, over the model's, averaged over every pair.
+
+    A parameter belongs to a module when the module keeps the kernel it
+    produces (:func:`kernel_masks`; parameters of layers that own no
+    channels belong to every module, and each module's channeled head to it
+    alone): ``overlap(i, j) = |P_i & P_j| / |P_model|``.
+
+    Parameters
+    ----------
+    modules : ModuleSet
+
+    Returns
+    -------
+    dict
+        ``mean`` and ``pairwise`` (``[M, M]``; the diagonal is each module's own share).
+    """
+    network = modules.network
+    live = kernel_masks(modules).astype(np.float64)
+    per_kernel = _removable_per_kernel(network).astype(np.float64)
+    dense = network.by_name[network.output_dense]
+    always = _model_parameters(network) - per_kernel.sum() - sum(w.size for w in dense.weights.values())
+    shared = (live * per_kernel) @ live.T + always
+    pairwise = shared / _model_parameters(network)
+    return {"mean": _mean_off_diagonal(pairwise), "pairwise": pairwise}
+
+
+def cohesion(modules, x, y=None, *, images_per_class=32, batch_size=256, seed=0):
+    """Cohesion (MwT): the mean Jaccard index of the activation masks of pairs of inputs of one class.
+
+    For class k, a sample of its inputs; each input's activation mask is the
+    set of nodes it activates at every mask point (``value > 0``);
+    ``cohesion_k`` is the mean Jaccard index over the sample's pairs.
+
+    Parameters
+    ----------
+    modules : ModuleSet
+    x : numpy.ndarray or DataSource
+        Labelled images (a test set).
+    y : numpy.ndarray, optional
+    images_per_class : int
+        Sample size per class, at least 2 (fewer where a class has fewer).
+    batch_size : int
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``mean`` and ``per_class`` (class -> float).
+    """
+    if isinstance(images_per_class, bool) or not isinstance(images_per_class, int) or images_per_class < 2:
+        raise InputError(f"images_per_class must be an integer >= 2 (a pair at least), got {images_per_class!r}")
+    source = _labelled(modules, x, y)
+    rng = np.random.default_rng(seed)
+    picks = {}
+    for k in modules.classes:
+        members = np.flatnonzero(source.labels == k)
+        if len(members) < 2:
+            raise InputError(f"cohesion needs at least 2 images of each class; class {k} has {len(members)}")
+        picks[k] = np.sort(rng.choice(members, min(images_per_class, len(members)), replace=False))
+    rows = np.concatenate(list(picks.values()))
+    packed = _activation_bits(modules, Subset(source, rows), batch_size)
+    per_class, start = {}, 0
+    for k, chosen in picks.items():
+        block = packed[start:start + len(chosen)]
+        per_class[int(k)] = _mean_off_diagonal(_packed_jaccard(block))
+        start += len(chosen)
+    return {"mean": float(np.mean(list(per_class.values()))), "per_class": per_class}
+
+
+def per_class_scores(labels, predicted, classes):
+    """Precision, recall and F1 of each class, from true and predicted labels.
+
+    Parameters
+    ----------
+    labels, predicted : numpy.ndarray
+        int ``[N]``.
+    classes : sequence of int
+
+    Returns
+    -------
+    dict
+        class -> ``{"precision", "recall", "f1", "support"}``; 0 where undefined.
+    """
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    out = {}
+    for c in classes:
+        tp = int(((predicted == c) & (labels == c)).sum())
+        predicted_c, support = int((predicted == c).sum()), int((labels == c).sum())
+        precision = tp / predicted_c if predicted_c else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[int(c)] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    return out
+
+
+def reuse_accuracy(modules, x, y=None, *, k=2, subsets=20, seed=0, batch_size=256, backend=None):
+    """Top-1 accuracy of compositions of ``k`` of the ``N`` modules, over sampled subsets.
+
+    Each subset of ``k`` classes is composed by voting and scored on the test
+    images of those classes; every module runs once over the images, so many
+    subsets cost one pass.
+
+    Parameters
+    ----------
+    modules : ModuleSet
+    x : numpy.ndarray or DataSource
+    y : numpy.ndarray, optional
+    k : int
+        Classes per composition, from 2 to N.
+    subsets : int
+        How many distinct subsets to sample (all of them where there are fewer).
+    seed : int
+    batch_size : int
+    backend : str or device, optional
+
+    Returns
+    -------
+    dict
+        ``k``, ``mean``, ``min``, ``max`` and ``subsets`` (a list of
+        ``{"classes", "top1", "images"}``).
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= len(modules):
+        raise InputError(f"k must be an integer from 2 to {len(modules)} (the modules), got {k!r}")
+    if isinstance(subsets, bool) or not isinstance(subsets, int) or subsets < 1:
+        raise InputError(f"subsets must be a positive integer, got {subsets!r}")
+    source = _labelled(modules, x, y)
+    rows = np.flatnonzero(np.isin(source.labels, modules.classes))
+    out = modules.predict_proba(Subset(source, rows), batch_size=batch_size, logits=True, backend=backend)
+    scores = out[:, :, 0] - out[:, :, 1]  # the margins a composition votes with
+    labels = source.labels[rows]
+    results = []
+    for chosen in _subsets(len(modules), k, subsets, seed):
+        classes = [modules.classes[i] for i in chosen]
+        inside = np.isin(labels, classes)
+        if not inside.any():
+            continue
+        top1 = topk_accuracy(scores[inside][:, chosen], labels[inside], classes, 1)
+        results.append({"classes": classes, "top1": top1, "images": int(inside.sum())})
+    values = [r["top1"] for r in results]
+    return {"k": k, "mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values)),
+            "subsets": results}
+
+
+def latency(target, x, *, batch_size=256, repeats=5, backend=None):
+    """Wall time of a module or composition on one image and on a batch (median of ``repeats``).
+
+    Parameters
+    ----------
+    target : Module, Composition or ModuleSet
+        Anything with ``predict_proba``.
+    x : numpy.ndarray
+        Images; the first ``batch_size`` are used.
+    batch_size : int
+    repeats : int
+    backend : str or device, optional
+
+    Returns
+    -------
+    dict
+        ``single_image_ms``, ``batch_ms``, ``images_per_second``, ``batch_size``.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise InputError(f"repeats must be a positive integer, got {repeats!r}")
+    batch = np.asarray(x[:batch_size])
+    if len(batch) == 0:
+        raise InputError("latency needs at least one image")
+    target.predict_proba(batch[:1], backend=backend)  # compile and warm up before timing
+
+    def median_seconds(images):
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            target.predict_proba(images, backend=backend)
+            times.append(time.perf_counter() - started)
+        return float(np.median(times))
+
+    single, whole = median_seconds(batch[:1]), median_seconds(batch)
+    return {"single_image_ms": 1e3 * single, "batch_ms": 1e3 * whole, "images_per_second": len(batch) / whole,
+            "batch_size": int(len(batch))}
+
+
+def _labelled(modules, x, y):
+    """A labelled source of test images whose classes include the modules'."""
+    if y is None and not hasattr(x, "labels"):
+        raise InputError("this metric needs labelled images: pass y with an array x, or a DataSource")
+    source = as_input_source(x, modules.network.input_shape, y)
+    missing = [k for k in modules.classes if not (source.labels == k).any()]
+    if missing:
+        raise InputError(f"the test images hold no image of classes {missing}, which these modules recognise; "
+                         "pass a test set of the modules' classes")
+    if source.labels.max(initial=0) >= modules.network.num_classes:
+        raise InputError(f"test labels go up to {source.labels.max()} but the modules' model has "
+                         f"{modules.network.num_classes} classes; is this the modules' data set?")
+    return source
+
+
+def _subsets(n, k, count, seed):
+    """Up to ``count`` distinct sorted k-subsets of range(n), every one when there are no more than ``count``."""
+    if math.comb(n, k) <= count:
+        return [list(c) for c in itertools.combinations(range(n), k)]
+    rng, seen = np.random.default_rng(seed), set()
+    while len(seen) < count:
+        seen.add(tuple(sorted(rng.choice(n, k, replace=False).tolist())))
+    return [list(c) for c in sorted(seen)]
+
+
+def _activation_bits(modules, source, batch_size):
+    """uint64 ``[N, words]``: each image's activation mask over every mask point, packed."""
+    blocks = []
+    for _, _, values, _ in modules.network.iter_mask_values(source, mask_at=modules.options.mask_at,
+                                                            batch_size=batch_size):
+        blocks.append(np.concatenate([_packed(v.reshape(len(v), -1) > 0) for v in values.values()], axis=1))
+    return np.concatenate(blocks)
+
+
+def _packed_jaccard(packed):
+    sizes = np.bitwise_count(packed).sum(axis=1, dtype=np.int64)
+    inter = np.stack([np.bitwise_count(row & packed).sum(axis=1, dtype=np.int64) for row in packed])
+    union = sizes[:, None] + sizes[None, :] - inter
+    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def _packed(bits):
+    """bool ``[M, n]`` -> uint64 ``[M, ceil(n / 64)]``, the padding bits 0."""
+    packed = np.packbits(bits, axis=1)
+    pad = (-packed.shape[1]) % 8
+    if pad:
+        packed = np.pad(packed, ((0, 0), (0, pad)))
+    return np.ascontiguousarray(packed).view(np.uint64)
+
+
+def _mean_off_diagonal(pairwise):
+    m = len(pairwise)
+    if m < 2:
+        return 0.0
+    return float((pairwise.sum() - np.trace(pairwise)) / (m * (m - 1)))
+
+
+def _model_parameters(network):
+    return int(sum(w.size for layer in network.layers for w in layer.weights.values()))
+
+
+def _removable_per_kernel(network):
+    """int64 ``[kernels]``: the parameters removing each kernel zeroes (its slice of the kernel, its bias)."""
+    counts = []
+    for layer in network.layers:
+        if layer.handler.prunes_channels:
+            ones = copy.copy(layer)
+            ones.weights = {key: np.ones_like(w) for key, w in layer.weights.items()}
+            ones.handler.zero_channels(ones, np.ones(layer.shape[-1], dtype=bool))
+            zeroed = sum(int((w == 0).sum()) for w in ones.weights.values())
+            counts.append(np.full(layer.shape[-1], zeroed // layer.shape[-1], dtype=np.int64))
+    return np.concatenate(counts) if counts else np.zeros(0, np.int64)
