@@ -69,6 +69,21 @@ class PartialStatistics:
                                  self.statistics.merged(other.statistics))
 
 
+def model_fingerprint(network):
+    """SHA-256 (hexadecimal) of a network's layers, their settings and weights.
+
+    Parameters
+    ----------
+    network : Network
+    """
+    hasher = hashlib.sha256()
+    for layer in network.layers:
+        hasher.update(f"{layer.name}|{layer.kind}|{layer.shape}|{sorted(layer.config.items())}".encode())
+        for key in sorted(layer.weights):
+            hasher.update(np.ascontiguousarray(layer.weights[key]).tobytes())
+    return hasher.hexdigest()
+
+
 def fingerprint(network, labels, classes, options):
     """Digest of what a pass's statistics depend on (not the backtracking, applied afterwards).
 
@@ -85,11 +100,7 @@ def fingerprint(network, labels, classes, options):
     str
         SHA-256, hexadecimal.
     """
-    hasher = hashlib.sha256()
-    for layer in network.layers:
-        hasher.update(f"{layer.name}|{layer.kind}|{layer.shape}|{sorted(layer.config.items())}".encode())
-        for key in sorted(layer.weights):
-            hasher.update(np.ascontiguousarray(layer.weights[key]).tobytes())
+    hasher = hashlib.sha256(model_fingerprint(network).encode())
     hasher.update(np.asarray(labels, dtype=np.int64).tobytes())
     hasher.update(repr((list(classes), options.mask_at, options.ti_ratio, options.concerned, options.seed)).encode())
     return hasher.hexdigest()

@@ -192,6 +192,27 @@ class ModuleSet:
         modules._paper = paper
         return modules
 
+    def report(self, test, y=None, **options):
+        """Every metric of these modules on ``test``, as one versioned JSON-ready dict (docs/report.md).
+
+        Parameters
+        ----------
+        test : numpy.ndarray or DataSource
+            Labelled test images of every class of the modules.
+        y : numpy.ndarray, optional
+            Labels, with an array ``test``.
+        **options
+            See :func:`fastdecomp.report.build_report` (``train=`` and
+            ``thresholds=`` add the size-vs-accuracy points).
+
+        Returns
+        -------
+        dict
+        """
+        from .report import build_report
+
+        return build_report(self, test, y, **options)
+
     def index(self, k):
         """Position of class ``k``'s module in :attr:`classes`."""
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or int(k) not in self.classes:
