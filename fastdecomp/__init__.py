@@ -9,7 +9,7 @@ whose modules compose (:func:`compose`), export to Keras and ONNX, and save
 (:func:`save`). Importing fastdecomp never needs TensorFlow, ONNX, CuPy or a GPU.
 """
 
-from . import backends, config, data, energy, engine, keras_io, layers, metrics, onnx_io, pruning, report, thresholds, zoo
+from . import backends, config, data, energy, engine, keras_io, layers, metrics, onnx_io, pruning, report, suite, thresholds, zoo
 from .backends import set_backend
 from .compose import Composition, compose
 from .decompose import DecompositionWarning, decompose
@@ -29,7 +29,7 @@ __all__ = [
     "decompose", "DecompositionWarning", "DecompositionOptions", "compose", "Composition", "Module", "ModuleSet", "from_keras", "from_onnx", "Network",
     "save", "load", "load_modules", "load_composition", "set_backend", "backends", "config", "data", "engine",
     "keras_io", "layers", "metrics", "onnx_io", "pruning", "gather_statistics", "merge_statistics",
-    "modules_from_statistics", "PartialStatistics", "energy", "report", "thresholds",
+    "modules_from_statistics", "PartialStatistics", "energy", "report", "suite", "thresholds",
     "zoo", "FastDecompError", "UnsupportedLayerError", "InputError", "ModelFileError", "DatasetNotFoundError",
     "BackendError", "ConfigError", "TargetError", "OutputExistsError", "SaveError", "__version__",
 ]

@@ -1,8 +1,9 @@
-"""The ``fastdecomp`` command: decompose, evaluate, demo."""
+"""The ``fastdecomp`` command: decompose, stats, merge, evaluate, report, bench, demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -57,14 +58,11 @@ def _check_output(path, overwrite):
 
 def _load_model(spec):
     from . import zoo
-    from .keras_io import load_keras_model
 
     if spec.endswith(".onnx"):
-        from .onnx_io import from_onnx
-
-        return from_onnx(spec)
+        return zoo.open_model(spec)
     with _native_logs_silenced():  # TensorFlow's C++ start-up lines would bury the one-line error
-        return zoo.load(spec[4:]) if spec.startswith("zoo:") else load_keras_model(spec)
+        return zoo.open_model(spec)
 
 
 @contextmanager
@@ -159,6 +157,48 @@ def build_parser():
     e.add_argument("--limit", type=int, help="use a stratified random subset of this many images")
     e.add_argument("--backend", help="where the modules run: cpu, auto, cuda (default: FASTDECOMP_BACKEND, else cpu)")
     e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--json", action="store_true",
+                   help="print the whole report (every metric, docs/report.md's schema) as JSON instead of a table")
+    _report_arguments(e)
+
+    r = sub.add_parser("report", help="write every metric of saved modules as a JSON report, and an HTML page",
+                       description="Score the modules in MODULES on TEST: accuracy per class, module size (KRR, "
+                                   "parameter fraction, FLOPs), coupling, cohesion, overlap, k-of-N reuse, latency "
+                                   "and the decomposition's cost; write one versioned JSON report (docs/report.md), "
+                                   "and with --html a self-contained page with its figures.")
+    r.add_argument("modules", help="a directory written by 'fastdecomp decompose'")
+    r.add_argument("data", help="test images: " + DATA_HELP)
+    r.add_argument("-o", "--out", required=True, help="the JSON report to write")
+    r.add_argument("--html", help="also write this HTML page (needs matplotlib: pip install 'fastdecomp[report]')")
+    r.add_argument("--figures", help="also save the page's figures as PNGs in this directory")
+    r.add_argument("--limit", type=int, help="use a stratified random subset of this many test images")
+    r.add_argument("--backend", help="where the modules run: cpu, auto, cuda")
+    r.add_argument("--batch-size", type=int, default=256)
+    r.add_argument("--overwrite", action="store_true", help="replace the output files if they exist")
+    _report_arguments(r)
+    r.add_argument("--train", help="the data the modules were decomposed from (as given to decompose), for the "
+                                   "size-vs-accuracy points of --thresholds: " + DATA_HELP)
+    r.add_argument("--train-limit", type=int, help="the --limit decompose was given")
+    r.add_argument("--thresholds", type=_thresholds, default=(),
+                   help="settings A[:T[:C]] to sweep, comma-separated: activity threshold A, tangling threshold "
+                        "T (default A), channel threshold C (default none); e.g. 0,0.02,0.05,0.1:0.1:0.5")
+
+    b = sub.add_parser("bench", help="run decomposition and every metric over a grid of models and options",
+                       description="For each model and each combination of --grid options, decompose TRAIN "
+                                   "and report on TEST; append one JSON line per run to OUT. Runs already in "
+                                   "OUT are skipped, so an interrupted suite resumes where it stopped. Runs "
+                                   "that differ only in backtracking or thresholds share one pass over TRAIN.")
+    b.add_argument("--models", required=True, type=lambda t: t.split(","), help="comma-separated: " + MODEL_HELP)
+    b.add_argument("--train", required=True, help="training images: " + DATA_HELP)
+    b.add_argument("--test", required=True, help="test images: " + DATA_HELP)
+    b.add_argument("--train-limit", type=int, help="a stratified subset of this many training images")
+    b.add_argument("--test-limit", type=int, help="a stratified subset of this many test images")
+    b.add_argument("--grid", action="append", default=[], type=_grid_axis, metavar="OPTION=V1,V2",
+                   help="an option and the values to run (repeat for more): " + ", ".join(DEFAULTS.names()))
+    b.add_argument("--out", required=True, help="the JSON-lines file to append to (created if missing)")
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--backend", help="where passes run: cpu, auto, cuda")
+    _report_arguments(b)
 
     m = sub.add_parser("demo", help="decompose the zoo ResNet-20 on Fashion-MNIST and print a table",
                        description="Decompose a zoo model on Fashion-MNIST with every variant and mask "
@@ -170,6 +210,67 @@ def build_parser():
     m.add_argument("--batch-size", type=int, default=256)
     m.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def _report_arguments(parser):
+    parser.add_argument("--reuse-k", type=int, default=2, help="classes per composition for k-of-N reuse (default 2)")
+    parser.add_argument("--reuse-subsets", type=int, default=20, help="subsets sampled for k-of-N reuse (default 20)")
+    parser.add_argument("--cohesion-images", type=int, default=16, help="test images per class for cohesion")
+    parser.add_argument("--metrics-seed", type=int, default=0, help="seed of the metrics' samples")
+
+
+def _report_options(args):
+    return dict(reuse_k=args.reuse_k, reuse_subsets=args.reuse_subsets, cohesion_images=args.cohesion_images,
+                seed=args.metrics_seed, batch_size=args.batch_size, backend=args.backend)
+
+
+def _thresholds(text):
+    settings = []
+    for item in text.split(","):
+        parts = item.split(":")
+        try:
+            if not 1 <= len(parts) <= 3:
+                raise ValueError
+            activity = float(parts[0])
+            tangling = float(parts[1]) if len(parts) > 1 else activity
+            channel = float(parts[2]) if len(parts) > 2 and parts[2] not in ("", "none") else None
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not A[:T[:C]] (e.g. 0.05 or 0.1:0.1:0.5)") from None
+        settings.append((activity, tangling, channel))
+    return settings
+
+
+def _grid_axis(text):
+    name, _, values = text.partition("=")
+    if name.replace("-", "_") not in DEFAULTS.names() or not values:
+        raise argparse.ArgumentTypeError(f"{text!r} is not OPTION=V1,V2 with OPTION one of {DEFAULTS.names()}")
+    return name.replace("-", "_"), [_option_value(v) for v in values.split(",")]
+
+
+def _option_value(text):
+    if text in ("none", "None"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _check_file_output(path, overwrite):
+    """Refuse, before any work, an output file that exists (without --overwrite) or could not be written."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise FastDecompError(f"{path} is a directory; give a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise FastDecompError(f"{path} exists; pass --overwrite or choose another name")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FastDecompError(f"cannot write {path}: {parent} is not writable; choose another place")
 
 
 def _shard(text):
@@ -250,6 +351,9 @@ def cmd_evaluate(args):
 
     modules = load_modules(args.modules)
     source = data.open_data(args.data, args.limit)
+    if args.json:
+        print(json.dumps(modules.report(source, **_report_options(args)), indent=1))
+        return 0
     scores = compose(modules).evaluate(source, batch_size=args.batch_size, backend=args.backend)
     print(f"{'module':>6} {'kept nodes':>10} {'JI nodes':>9} {'JI weights*':>11} {'params':>9}")
     for k in modules.classes:
@@ -260,6 +364,40 @@ def cmd_evaluate(args):
     print(f"\nmodel    top-1 {scores['model_top1']:.2%}  top-5 {scores['model_top5']:.2%}")
     print(f"composed top-1 {scores['top1']:.2%}  top-5 {scores['top5']:.2%}  "
           f"({scores['num_images']} images)")
+    return 0
+
+
+def cmd_report(args):
+    from .report import write_html, write_report
+    from .saving import load_modules
+
+    for path in (args.out, args.html):
+        _check_file_output(path, args.overwrite)
+    if args.thresholds and args.train is None:
+        raise InputError("--thresholds needs --train, the data the modules were decomposed from")
+    if args.html:
+        from .report import _pyplot
+
+        _pyplot()  # matplotlib is there, before any work
+    modules = load_modules(args.modules)
+    source = data.open_data(args.data, args.limit)
+    train = data.open_data(args.train, args.train_limit) if args.train else None
+    report = modules.report(source, train=train, thresholds=args.thresholds, **_report_options(args))
+    write_report(report, args.out)
+    print(f"report of {len(modules)} modules on {report['data']['test_images']} images written to {args.out}")
+    if args.html:
+        write_html(report, args.html, figures=args.figures)
+        print(f"page written to {args.html}")
+    return 0
+
+
+def cmd_bench(args):
+    from .suite import run_suite
+
+    done, ran = run_suite(args.models, args.train, args.test, dict(args.grid), args.out,
+                          train_limit=args.train_limit, test_limit=args.test_limit, report=_report_options(args),
+                          log=print)
+    print(f"{ran} runs written to {args.out}, {done} already there")
     return 0
 
 
@@ -310,7 +448,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     handler = {"decompose": cmd_decompose, "stats": cmd_stats, "merge": cmd_merge, "evaluate": cmd_evaluate,
-               "demo": cmd_demo}[args.command]
+               "report": cmd_report, "bench": cmd_bench, "demo": cmd_demo}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

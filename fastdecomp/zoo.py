@@ -154,3 +154,25 @@ def load(name):
     from .keras_io import load_keras_model
 
     return load_keras_model(MODELS_DIR / f"{name}.keras")
+
+
+def open_model(spec):
+    """A model from a command-line style spec: ``zoo:NAME``, a ``.onnx`` file, or a ``.keras``/``.h5`` file.
+
+    Parameters
+    ----------
+    spec : str
+
+    Returns
+    -------
+    keras.Model or Network
+    """
+    if spec.startswith("zoo:"):
+        return load(spec[4:])
+    if spec.endswith(".onnx"):
+        from .onnx_io import from_onnx
+
+        return from_onnx(spec)
+    from .keras_io import load_keras_model
+
+    return load_keras_model(spec)

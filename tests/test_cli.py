@@ -114,7 +114,9 @@ OPTIONS = [("--mask-at", "conv", "mask_at", "conv"), ("--backtrack", "none", "ba
            ("--delta", "0.02", "delta", 0.02), ("--bln-rule", "prose", "bln_rule", "prose"),
            ("--ti-ratio", "0.3", "ti_ratio", 0.3), ("--concerned", "all", "concerned", "all"),
            ("--seed", "7", "seed", 7), ("--classes", "0,2", "classes", [0, 2]), ("--limit", "30", None, None),
-           ("--batch-size", "5", None, None)]
+           ("--batch-size", "5", None, None), ("--activity-threshold", "0.3", "activity_threshold", 0.3),
+           ("--tangling-threshold", "0.3", "tangling_threshold", 0.3),
+           ("--channel-threshold", "0.5", "channel_threshold", 0.5)]
 
 
 def _same(a, b):
