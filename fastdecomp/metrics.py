@@ -23,7 +23,7 @@ from .pruning import dead_channels
 
 __all__ = ["topk_accuracy", "jaccard", "sizes", "JACCARD_KINDS", "kernel_retention", "kernel_masks",
            "parameter_fraction", "flops", "pairwise_jaccard", "coupling", "overlap", "cohesion",
-           "per_class_scores", "reuse_accuracy", "latency"]
+           "per_class_scores", "reuse_accuracy", "latency", "composed_margins"]
 
 JACCARD_KINDS = ("nodes", "weights")
 
@@ -398,8 +398,7 @@ def reuse_accuracy(modules, x, y=None, *, k=2, subsets=20, seed=0, batch_size=25
         raise InputError(f"subsets must be a positive integer, got {subsets!r}")
     source = _labelled(modules, x, y)
     rows = np.flatnonzero(np.isin(source.labels, modules.classes))
-    out = modules.predict_proba(Subset(source, rows), batch_size=batch_size, logits=True, backend=backend)
-    scores = out[:, :, 0] - out[:, :, 1]  # the margins a composition votes with
+    scores = composed_margins(modules, Subset(source, rows), batch_size=batch_size, backend=backend)
     labels = source.labels[rows]
     results = []
     for chosen in _subsets(len(modules), k, subsets, seed):
@@ -412,6 +411,20 @@ def reuse_accuracy(modules, x, y=None, *, k=2, subsets=20, seed=0, batch_size=25
     values = [r["top1"] for r in results]
     return {"k": k, "mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values)),
             "subsets": results}
+
+
+def composed_margins(modules, x, *, batch_size=256, backend=None):
+    """``[N, M]``: each module's logit margin, as a composition of every module votes with them.
+
+    Parameters
+    ----------
+    modules : ModuleSet
+    x : numpy.ndarray or DataSource
+    batch_size : int
+    backend : str or device, optional
+    """
+    out = modules.predict_proba(x, batch_size=batch_size, logits=True, backend=backend)
+    return out[:, :, 0] - out[:, :, 1]
 
 
 def latency(target, x, *, batch_size=256, repeats=5, backend=None):

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from . import metrics
+from .data import Subset
 from .errors import FastDecompError, InputError
 from .storage import atomic_file
 
@@ -256,7 +257,7 @@ def build_report(modules, test, y=None, *, train=None, thresholds=(), reuse_k=2,
         "cost": {"decomposition": _decomposition_cost(modules.info),
                  "latency_module": metrics.latency(modules.module(modules.classes[0]), images,
                                                    batch_size=latency_batch, backend=backend),
-                 "latency_composition": metrics.latency(_composition(modules), images, batch_size=latency_batch,
+                 "latency_composition": metrics.latency(modules, images, batch_size=latency_batch,
                                                         backend=backend)},
         "size_accuracy": size_accuracy(modules, train, source, thresholds, batch_size, backend) if thresholds else [],
     }
@@ -293,7 +294,9 @@ def size_accuracy(modules, train, test, thresholds, batch_size=256, backend=None
                                       channel_threshold=channel)
         sizes = [(metrics.kernel_retention(smaller, k)["pruned"], metrics.parameter_fraction(smaller, k)["pruned"])
                  for k in smaller.classes]
-        top1 = _composition(smaller).evaluate(test, batch_size=batch_size, backend=backend)["top1"]
+        rows = np.flatnonzero(np.isin(test.labels, smaller.classes))
+        margins = metrics.composed_margins(smaller, Subset(test, rows), batch_size=batch_size, backend=backend)
+        top1 = metrics.topk_accuracy(margins, test.labels[rows], smaller.classes, 1)
         points.append({"activity_threshold": activity, "tangling_threshold": tangling, "channel_threshold": channel,
                        "krr_pruned": float(np.mean([s[0] for s in sizes])),
                        "parameter_fraction_pruned": float(np.mean([s[1] for s in sizes])), "composed_top1": top1})
@@ -371,12 +374,9 @@ def _machine():
 
 
 def _accuracy(modules, source, rows, batch_size, backend):
-    from .data import Subset
-
     subset = Subset(source, rows)
     labels = subset.labels
-    composition = _composition(modules)
-    composed = composition.decision_function(subset, batch_size=batch_size, backend=backend)
+    composed = metrics.composed_margins(modules, subset, batch_size=batch_size, backend=backend)
     model = modules.network.predict_proba(subset, batch_size=batch_size, backend=backend)
     classes = np.asarray(modules.classes)
     every = np.arange(modules.network.num_classes)
@@ -401,12 +401,6 @@ def _module_entry(modules, k):
             "krr_masked": krr["masked"], "krr_pruned": krr["pruned"],
             "parameter_fraction_masked": fraction["masked"], "parameter_fraction_pruned": fraction["pruned"],
             "parameters": sizes["parameters"], "flops": flops["module"], "flops_fraction": flops["fraction"]}
-
-
-def _composition(modules):
-    from .compose import compose
-
-    return compose(modules)
 
 
 def _decomposition_cost(info):

@@ -11,7 +11,7 @@ import pytest
 
 import fastdecomp as fd
 from fastdecomp import cli, metrics
-from fastdecomp.report import (SCHEMA, ReportError, check_report, read_report, schema_fields, write_html,
+from fastdecomp.report import (ReportError, check_report, read_report, schema_fields, write_html,
                                write_report)
 from fastdecomp.suite import read_runs, run_suite
 
