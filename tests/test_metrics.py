@@ -216,3 +216,26 @@ def test_energy_is_estimated_where_rapl_cannot_be_read(tmp_path):
 def test_decompose_records_its_energy(trained):
     energy = trained[0].info["energy"]
     assert energy["seconds"] > 0 and energy["joules"] > 0 and "source" in energy
+
+
+def test_multiply_adds_of_every_weighted_kind_follow_keras():
+    import keras
+
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, activation="relu")(x)
+    x = keras.layers.SeparableConv2D(6, 3, padding="same", depth_multiplier=2, activation="relu")(x)
+    x = keras.layers.Conv2D(4, 1, groups=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(5, activation="relu")(x)
+    outputs = keras.layers.Dense(3, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    expected = 0
+    for layer in model.layers:
+        positions = int(np.prod(layer.output.shape[1:-1])) if len(layer.output.shape) == 4 else 1
+        if isinstance(layer, keras.layers.SeparableConv2D):
+            expected += positions * (layer.depthwise_kernel.numpy().size + layer.pointwise_kernel.numpy().size)
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)):
+            expected += positions * layer.kernel.numpy().size
+    network = fd.from_keras(model)
+    assert sum(layer.handler.multiply_adds(layer) for layer in network.layers) == expected
