@@ -51,12 +51,16 @@ def sweep(name, train, test, settings, batch_size):
                                     channel_threshold=channel)
         margins = metrics.composed_margins(modules, Subset(test, rows), batch_size=batch_size)
         top1 = metrics.topk_accuracy(margins, test.labels[rows], modules.classes, 1)
-        krr = np.mean([metrics.kernel_retention(modules, k)["pruned"] for k in modules.classes])
+        retention = [metrics.kernel_retention(modules, k) for k in modules.classes]
+        krr = np.mean([r["pruned"] for r in retention])
+        krr_masked = np.mean([r["masked"] for r in retention])
         fraction = np.mean([metrics.parameter_fraction(modules, k)["pruned"] for k in modules.classes])
         kept = np.mean([metrics.jaccard(modules, k) for k in modules.classes])
         points.append({"activity": activity, "tangling": tangling, "channel": channel, "top1": top1,
-                       "krr": float(krr), "parameters": float(fraction), "nodes": float(kept)})
-        print(f"{name} a=t={activity:<5} c={channel}: top-1 {top1:.2%}, KRR {krr:.3f}, params {fraction:.3f}, "
+                       "krr": float(krr), "krr_masked": float(krr_masked), "parameters": float(fraction),
+                       "nodes": float(kept)})
+        print(f"{name} a=t={activity:<5} c={channel}: top-1 {top1:.2%}, KRR {krr:.3f} (masked {krr_masked:.3f}), "
+              f"params {fraction:.3f}, "
               f"nodes {kept:.3f}", flush=True)
     probabilities = paper.network.predict_proba(Subset(test, rows), batch_size=batch_size)
     model_top1 = metrics.topk_accuracy(probabilities, test.labels[rows], np.arange(paper.network.num_classes), 1)
@@ -77,11 +81,12 @@ def write(results, args):
         lines += [f"## {result['model']} (model top-1 {result['model_top1']:.2%}; decomposition "
                   f"{result['decompose_seconds']:.1f} s, activity counts per {result['level']} "
                   f"{result['count_seconds']:.1f} s)", "",
-                  "| a=t | c | composed top-1 | loss (points) | KRR (pruned) | parameters (pruned) | nodes kept |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| a=t | c | composed top-1 | loss (points) | KRR (pruned) | KRR (masked) | parameters (pruned) "
+                  "| nodes kept |", "|---|---|---|---|---|---|---|---|"]
         for p in result["points"]:
             lines.append(f"| {p['activity']} | {p['channel'] or '-'} | {p['top1']:.2%} | "
-                         f"{100 * (result['model_top1'] - p['top1']):.2f} | {p['krr']:.3f} | {p['parameters']:.3f} "
+                         f"{100 * (result['model_top1'] - p['top1']):.2f} | {p['krr']:.3f} | {p['krr_masked']:.3f} | "
+                         f"{p['parameters']:.3f} "
                          f"| {p['nodes']:.3f} |")
         lines.append("")
     (RESULTS / "size_accuracy.md").write_text("\n".join(lines))

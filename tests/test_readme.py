@@ -23,3 +23,10 @@ def test_reuse_example_runs(tmp_path, monkeypatch, capsys):
     assert printed.count("'top1'") == 4
     assert "[0, 1, 2, 3, 4, 5, 7, 8, 9]" in printed
     assert (tmp_path / "composition" / "composition.json").is_file()
+
+
+def test_metrics_example_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(python_block("### Metrics, reports and module size"), "README.md", "exec"), {})
+    assert (tmp_path / "report.json").is_file() and (tmp_path / "report.html").is_file()
+    assert "'masked'" in capsys.readouterr().out
