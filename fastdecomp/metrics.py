@@ -23,7 +23,7 @@ from .pruning import dead_channels
 
 __all__ = ["topk_accuracy", "jaccard", "sizes", "JACCARD_KINDS", "kernel_retention", "kernel_masks",
            "parameter_fraction", "flops", "pairwise_jaccard", "coupling", "overlap", "cohesion",
-           "per_class_scores", "reuse_accuracy", "latency", "composed_margins"]
+           "per_class_scores", "composition_scores", "reuse_accuracy", "latency", "composed_margins"]
 
 JACCARD_KINDS = ("nodes", "weights")
 
@@ -363,6 +363,49 @@ def per_class_scores(labels, predicted, classes):
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         out[int(c)] = {"precision": precision, "recall": recall, "f1": f1, "support": support}
+    return out
+
+
+def composition_scores(composition, x, y=None, *, target=None, batch_size=256, backend=None):
+    """Accuracy of a composition overall, per class, and around one patched class.
+
+    The replacement protocol (a weak model's module replaced by a strong
+    model's) reads the target class's precision, recall and F1, and the
+    accuracy on the other classes' images, before and after the patch.
+
+    Parameters
+    ----------
+    composition : Composition
+    x : numpy.ndarray or DataSource
+        Labelled images; those of the composition's labels are scored.
+    y : numpy.ndarray, optional
+    target : int, optional
+        The patched class.
+    batch_size : int
+    backend : str or device, optional
+
+    Returns
+    -------
+    dict
+        ``top1``, ``per_class`` (see :func:`per_class_scores`), ``images``;
+        with ``target``: ``target`` (its scores) and ``others_top1``.
+    """
+    if y is None and not hasattr(x, "labels"):
+        raise InputError("composition scores need labelled images: pass y with an array x, or a DataSource")
+    source = as_input_source(x, composition.input_shape, y)
+    if target is not None and target not in composition.labels:
+        raise InputError(f"target {target!r} is not a label of the composition ({composition.labels})")
+    rows = np.flatnonzero(np.isin(source.labels, composition.labels))
+    if len(rows) == 0:
+        raise InputError(f"no image has a label among the composition's {composition.labels}")
+    labels = source.labels[rows]
+    predicted = composition.predict(Subset(source, rows), batch_size=batch_size, backend=backend)
+    out = {"top1": float((predicted == labels).mean()), "images": int(len(rows)),
+           "per_class": per_class_scores(labels, predicted, composition.labels)}
+    if target is not None:
+        others = labels != target
+        out["target"] = out["per_class"][int(target)]
+        out["others_top1"] = float((predicted[others] == labels[others]).mean()) if others.any() else 0.0
     return out
 
 

@@ -184,7 +184,8 @@ class ModuleSet:
             counts = self.activity_counts(counts, y)
         paper = self if not self.options.thresholded else self._paper
         if paper is None:
-            raise InputError("these modules were thresholded and saved; threshold the set decompose() returned")
+            raise InputError("these modules are thresholded and the paper's masks they came from are not at hand "
+                             "(they were saved, or updated, since): threshold the set decompose() returned")
         base_keep = thresholded_keep(paper, counts, options)
         info = dict(self.info, activity_counts=counts.level)
         modules = assemble(self.network, self.classes, options, base_keep, self.samples(), info,

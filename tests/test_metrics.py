@@ -239,3 +239,20 @@ def test_multiply_adds_of_every_weighted_kind_follow_keras():
             expected += positions * layer.kernel.numpy().size
     network = fd.from_keras(model)
     assert sum(layer.handler.multiply_adds(layer) for layer in network.layers) == expected
+
+
+def test_patching_the_faulty_models_module_scores_the_target_and_the_others(trained, test_set):
+    strong = trained[0]
+    train = fd.data.stratified_subset(fd.data.fashion_mnist("train"), 600, seed=1)
+    weak = fd.decompose(fd.zoo.load("resnet20-fmnist-faulty"), train, concerned="all", progress=False)
+    before = metrics.composition_scores(fd.compose(weak), test_set, target=7)
+    patched = fd.compose(weak).replace(7, strong.module(7))
+    after = metrics.composition_scores(patched, test_set, target=7)
+    predicted = patched.predict(test_set)
+    labels = test_set.labels
+    assert after["target"]["recall"] == ((predicted == 7) & (labels == 7)).sum() / (labels == 7).sum()
+    assert after["others_top1"] == (predicted[labels != 7] == labels[labels != 7]).mean()
+    assert after["top1"] == patched.evaluate(test_set)["top1"]
+    assert after["target"]["f1"] > before["target"]["f1"] + 0.3  # the faulty model hardly knows class 7
+    with pytest.raises(InputError, match="target 11 is not a label"):
+        metrics.composition_scores(patched, test_set, target=11)

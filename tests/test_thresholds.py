@@ -110,7 +110,7 @@ def test_thresholded_modules_save_and_load_with_their_options(resnet_case, tmp_p
     assert loaded.options == modules.options
     for name, mask in modules.base_masks.items():
         np.testing.assert_array_equal(loaded.base_masks[name], mask)
-    with pytest.raises(InputError, match="threshold the set decompose"):
+    with pytest.raises(InputError, match=r"threshold the set decompose\(\) returned"):
         loaded.thresholded(x, y, activity_threshold=0.1)
 
 
