@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bench_metrics.py                  # 2000 training, 1000 test images
+    python bench/bench_metrics.py                  # 2000 training, 400 test images (2 per class)
     python bench/bench_metrics.py --images 1000
 
 Decomposes a seeded ResNet-56 (200 classes) on synthetic Tiny-ImageNet-shaped
@@ -33,6 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def timed(fn):
     started = time.perf_counter()
     result = fn()
+    print(f"{time.perf_counter() - started:8.2f} s", flush=True)
     return result, time.perf_counter() - started
 
 
@@ -50,11 +51,13 @@ def pair_loop_seconds(modules, pairs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--test-images", type=int, default=1000)
+    parser.add_argument("--test-images", type=int, default=400)
     args = parser.parse_args()
     model = fd.zoo.resnet_v1(56, (64, 64, 3), 200, seed=1)
     train = fd.data.SyntheticTinyImageNet(args.images, seed=1)
-    test = fd.data.SyntheticTinyImageNet(args.test_images, seed=2)
+    pool = fd.data.SyntheticTinyImageNet(8 * args.test_images, seed=2)
+    each = args.test_images // 200
+    test = fd.data.Subset(pool, np.sort(np.concatenate([np.flatnonzero(pool.labels == c)[:each] for c in range(200)])))
     rows = []
     modules, seconds = timed(lambda: fd.decompose(model, train, concerned="all", progress=False))
     nodes = sum(int(np.prod(m.shape[1:])) for m in modules.base_masks.values())
@@ -76,8 +79,8 @@ def main():
     rows.append(("activity counts (second pass)", seconds, f"counted per {counts.level}"))
     smaller, seconds = timed(lambda: modules.thresholded(counts, activity_threshold=0.1, tangling_threshold=0.1))
     rows.append(("thresholded modules from the counts", seconds, ""))
-    report, seconds = timed(lambda: modules.report(test, reuse_subsets=20, cohesion_images=2))
-    rows.append(("the whole report (1000 test images)", seconds,
+    report, seconds = timed(lambda: modules.report(test, reuse_subsets=20, cohesion_images=each))
+    rows.append((f"the whole report ({args.test_images} test images)", seconds,
                  f"coupling {report['independence']['coupling_nodes']:.4f}, cohesion "
                  f"{report['independence']['cohesion']:.4f}"))
     from machine import header

@@ -23,7 +23,7 @@ from .pruning import dead_channels
 
 __all__ = ["topk_accuracy", "jaccard", "sizes", "JACCARD_KINDS", "kernel_retention", "kernel_masks",
            "parameter_fraction", "flops", "pairwise_jaccard", "coupling", "overlap", "cohesion",
-           "per_class_scores", "composition_scores", "reuse_accuracy", "latency", "composed_margins"]
+           "per_class_scores", "composition_scores", "reuse_accuracy", "reuse_from_margins", "latency", "composed_margins"]
 
 JACCARD_KINDS = ("nodes", "weights")
 
@@ -141,7 +141,7 @@ def kernel_retention(modules, k):
         stays, zeroed, where a layer that cannot drop it reads it).
     """
     network = modules.network
-    live = kernel_masks(modules)[modules.index(k)]
+    live = _kernel_mask(modules, k)
     pruned = modules.pruned(k)
     owners = [layer for layer in network.layers if layer.handler.prunes_channels]
     present = sum(pruned.layers[network.layers.index(layer)].shape[-1] for layer in owners)
@@ -156,13 +156,14 @@ def kernel_masks(modules):
     ----------
     modules : ModuleSet
     """
+    return np.stack([_kernel_mask(modules, k) for k in modules.classes])
+
+
+def _kernel_mask(modules, k):
     network = modules.network
-    rows = []
-    for k in modules.classes:
-        masks = modules.masks(k, names="network")
-        rows.append(np.concatenate([~dead_channels(network, layer, masks) for layer in network.layers
-                                    if layer.handler.prunes_channels] or [np.zeros(0, bool)]))
-    return np.stack(rows)
+    masks = modules.masks(k, names="network")
+    return np.concatenate([~dead_channels(network, layer, masks) for layer in network.layers
+                           if layer.handler.prunes_channels] or [np.zeros(0, bool)])
 
 
 def parameter_fraction(modules, k):
@@ -186,7 +187,7 @@ def parameter_fraction(modules, k):
     """
     network = modules.network
     total = _model_parameters(network)
-    removed = _removable_per_kernel(network) @ (~kernel_masks(modules)[modules.index(k)]).astype(np.int64)
+    removed = _removable_per_kernel(network) @ (~_kernel_mask(modules, k)).astype(np.int64)
     dense = network.by_name[network.output_dense]
     head = sum(w.size for w in modules.head(k)) - sum(w.size for w in dense.weights.values())
     pruned = modules.pruned(k).parameter_count()
@@ -422,7 +423,7 @@ def reuse_accuracy(modules, x, y=None, *, k=2, subsets=20, seed=0, batch_size=25
     x : numpy.ndarray or DataSource
     y : numpy.ndarray, optional
     k : int
-        Classes per composition, from 2 to N.
+        Classes per composition, from 1 (a module alone votes for its class) to N.
     subsets : int
         How many distinct subsets to sample (all of them where there are fewer).
     seed : int
@@ -435,21 +436,38 @@ def reuse_accuracy(modules, x, y=None, *, k=2, subsets=20, seed=0, batch_size=25
         ``k``, ``mean``, ``min``, ``max`` and ``subsets`` (a list of
         ``{"classes", "top1", "images"}``).
     """
-    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= len(modules):
-        raise InputError(f"k must be an integer from 2 to {len(modules)} (the modules), got {k!r}")
-    if isinstance(subsets, bool) or not isinstance(subsets, int) or subsets < 1:
-        raise InputError(f"subsets must be a positive integer, got {subsets!r}")
+    _check_reuse(k, subsets, len(modules))
     source = _labelled(modules, x, y)
     rows = np.flatnonzero(np.isin(source.labels, modules.classes))
     scores = composed_margins(modules, Subset(source, rows), batch_size=batch_size, backend=backend)
-    labels = source.labels[rows]
+    return reuse_from_margins(modules, scores, source.labels[rows], k=k, subsets=subsets, seed=seed)
+
+
+def reuse_from_margins(modules, margins, labels, *, k=2, subsets=20, seed=0):
+    """:func:`reuse_accuracy` from margins already computed (:func:`composed_margins`).
+
+    Parameters
+    ----------
+    modules : ModuleSet
+    margins : numpy.ndarray
+        ``[N, M]``.
+    labels : numpy.ndarray
+        ``[N]``, each one of the modules' classes.
+    k, subsets, seed : int
+        See :func:`reuse_accuracy`.
+
+    Returns
+    -------
+    dict
+    """
+    _check_reuse(k, subsets, len(modules))
     results = []
     for chosen in _subsets(len(modules), k, subsets, seed):
         classes = [modules.classes[i] for i in chosen]
         inside = np.isin(labels, classes)
         if not inside.any():
             continue
-        top1 = topk_accuracy(scores[inside][:, chosen], labels[inside], classes, 1)
+        top1 = topk_accuracy(margins[inside][:, chosen], labels[inside], classes, 1)
         results.append({"classes": classes, "top1": top1, "images": int(inside.sum())})
     values = [r["top1"] for r in results]
     return {"k": k, "mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values)),
@@ -521,6 +539,13 @@ def _labelled(modules, x, y):
         raise InputError(f"test labels go up to {source.labels.max()} but the modules' model has "
                          f"{modules.network.num_classes} classes; is this the modules' data set?")
     return source
+
+
+def _check_reuse(k, subsets, num_modules):
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_modules:
+        raise InputError(f"k must be an integer from 1 to {num_modules} (the modules), got {k!r}")
+    if isinstance(subsets, bool) or not isinstance(subsets, int) or subsets < 1:
+        raise InputError(f"subsets must be a positive integer, got {subsets!r}")
 
 
 def _subsets(n, k, count, seed):

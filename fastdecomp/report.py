@@ -50,6 +50,7 @@ SCHEMA = {
     },
     "options": ("object", "the DecompositionOptions, every field"),
     "seed": (_COUNT, "the decomposition's seed (options.seed)"),
+    "metrics_seed": (_COUNT, "the seed of the metrics' samples (reuse subsets, cohesion images)"),
     "classes": (["integer"], "the class of each module"),
     "environment": {
         "fastdecomp": (_TEXT, "library version"),
@@ -195,7 +196,7 @@ def _is(value, kind):
 
 
 def build_report(modules, test, y=None, *, train=None, thresholds=(), reuse_k=2, reuse_subsets=20,
-                 cohesion_images=16, latency_batch=64, batch_size=256, backend=None, seed=0):
+                 cohesion_images=16, latency_batch=32, batch_size=256, backend=None, seed=0):
     """Every metric of ``modules`` on ``test``, as one report of :data:`SCHEMA`.
 
     Parameters
@@ -215,6 +216,7 @@ def build_report(modules, test, y=None, *, train=None, thresholds=(), reuse_k=2,
     cohesion_images : int
         Test images per class for cohesion (at least 2).
     latency_batch : int
+        Images per batch the latency is timed on (median of 3 runs).
     batch_size : int
     backend : str or device, optional
     seed : int
@@ -228,13 +230,13 @@ def build_report(modules, test, y=None, *, train=None, thresholds=(), reuse_k=2,
     rows = np.flatnonzero(np.isin(source.labels, modules.classes))
     if thresholds and train is None:
         raise InputError("a size-accuracy sweep (thresholds=) needs train=, the data the modules were decomposed from")
-    accuracy = _accuracy(modules, source, rows, batch_size, backend)
+    accuracy, margins = _accuracy(modules, source, rows, batch_size, backend)
     per_module = [_module_entry(modules, k) for k in modules.classes]
     coupling_nodes = metrics.coupling(modules)
     overlap = metrics.overlap(modules)
     cohesion = metrics.cohesion(modules, source, images_per_class=cohesion_images, batch_size=batch_size, seed=seed)
-    reuse = metrics.reuse_accuracy(modules, source, k=min(reuse_k, len(modules)), subsets=reuse_subsets, seed=seed,
-                                   batch_size=batch_size, backend=backend)
+    reuse = metrics.reuse_from_margins(modules, margins, source.labels[rows], k=min(reuse_k, len(modules)),
+                                       subsets=reuse_subsets, seed=seed)
     images = source.read(rows[:latency_batch])
     network = modules.network
     report = {
@@ -243,7 +245,8 @@ def build_report(modules, test, y=None, *, train=None, thresholds=(), reuse_k=2,
         "model": {"name": network.name, "fingerprint": _model_fingerprint(network),
                   "num_classes": int(network.num_classes), "parameters": metrics._model_parameters(network),
                   "flops": metrics.flops(modules, modules.classes[0])["model"]},
-        "options": modules.options.to_dict(), "seed": modules.options.seed, "classes": list(modules.classes),
+        "options": modules.options.to_dict(), "seed": modules.options.seed, "metrics_seed": seed,
+        "classes": list(modules.classes),
         "environment": environment(),
         "data": {"test_images": int(len(rows)), "decomposition_images": modules.info.get("num_images")},
         "accuracy": accuracy, "modules": per_module,
@@ -256,8 +259,8 @@ def build_report(modules, test, y=None, *, train=None, thresholds=(), reuse_k=2,
         "reuse": reuse,
         "cost": {"decomposition": _decomposition_cost(modules.info),
                  "latency_module": metrics.latency(modules.module(modules.classes[0]), images,
-                                                   batch_size=latency_batch, backend=backend),
-                 "latency_composition": metrics.latency(modules, images, batch_size=latency_batch,
+                                                   batch_size=latency_batch, repeats=3, backend=backend),
+                 "latency_composition": metrics.latency(modules, images, batch_size=latency_batch, repeats=3,
                                                         backend=backend)},
         "size_accuracy": size_accuracy(modules, train, source, thresholds, batch_size, backend) if thresholds else [],
     }
@@ -389,7 +392,7 @@ def _accuracy(modules, source, rows, batch_size, backend):
     return {"model_top1": metrics.topk_accuracy(model, labels, every, 1),
             "model_top5": metrics.topk_accuracy(model, labels, every, 5),
             "composed_top1": metrics.topk_accuracy(composed, labels, classes, 1),
-            "composed_top5": metrics.topk_accuracy(composed, labels, classes, 5), "per_class": per_class}
+            "composed_top5": metrics.topk_accuracy(composed, labels, classes, 5), "per_class": per_class}, composed
 
 
 def _module_entry(modules, k):

@@ -165,7 +165,7 @@ def test_reuse_accuracy_of_each_subset_is_that_compositions_accuracy(trained, te
     assert reuse["min"] <= reuse["mean"] <= reuse["max"]
     every_pair = metrics.reuse_accuracy(modules, test_set, k=9, subsets=100)
     assert len(every_pair["subsets"]) == 10
-    with pytest.raises(InputError, match="k must be an integer from 2 to 10"):
+    with pytest.raises(InputError, match="k must be an integer from 1 to 10"):
         metrics.reuse_accuracy(modules, test_set, k=11)
 
 

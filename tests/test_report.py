@@ -170,3 +170,11 @@ def test_the_suite_writes_a_line_per_run_and_resumes_after_an_interruption(tmp_p
     with pytest.raises(fd.InputError, match="activity_threshold must be a fraction"):
         run_suite(["zoo:resnet20-fmnist"], "fashion-mnist:train", "fashion-mnist:test",
                   {"activity_threshold": [2]}, out)
+
+
+def test_a_set_of_one_module_reports_too(decomposed):
+    _, train, test = decomposed
+    one = fd.decompose(fd.zoo.load("resnet20-fmnist"), train, classes=[3], progress=False)
+    report = one.report(test, cohesion_images=2)
+    assert report["classes"] == [3] and report["reuse"]["k"] == 1 and report["independence"]["coupling_nodes"] == 0
+    assert report["accuracy"]["composed_top1"] == 1.0  # one module votes for its class on its class's images
