@@ -23,6 +23,10 @@ setting             environment variable      meaning
 ``fashion_mnist_dir`` ``FASHION_MNIST_DIR``   the Fashion-MNIST IDX files (``None``: the
                                               Debian package's folder)
 ``cxx``             ``CXX``                   the C++ compiler of the CUDA kernels' CPU emulator
+``gpu_spin``        ``FASTDECOMP_GPU_SPIN``   GPU clock cycles a kernel spins on the NULL stream
+                                              and on the upload's stream before each upload
+                                              (0: none). For testing: it makes a missing
+                                              stream wait a deterministic wrong result
 ==================  ========================  ==============================================
 
 Values are read once and kept; :func:`set` overrides one for the rest of the
@@ -49,6 +53,7 @@ DEFAULTS = {
     "backend": "cpu",
     "fashion_mnist_dir": None,
     "cxx": "g++",
+    "gpu_spin": 0,
 }
 
 ENVIRONMENT = {
@@ -59,6 +64,7 @@ ENVIRONMENT = {
     "backend": "FASTDECOMP_BACKEND",
     "fashion_mnist_dir": "FASHION_MNIST_DIR",
     "cxx": "CXX",
+    "gpu_spin": "FASTDECOMP_GPU_SPIN",
 }
 
 _values = {}
@@ -75,6 +81,17 @@ def _parse_jobs(text, variable):
     return value
 
 
+def _parse_cycles(text, variable):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{variable}={text!r} is not a number of GPU clock cycles: give 0 or more "
+                          "(e.g. 100000000, about 0.05 s), or unset it")
+    return value
+
+
 def _parse_tune(text, variable):
     words = {"on": True, "1": True, "true": True, "yes": True, "off": False, "0": False, "false": False, "no": False}
     if text.strip().lower() not in words:
@@ -85,7 +102,8 @@ def _parse_tune(text, variable):
 _PARSERS = {"jobs": _parse_jobs, "cache_dir": lambda text, variable: Path(text),
             "target_cpu": lambda text, variable: text.strip(),
             "tune": _parse_tune, "backend": lambda text, variable: text.strip(),
-            "fashion_mnist_dir": lambda text, variable: Path(text), "cxx": lambda text, variable: text.strip()}
+            "fashion_mnist_dir": lambda text, variable: Path(text), "cxx": lambda text, variable: text.strip(),
+            "gpu_spin": _parse_cycles}
 
 
 def get(name):
@@ -145,7 +163,7 @@ def _checked(name, value):
         raise ConfigError(f"unknown setting {name!r}; the settings are {sorted(DEFAULTS)}")
     kinds = {"jobs": (int, type(None)), "cache_dir": (str, os.PathLike, type(None)), "target_cpu": (str,),
              "tune": (bool,), "backend": (str,), "fashion_mnist_dir": (str, os.PathLike, type(None)),
-             "cxx": (str,)}[name]
+             "cxx": (str,), "gpu_spin": (int,)}[name]
     if not isinstance(value, kinds) or (name == "jobs" and value is not None and (isinstance(value, bool)
                                                                                    or value < 1)):
         raise ConfigError(f"setting {name}={value!r} is not valid: give {' or '.join(k.__name__ for k in kinds)}"

@@ -82,6 +82,12 @@ def to(device, *arrays):
     return [device.asarray(np.ascontiguousarray(a)) for a in arrays]
 
 
+def empty(device, shape, dtype):
+    """An uninitialised device array, made on the stream the kernels run on (as the library makes its own)."""
+    with device.compute():
+        return device.xp.empty(shape, dtype)
+
+
 rng = np.random.default_rng(0)
 
 
@@ -108,7 +114,7 @@ def test_conv2d_forward_twin(device, size, ci, co, k, stride, pads, rectify, res
     if cap is not None:
         assert (expected == np.float32(cap)).any() and (expected < cap).any()
     dx, dk, db = to(device, x, kernel, bias)
-    out = device.xp.empty(expected.shape, np.float32)
+    out = empty(device, expected.shape, np.float32)
     gpu.conv2d_forward(dx, dk, db, stride, stride, padding_total[0] // 2, padding_total[1] // 2, out,
                        rectify=rectify, residual=None if shortcut is None else to(device, shortcut)[0],
                        cap=cap, device=device)
@@ -121,7 +127,7 @@ def test_grouped_conv2d_forward_twin(device, groups, ci, co, stride, dilation):
     x, kernel, bias = floats(2, 9, 7, ci), floats(3, 3, ci // groups, co), floats(co)
     expected = np.empty((2, 5, 4, co), np.float32)
     cpu.grouped_conv2d_forward(x, kernel, bias, stride, stride, dilation, dilation, 1, 2, groups, expected)
-    out = device.xp.empty(expected.shape, np.float32)
+    out = empty(device, expected.shape, np.float32)
     gpu.grouped_conv2d_forward(*to(device, x, kernel, bias), stride, stride, dilation, dilation, 1, 2, groups, out,
                                device=device)
     np.testing.assert_array_equal(device.to_host(out), expected)
@@ -131,7 +137,7 @@ def test_dense_forward_twin(device):
     x, kernel, bias = floats(5, 37), floats(37, 9), floats(9)
     expected = np.empty((5, 9), np.float32)
     cpu.dense_forward(x, kernel, bias, expected)
-    out = device.xp.empty((5, 9), np.float32)
+    out = empty(device, (5, 9), np.float32)
     gpu.dense_forward(*to(device, x, kernel, bias), out, device=device)
     np.testing.assert_array_equal(device.to_host(out), expected)
 
@@ -141,7 +147,7 @@ def test_pool2d_forward_twin(device, is_max):
     x = floats(2, 7, 8, 3)
     expected = np.empty((2, 4, 4, 3), np.float32)
     cpu.pool2d_forward(x, 3, 2, 2, 2, 1, 0, is_max, expected)
-    out = device.xp.empty(expected.shape, np.float32)
+    out = empty(device, expected.shape, np.float32)
     gpu.pool2d_forward(*to(device, x), 3, 2, 2, 2, 1, 0, is_max, out, device=device)
     np.testing.assert_array_equal(device.to_host(out), expected)
 
@@ -150,7 +156,7 @@ def test_global_average_pool_forward_twin(device):
     x = floats(3, 5, 6, 7)
     expected = np.empty((3, 7), np.float32)
     cpu.global_average_pool_forward(x, expected)
-    out = device.xp.empty((3, 7), np.float32)
+    out = empty(device, (3, 7), np.float32)
     gpu.global_average_pool_forward(*to(device, x), out, device=device)
     np.testing.assert_array_equal(device.to_host(out), expected)
 
