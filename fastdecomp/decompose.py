@@ -80,6 +80,7 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
     started = time.perf_counter()
     options = DecompositionOptions(mask_at=mask_at, backtrack=backtrack, delta=delta, bln_rule=bln_rule,
                                    ti_ratio=ti_ratio, concerned=concerned, seed=seed)
+    device = None if backend == "dask" else backends.get(backend)  # a missing GPU is said before data is read
     network, source, classes = _prepared(model, x, y, classes, batch_size)
     if backend == "dask":
         from .cluster import gather_on_cluster
@@ -90,7 +91,7 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
     else:
         if client is not None or shards is not None:
             raise InputError("client= and shards= are for backend='dask'")
-        gathered = StatisticsPass(network, source, np.arange(len(source)), classes, options, backends.get(backend))
+        gathered = StatisticsPass(network, source, np.arange(len(source)), classes, options, device)
         stats, correct = gathered.run(batch_size, n_jobs, progress)
     statistics_seconds = time.perf_counter() - started
     modules = build_modules(network, source.labels, classes, options, stats, correct)

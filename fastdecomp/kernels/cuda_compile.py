@@ -44,7 +44,15 @@ _PARAM = re.compile(r"\.param\s+(?:\.align\s+\d+\s+)?\.(\w+)\s+\w+")
 
 
 class Compiled(NamedTuple):
-    """A compiled source: its cubin and the PTX it went through."""
+    """A compiled source: its cubin and the PTX it went through.
+
+    Parameters
+    ----------
+    cubin : bytes
+        Machine code for the architecture it was compiled for.
+    ptx : str
+        The PTX text (its ``.entry`` parameter lists check launches).
+    """
 
     cubin: bytes
     ptx: str

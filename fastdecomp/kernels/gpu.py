@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from functools import lru_cache, partial
+from functools import lru_cache, partial, wraps
 from pathlib import Path
 from typing import NamedTuple
 
@@ -72,7 +72,17 @@ def kernel_parameters(name, defines=(), ptx=None):
 
 
 class CompiledModule(NamedTuple):
-    """A source's kernels on one device: a launcher and the parameter list of each."""
+    """A source's kernels on one device.
+
+    Parameters
+    ----------
+    functions : dict
+        Kernel name -> launcher, called as ``(grid, block, args)``.
+    params : dict
+        Kernel name -> its :class:`launches.Parameter` list.
+    handle : object
+        What keeps the loaded code alive.
+    """
 
     functions: dict
     params: dict
@@ -468,10 +478,21 @@ def _probe(device_id):
 # forward (twins of direct_conv.conv2d_forward and cpu.*_forward)
 # --------------------------------------------------------------------------
 
+def _on_compute(kernel):
+    """Run a kernel's wrapper on the compute stream: its checks read the arguments there (``a.min()`` is
+    device work on CuPy), and what it allocates is freed in the order of the kernels using it."""
+    @wraps(kernel)
+    def on_compute(*args, device, **kwargs):
+        with device.compute():
+            return kernel(*args, device=device, **kwargs)
+    return on_compute
+
+
 def _scalars(*values, kind=np.int32):
     return [kind(v) for v in values]
 
 
+@_on_compute
 def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, residual=None,
                    activity=None, cap=None, *, device):
     """2-D convolution ``out = conv(x, kernel) + bias [+ residual]`` (NHWC input, HWIO kernel); see
@@ -499,6 +520,7 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
                    np.float32(0.0 if cap is None else cap), np.int32(cap is not None)])
 
 
+@_on_compute
 def grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, groups,
                            out, *, device):
     """Grouped, dilated 2-D convolution, summed as :func:`cpu.grouped_conv2d_forward` sums it.
@@ -521,6 +543,7 @@ def grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dila
                              pad_top, pad_left, oh, ow)])
 
 
+@_on_compute
 def dense_forward(x, kernel, bias, out, *, device):
     """``out = x @ kernel + bias``, each output summed in input order; see :func:`cpu.dense_forward`.
 
@@ -537,6 +560,7 @@ def dense_forward(x, kernel, bias, out, *, device):
                   [x, kernel, bias, out, np.int64(n), np.int64(f), np.int32(kernel.shape[1])])
 
 
+@_on_compute
 def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_max, out, *, device):
     """Max or average pooling; padding positions are excluded (as in Keras); see :func:`cpu.pool2d_forward`.
 
@@ -555,6 +579,7 @@ def pool2d_forward(x, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, is_
                    *_scalars(h, w, c, pool_h, pool_w, stride_h, stride_w, pad_top, pad_left, oh, ow, int(is_max))])
 
 
+@_on_compute
 def global_average_pool_forward(x, out, *, device):
     """Mean over height and width, summed in row-major order; see :func:`cpu.global_average_pool_forward`.
 
@@ -578,6 +603,7 @@ def _rank_define(first_rank):
     return (f"RANK_T={RANK_TYPES[np.dtype(first_rank.dtype)]}",)
 
 
+@_on_compute
 def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, active, first_rank, packed, *,
                         device):
     """Fold a batch's values at one mask point into per-class activity statistics.
@@ -604,6 +630,7 @@ def accumulate_activity(values, concerned_class, tangle_class, tangle_rank, acti
                    packed if keep_bits else active, np.int32(keep_bits)], _rank_define(first_rank))
 
 
+@_on_compute
 def accumulate_concerned(bits, concerned_class, active, *, device):
     """OR bit-packed activity ``bits [B, nbytes]`` into ``active[concerned_class[b]]`` (skipping -1);
     see :func:`cpu.accumulate_concerned`.
@@ -621,6 +648,7 @@ def accumulate_concerned(bits, concerned_class, active, *, device):
                   [bits, np.int64(n), np.int64(nbytes), concerned_class, active])
 
 
+@_on_compute
 def accumulate_packed_activity(bits, concerned_class, tangle_class, tangle_rank, active, first_rank, *, device):
     """:func:`accumulate_activity` from bit-packed activity ``bits [B, nbytes]`` instead of values; see
     :func:`fastdecomp.kernels.cpu.accumulate_packed_activity`. One thread per byte of packed nodes.
@@ -652,6 +680,7 @@ def module_reach(counts):
     return reach, most, words
 
 
+@_on_compute
 def tangling_keep(first_rank, counts, keep, *, device):
     """Add tangling identification to every module's kept nodes, in place; see
     :func:`fastdecomp.kernels.cpu.tangling_keep` (``keep`` is uint8 or bool
@@ -677,6 +706,7 @@ def tangling_keep(first_rank, counts, keep, *, device):
 # backward (twin of cpu.window_dead_inputs)
 # --------------------------------------------------------------------------
 
+@_on_compute
 def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left,
                        dilation_h=1, dilation_w=1, *, device):
     """Input nodes of a sliding window whose every reader is dead, channel by channel; see
@@ -692,9 +722,8 @@ def window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, strid
     checks.window_dead_inputs(dead_out, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left,
                               dilation_h, dilation_w)
     m, oh, ow, c = dead_out.shape
-    with device.compute():
-        dead_in = device.xp.empty((m, in_h, in_w, c), dtype=np.bool_)
-        dead_out = device.xp.ascontiguousarray(dead_out)
+    dead_in = device.xp.empty((m, in_h, in_w, c), dtype=np.bool_)
+    dead_out = device.xp.ascontiguousarray(dead_out)
     device.launch("backward", "window_dead_inputs", m * in_h * in_w * c,
                   [dead_out.view(np.uint8), dead_in.view(np.uint8),
                    *_scalars(m, oh, ow, c, in_h, in_w, window_h, window_w, stride_h, stride_w, pad_top, pad_left,

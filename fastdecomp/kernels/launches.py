@@ -32,7 +32,19 @@ _SCALAR_TYPES = {np.dtype(c).type for c in "?bhilqBHILQefd"}
 
 
 class Parameter(NamedTuple):
-    """One kernel parameter: its name, its dtype (the pointee's for a pointer), and how it is passed."""
+    """One kernel parameter.
+
+    Parameters
+    ----------
+    name : str
+    dtype : numpy.dtype
+        Its type, or the pointee's for a pointer.
+    pointer : bool
+    const : bool
+        A pointer the kernel only reads.
+    nbytes : int
+        Bytes passed (8 for a pointer; a scalar's width, from the PTX where known).
+    """
 
     name: str
     dtype: np.dtype
