@@ -114,7 +114,7 @@ def test_bad_environment_values_name_their_variable(monkeypatch, resnet_case, va
 
 def test_settings_have_one_home():
     assert set(config.DEFAULTS) == set(config.ENVIRONMENT) == {"jobs", "cache_dir", "target_cpu", "tune", "backend",
-                                                                "fashion_mnist_dir", "cxx"}
+                                                                "fashion_mnist_dir", "cxx", "gpu_spin"}
     with pytest.raises(ConfigError, match="unknown setting"):
         config.get("threads")
     with pytest.raises(ConfigError, match="n_jobs=-1"):

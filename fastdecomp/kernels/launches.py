@@ -87,12 +87,14 @@ def parameters(signature, defines=(), ptx_types=None):
     return result
 
 
-def _argument_bytes(arg):
-    """Bytes CuPy packs for a scalar argument (``_pointer``'s rules)."""
+def _packed_dtype(arg):
+    """The dtype CuPy packs a scalar argument as (``_pointer``'s rules), or None for what it refuses."""
     if type(arg) in _SCALAR_TYPES:
-        return np.dtype(type(arg)).itemsize
-    if isinstance(arg, (int, float)):  # bool included: an int
-        return 8
+        return np.dtype(type(arg))
+    if isinstance(arg, int):  # bool included
+        return np.dtype(np.int64)
+    if isinstance(arg, float):
+        return np.dtype(np.float64)
     return None
 
 
@@ -129,7 +131,13 @@ def check_launch(kernel, params, grid, block, args, is_device_array):
             if not arg.flags.c_contiguous:
                 fail(f"{param.name} must be C-contiguous (the kernel indexes it row-major), got strides "
                      f"{arg.strides}")
-        elif is_device_array(arg) or _argument_bytes(arg) is None:
-            fail(f"{param.name} is a {param.dtype} scalar, got {type(arg).__name__}")
-        elif _argument_bytes(arg) != param.nbytes:
-            fail(f"{param.name} takes {param.nbytes} bytes, got {type(arg).__name__} of {_argument_bytes(arg)}")
+        else:
+            packed = None if is_device_array(arg) else _packed_dtype(arg)
+            if packed is None:
+                fail(f"{param.name} is a {param.dtype} scalar, got {type(arg).__name__}")
+            if packed.itemsize != param.nbytes:
+                fail(f"{param.name} takes {param.nbytes} bytes, got {type(arg).__name__} of {packed.itemsize}")
+            floating = np.issubdtype(param.dtype, np.floating)
+            if np.issubdtype(packed, np.floating) != floating:
+                fail(f"{param.name} is {'a float' if floating else 'an integer'}, got "
+                     f"{type(arg).__name__} (its bits would be read as the other kind)")
