@@ -76,14 +76,16 @@ def test_set_backend_and_using(resnet_case):
     assert backends.get().name == "emulated-cuda"
 
 
-def test_a_missing_gpu_is_a_backend_error_that_says_what_to_install():
+def test_a_missing_gpu_is_a_backend_error_that_says_what_to_install(monkeypatch):
     from conftest import cuda_available
 
     if cuda_available():
         pytest.skip("a CUDA device is present")
     with pytest.raises(BackendError, match=r"fastdecomp\[gpu\]|driver|no GPU"):
         backends.get("cuda")
-    assert backends.get("auto").name == "cpu"
+    monkeypatch.setattr(backends, "_FELL_BACK", [])
+    with pytest.warns(backends.BackendFallbackWarning, match="runs on the CPU"):
+        assert backends.get("auto").name == "cpu"
 
 
 def test_every_device_has_one_interface():

@@ -282,7 +282,7 @@ def test_device_decomposition_equals_cpu(resnet_case, sequential_case, device, c
         np.testing.assert_array_equal(network.forward(x, backend=device), network.forward(x))
 
 
-def test_cuda_backend_without_a_device_says_what_is_missing(resnet_case):
+def test_cuda_backend_without_a_device_says_what_is_missing(resnet_case, monkeypatch):
     import fastdecomp as fd
     from conftest import cuda_available
     from fastdecomp.errors import BackendError
@@ -291,7 +291,9 @@ def test_cuda_backend_without_a_device_says_what_is_missing(resnet_case):
         pytest.skip("a CUDA device is present")
     with pytest.raises(BackendError, match="fastdecomp\\[gpu\\]|driver|no GPU"):
         backends.get("cuda")
-    assert backends.get("auto").name == "cpu"  # falls back to the CPU
+    monkeypatch.setattr(backends, "_FELL_BACK", [])
+    with pytest.warns(backends.BackendFallbackWarning, match="runs on the CPU"):
+        assert backends.get("auto").name == "cpu"  # falls back to the CPU, and says so
     model, x, y = resnet_case
     with pytest.raises(BackendError):
         fd.decompose(model, x, y, backend="cuda", progress=False)
