@@ -296,3 +296,99 @@ def test_spin_cycles_are_a_setting(monkeypatch):
     config._reset()
     with pytest.raises(ConfigError, match="FASTDECOMP_GPU_SPIN"):
         config.get("gpu_spin")
+
+
+# ---------------------------------------------------------------- CudaDevice's own code, on a CuPy double
+
+def cupy_double(ledger, monkeypatch):
+    """Just enough of CuPy's interface, over the emulated streams and kernels, to run ``CudaDevice`` itself."""
+    import itertools
+    import types
+
+    from fastdecomp.kernels.cuda_emulator import EmulatedModule
+    from fastdecomp.kernels.emulated_streams import EmulatedEvent
+
+    sources, names = {}, itertools.count()
+    real_compile = cuda_compile.compile_source
+
+    def compile_source(text, name, arch, defines=()):
+        key = f"{len(sources)}".encode()
+        sources[key] = (text, defines)
+        return cuda_compile.Compiled(key, real_compile(text, name, arch, defines).ptx)
+
+    class Module:
+        def load(self, cubin):
+            text, defines = sources[cubin]
+            self.emulated = None if text == cuda_compile.PROBE_SOURCE else EmulatedModule(text, defines)
+
+        def get_function(self, kernel):
+            def launch(grid, block, args, shared_mem=0, stream=None):
+                if self.emulated is None:  # the probe's kernels (clock64 has no CPU twin): recorded
+                    cupy.probe_launches.append((kernel, stream))
+                    return
+                for arg in args:
+                    if isinstance(arg, np.ndarray):
+                        ledger.use(arg, f"{kernel} (stream={stream!r})", write=True, stream=stream or ledger.null)
+                self.emulated.launch(kernel, grid[0], block[0], list(args))
+            return launch
+
+    class DeviceArray(np.ndarray):
+        def set(self, host, stream=None):
+            with stream or ledger.null:
+                cupy.copyto(self, host)
+
+    class Cupy(TrackedNumpy):
+        def Stream(non_blocking=False):
+            return ledger.stream(f"stream{next(names)}")
+
+        Stream.null = ledger.null
+        cuda = types.SimpleNamespace(
+            Device=_FakeGpu, Event=EmulatedEvent, alloc_pinned_memory=bytearray, Stream=Stream,
+            get_current_stream=ledger.current, function=types.SimpleNamespace(Module=Module))
+        probe_launches = []
+
+        def empty(self, shape, dtype=float):
+            return TrackedNumpy.__getattr__(self, "empty")(shape, dtype).view(DeviceArray)
+
+        def asnumpy(self, array, stream=None):
+            if not ledger.is_tracked(array):  # a host array: real CuPy's to_host never gets one here
+                return np.asarray(array)
+            ledger.use(array, "asnumpy", stream=stream or ledger.null)
+            (stream or ledger.null).synchronize()
+            return np.array(array)
+
+    cupy = Cupy(ledger)
+    nvrtc.getVersion()  # NVRTC's library is found through the real CuPy: load it first
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setattr(cuda_compile, "compile_source", compile_source)
+    return cupy
+
+
+def test_the_cuda_device_keeps_stream_order_on_a_cupy_double(resnet_case, sequential_case, monkeypatch):
+    """CudaDevice's own methods (compile and load, launches with stream=, uploads, pinned double-buffered
+    batches, events) run over CuPy's interface with the emulated streams: the order holds, results are the CPU's."""
+    ledger = StreamLedger()
+    cupy_double(ledger, monkeypatch)
+    device = gpu.CudaDevice(0)
+    assert device.arch == "sm_90"
+    run_device_paths(device, resnet_case, sequential_case)
+    ledger.report()
+    monkeypatch.setattr(device, "_handed_out", lambda positions, x, y, copied: (positions, x, y))
+    with pytest.raises(StreamOrderError):
+        run_device_paths(device, resnet_case, sequential_case)
+
+
+def test_gpu_spin_delays_the_null_stream_and_the_uploads_stream(resnet_case, monkeypatch):
+    ledger = StreamLedger()
+    cupy = cupy_double(ledger, monkeypatch)
+    gpu._probe_module.cache_clear()
+    monkeypatch.setenv("FASTDECOMP_GPU_SPIN", "1000")
+    config._reset()
+    device = gpu.CudaDevice(0)
+    model, x, y = resnet_case
+    import fastdecomp as fd
+
+    fd.decompose(model, x, y, backend=device, batch_size=16, progress=False)
+    gpu._probe_module.cache_clear()
+    streams = {stream.name for kernel, stream in cupy.probe_launches if kernel == "spin"}
+    assert streams == {"null", device._compute.name, device._copy.name}
