@@ -38,7 +38,8 @@ from .kernels import KERNEL_NAMES, cpu
 from .kernels import target as targets
 from .parallel import map_batches
 
-__all__ = ["BACKENDS", "BackendFallbackWarning", "KERNEL_NAMES", "CpuDevice", "get", "register", "set_backend", "using", "names"]
+__all__ = ["BACKENDS", "BackendFallbackWarning", "KERNEL_NAMES", "CpuDevice", "get", "register", "set_backend",
+           "using", "names"]
 
 BACKENDS = {}  # name -> a function returning its device
 _FRESH = set()  # backends whose factory is asked every time ("auto": whichever device is there now)

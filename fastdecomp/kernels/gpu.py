@@ -36,7 +36,7 @@ from .emulated_streams import EmulatedEvent, StreamLedger, TrackedNumpy
 __all__ = ["SOURCES", "source", "Device", "CudaDevice", "EmulatedDevice", "make_device",
            "conv2d_forward", "grouped_conv2d_forward", "dense_forward", "pool2d_forward", "global_average_pool_forward",
            "accumulate_activity", "accumulate_packed_activity", "accumulate_concerned", "tangling_keep",
-           "window_dead_inputs", "NVRTC_OPTIONS", "BLOCK"]
+           "window_dead_inputs", "NVRTC_OPTIONS", "BLOCK", "kernel_parameters", "CompiledModule", "EMULATED_ARCH"]
 
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 SOURCES = {"forward": "forward.cu", "statistics": "statistics.cu", "backward": "backward.cu"}
