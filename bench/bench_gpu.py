@@ -10,7 +10,19 @@ same device (ResNet-20 28x28x1, ResNet-56 64x64x3 with 200 classes), their
 ratio, and the time of a full 200-module decomposition on the device. Without
 a device it says what is missing and prints the estimate. The estimate below
 is written from FLOPs and bandwidth, not measured: no machine of this project
-has a GPU.
+has had a GPU.
+
+The first session with a device runs the plan of ``docs/gpu_test_plan.md``
+before timing anything:
+
+1. ``python -m pytest -m gpu --gpu -q tests``: every kernel and the whole
+   device path against the CPU, bit for bit;
+2. the same with ``--gpu-spin 200000000`` (``FASTDECOMP_GPU_SPIN``): a kernel
+   spinning on the NULL stream and on the upload's stream before each upload,
+   so that a missing stream wait gives a wrong result every time;
+3. ``compute-sanitizer --tool memcheck python -m pytest -m gpu --gpu -q
+   tests/test_gpu_kernels.py`` (and ``racecheck``, ``initcheck``);
+4. this script.
 """
 
 import argparse

@@ -251,6 +251,34 @@ TWINS = [  # one bug per CUDA kernel and per CPU kernel, each caught by its twin
      "                out[b, i, j, ch] = acc if is_max else acc / np.float32(count)",
      "                out[b, i, j, ch] = acc if is_max else acc / np.float32(pool_h * pool_w)",
      "tests/test_network.py -k 'same_padding_pooling'"),
+    # the GPU backend's host code (#18), caught without a GPU
+    ("dense_forward passes its unit count as int64", "fastdecomp/kernels/gpu.py",
+     "np.int64(n), np.int64(f), np.int32(kernel.shape[1])]", "np.int64(n), np.int64(f), np.int64(kernel.shape[1])]",
+     "tests/test_gpu_kernels.py -k dense_forward_twin"),
+    ("tangling_keep passes keep transposed", "fastdecomp/kernels/gpu.py",
+     "np.int64(nodes), keep.view(np.uint8)]", "np.int64(nodes), keep.T.view(np.uint8)]",
+     "tests/test_gpu_kernels.py -k tangling_keep_twin"),
+    ("a kernel wrapper allocates off the compute stream", "fastdecomp/kernels/gpu.py",
+     "        with device.compute():\n            return kernel(*args, device=device, **kwargs)",
+     "        return kernel(*args, device=device, **kwargs)", "tests/test_gpu_kernels.py -k window_dead_inputs_twin"),
+    ("uploads go to the NULL stream", "fastdecomp/kernels/gpu.py",
+     "        with self.compute():\n            self._spin()\n            return self.xp.ascontiguousarray",
+     "        if True:\n            self._spin()\n            return self.xp.ascontiguousarray",
+     "tests/test_gpu_host.py -k keep_stream_order"),
+    ("compute reads a batch without waiting for its copy", "fastdecomp/kernels/gpu.py",
+     "        self._compute.wait_event(copied)", "        pass", "tests/test_gpu_host.py -k keep_stream_order"),
+    ("a batch's copy does not wait for compute", "fastdecomp/kernels/gpu.py",
+     "            self._copy.wait_event(self._compute.record(self._event()))\n", "",
+     "tests/test_gpu_host.py -k keep_stream_order"),
+    ("the statistics tables are made on the NULL stream", "fastdecomp/statistics.py",
+     "        with backend.compute():  # on the stream", "        if True:  # on the stream",
+     "tests/test_gpu_host.py -k keep_stream_order"),
+    ("CuPy's -ftz=true comes last", "fastdecomp/kernels/cuda_compile.py",
+     '"--prec-sqrt=true")', '"--prec-sqrt=true", "-ftz=true")', "tests/test_gpu_host.py -k subnormals"),
+    ("the GPU is not probed before use", "fastdecomp/kernels/gpu.py",
+     "    _probe(device_id)\n", "", "tests/test_gpu_host.py -k before_any_data"),
+    ("auto falls back to the CPU silently", "fastdecomp/backends.py",
+     "            warnings.warn(", "            None and warnings.warn(", "tests/test_gpu_host.py -k says_so_once"),
 ]
 KINDS_GROUP = [  # one bug per layer kind not yet covered (#19)
     ("a scaled residual scales the shortcut", "fastdecomp/layers.py",
@@ -330,7 +358,7 @@ clean = {}  # selector -> whether it passes, with tests, on the unchanged code
 
 def passes_clean(tests):
     if tests not in clean:
-        run = subprocess.run(f"{ROOT}/.venv/bin/python -m pytest -q -p no:cacheprovider {tests}", shell=True,
+        run = subprocess.run(f"{sys.executable} -m pytest -q -p no:cacheprovider {tests}", shell=True,
                              cwd=ROOT, capture_output=True, text=True, timeout=900)
         clean[tests] = run.returncode == 0 and " passed" in run.stdout
     return clean[tests]
@@ -352,7 +380,7 @@ for what, path, old, new, tests in selected:
         continue
     file.write_text(text.replace(old, new))
     try:
-        run = subprocess.run(f"{ROOT}/.venv/bin/python -m pytest -q -x -p no:cacheprovider {tests}", shell=True,
+        run = subprocess.run(f"{sys.executable} -m pytest -q -x -p no:cacheprovider {tests}", shell=True,
                              cwd=ROOT, capture_output=True, text=True, timeout=900)
     finally:
         file.write_text(text)

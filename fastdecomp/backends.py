@@ -9,7 +9,8 @@ A backend name picks a device:
                GPU; batches streamed through pinned memory
 ``emulated-cuda`` :class:`~fastdecomp.kernels.gpu.EmulatedDevice`: the CUDA
                kernels compiled for the CPU and run thread by thread (tests)
-``auto``       ``cuda`` where CuPy reaches a GPU, else ``cpu``
+``auto``       ``cuda`` where CuPy reaches a GPU that compiles and runs a probe
+               kernel, else ``cpu`` (with one warning per process saying why)
 ============== ================================================================
 
 Every device has the same interface: ``xp`` (its array module), ``kernels``
@@ -26,6 +27,7 @@ with no name uses ``FASTDECOMP_BACKEND`` (:mod:`fastdecomp.config`), and
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -36,7 +38,8 @@ from .kernels import KERNEL_NAMES, cpu
 from .kernels import target as targets
 from .parallel import map_batches
 
-__all__ = ["BACKENDS", "KERNEL_NAMES", "CpuDevice", "get", "register", "set_backend", "using", "names"]
+__all__ = ["BACKENDS", "BackendFallbackWarning", "KERNEL_NAMES", "CpuDevice", "get", "register", "set_backend",
+           "using", "names"]
 
 BACKENDS = {}  # name -> a function returning its device
 _FRESH = set()  # backends whose factory is asked every time ("auto": whichever device is there now)
@@ -68,6 +71,10 @@ def names():
 
 
 _DEVICES = {}
+
+
+class BackendFallbackWarning(UserWarning):
+    """``backend="auto"`` found no usable GPU and runs on the CPU (said once per process)."""
 
 
 class _CpuKernels:
@@ -153,10 +160,16 @@ def _gpu_device(name):
     return make
 
 
+_FELL_BACK = []  # the reason "auto" first used the CPU, once said
+
+
 def _auto():
     try:
         return get("cuda")
-    except BackendError:
+    except BackendError as exc:
+        if not _FELL_BACK:
+            _FELL_BACK.append(str(exc))
+            warnings.warn(f"backend='auto' runs on the CPU: {exc}", BackendFallbackWarning, stacklevel=3)
         return _CPU
 
 

@@ -28,6 +28,10 @@ setting             environment variable      meaning
                                               it they are counted per channel
 ``watts_per_core``  ``FASTDECOMP_WATTS_PER_CORE`` the power assumed per busy core where RAPL
                                               cannot be read (:mod:`fastdecomp.metrics`)
+``gpu_spin``        ``FASTDECOMP_GPU_SPIN``   GPU clock cycles a kernel spins on the NULL stream
+                                              and on the upload's stream before each upload
+                                              (0: none). For testing: it makes a missing
+                                              stream wait a deterministic wrong result
 ==================  ========================  ==============================================
 
 Values are read once and kept; :func:`set` overrides one for the rest of the
@@ -56,6 +60,7 @@ DEFAULTS = {
     "cxx": "g++",
     "activity_count_bytes": 2 * 2**30,
     "watts_per_core": 10.0,
+    "gpu_spin": 0,
 }
 
 ENVIRONMENT = {
@@ -68,6 +73,7 @@ ENVIRONMENT = {
     "cxx": "CXX",
     "activity_count_bytes": "FASTDECOMP_ACTIVITY_COUNT_BYTES",
     "watts_per_core": "FASTDECOMP_WATTS_PER_CORE",
+    "gpu_spin": "FASTDECOMP_GPU_SPIN",
 }
 
 _values = {}
@@ -81,6 +87,17 @@ def _parse_jobs(text, variable):
     if value < 1:
         raise ConfigError(f"{variable}={text!r} is not a number of threads: give a positive integer, "
                           f"or unset it to use every core")
+    return value
+
+
+def _parse_cycles(text, variable):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{variable}={text!r} is not a number of GPU clock cycles: give 0 or more "
+                          "(e.g. 100000000, about 0.05 s), or unset it")
     return value
 
 
@@ -107,7 +124,8 @@ _PARSERS = {"jobs": _parse_jobs, "cache_dir": lambda text, variable: Path(text),
             "target_cpu": lambda text, variable: text.strip(),
             "tune": _parse_tune, "backend": lambda text, variable: text.strip(),
             "fashion_mnist_dir": lambda text, variable: Path(text), "cxx": lambda text, variable: text.strip(),
-            "activity_count_bytes": _parse_positive(int), "watts_per_core": _parse_positive(float)}
+            "activity_count_bytes": _parse_positive(int), "watts_per_core": _parse_positive(float),
+            "gpu_spin": _parse_cycles}
 
 
 def get(name):
@@ -167,7 +185,8 @@ def _checked(name, value):
         raise ConfigError(f"unknown setting {name!r}; the settings are {sorted(DEFAULTS)}")
     kinds = {"jobs": (int, type(None)), "cache_dir": (str, os.PathLike, type(None)), "target_cpu": (str,),
              "tune": (bool,), "backend": (str,), "fashion_mnist_dir": (str, os.PathLike, type(None)),
-             "cxx": (str,), "activity_count_bytes": (int,), "watts_per_core": (int, float)}[name]
+             "cxx": (str,), "activity_count_bytes": (int,), "watts_per_core": (int, float),
+             "gpu_spin": (int,)}[name]
     if not isinstance(value, kinds) or (name == "jobs" and value is not None and (isinstance(value, bool)
                                                                                    or value < 1)):
         raise ConfigError(f"setting {name}={value!r} is not valid: give {' or '.join(k.__name__ for k in kinds)}"

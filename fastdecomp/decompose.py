@@ -88,19 +88,20 @@ def decompose(model, x, y=None, *, classes=None, mask_at=_DEFAULTS.mask_at, back
                       channel_threshold=channel_threshold)
     options = DecompositionOptions(mask_at=mask_at, backtrack=backtrack, delta=delta, bln_rule=bln_rule,
                                    ti_ratio=ti_ratio, concerned=concerned, seed=seed, **thresholds)
+    device = None if backend == "dask" else backends.get(backend)  # a missing GPU is said before data is read
     network, source, classes = _prepared(model, x, y, classes, batch_size)
     with EnergyMeter() as meter:
-        modules = _decomposed(network, source, classes, options, backend, client, shards, batch_size, n_jobs,
+        modules = _decomposed(network, source, classes, options, device, client, shards, batch_size, n_jobs,
                               progress)
     modules.info["energy"] = meter.result
     return modules
 
 
-def _decomposed(network, source, classes, wanted, backend, client, shards, batch_size, n_jobs, progress):
+def _decomposed(network, source, classes, wanted, device, client, shards, batch_size, n_jobs, progress):
     """The pass, the modules from its statistics, and the thresholds' counting pass where they need one."""
     started = time.perf_counter()
     options = wanted.replace(activity_threshold=0.0, tangling_threshold=0.0, channel_threshold=None)
-    if backend == "dask":
+    if device is None:
         from .cluster import gather_on_cluster
 
         merged = gather_on_cluster(network, source, classes, options, client=client, shards=shards,
@@ -109,7 +110,7 @@ def _decomposed(network, source, classes, wanted, backend, client, shards, batch
     else:
         if client is not None or shards is not None:
             raise InputError("client= and shards= are for backend='dask'")
-        gathered = StatisticsPass(network, source, np.arange(len(source)), classes, options, backends.get(backend))
+        gathered = StatisticsPass(network, source, np.arange(len(source)), classes, options, device)
         stats, correct = gathered.run(batch_size, n_jobs, progress)
     statistics_seconds = time.perf_counter() - started
     modules = build_modules(network, source.labels, classes, options, stats, correct)

@@ -45,3 +45,12 @@ class ConfigError(FastDecompError, ValueError):
 
 class TargetError(FastDecompError, RuntimeError):
     """Kernels were asked for a CPU that is unknown, or that this machine cannot execute."""
+
+
+class KernelLaunchError(FastDecompError, TypeError):
+    """A kernel was launched with arguments its compiled parameters do not take (a fastdecomp bug)."""
+
+
+class StreamOrderError(FastDecompError, RuntimeError):
+    """Device work used an array before the stream that produced it was waited on, or freed it while
+    another stream may still read it (raised by the emulated device; a fastdecomp bug)."""

@@ -49,10 +49,11 @@ class ActivityStatistics:
         self.backend = backend
         xp = backend.xp
         self.active, self.first_rank = {}, {}
-        for name, shape in self.shapes.items():
-            nodes = int(np.prod(shape))
-            self.active[name] = xp.zeros((num_classes, (nodes + 7) // 8), dtype=np.uint8)
-            self.first_rank[name] = xp.full((num_classes, nodes + (-nodes) % 8), never, dtype=rank_dtype)
+        with backend.compute():  # on the stream of the kernels that update them
+            for name, shape in self.shapes.items():
+                nodes = int(np.prod(shape))
+                self.active[name] = xp.zeros((num_classes, (nodes + 7) // 8), dtype=np.uint8)
+                self.first_rank[name] = xp.full((num_classes, nodes + (-nodes) % 8), never, dtype=rank_dtype)
         self.concerned_count = np.zeros(num_classes, dtype=np.int64)
         self._locks = {name: threading.Lock() for name in self.shapes}
         self._count_lock = threading.Lock()

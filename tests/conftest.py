@@ -9,6 +9,15 @@ import pytest
 def pytest_addoption(parser):
     parser.addoption("--gpu", action="store_true",
                      help="fail, instead of skipping, the tests that need a CUDA device when none is there")
+    parser.addoption("--gpu-spin", type=int, default=0, metavar="CYCLES",
+                     help="before each upload, spin a kernel this many GPU clock cycles on the NULL stream and "
+                          "on the upload's stream (FASTDECOMP_GPU_SPIN), so a missing stream wait gives a wrong "
+                          "result every time")
+
+
+def pytest_configure(config):
+    if config.getoption("--gpu-spin"):
+        os.environ["FASTDECOMP_GPU_SPIN"] = str(config.getoption("--gpu-spin"))
 
 
 def cuda_available():

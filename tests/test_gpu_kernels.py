@@ -53,18 +53,14 @@ def test_sources_keep_threads_independent(name):
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("name", sorted(gpu.SOURCES))
 def test_nvrtc_compiles_every_source(name, arch):
-    """NVRTC (through CuPy's wrapper) compiles each source for both architectures, for every rank type."""
-    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    """NVRTC compiles each source for both architectures, for every rank type, as the runtime does."""
+    pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    from fastdecomp.kernels import cuda_compile
+
     defines = [()] if name != "statistics" else [(f"RANK_T={t}",) for t in gpu.RANK_TYPES.values()]
     for extra in defines:
-        program = nvrtc.createProgram(gpu.source(name), gpu.SOURCES[name], [], [])
-        options = [f"-arch={arch}", *gpu.NVRTC_OPTIONS, *(f"-D{d}" for d in extra)]
-        try:
-            nvrtc.compileProgram(program, options)
-        except nvrtc.NVRTCError as exc:
-            pytest.fail(f"{name} with {options}: {exc}\n{nvrtc.getProgramLog(program)}")
-        assert len(nvrtc.getCUBIN(program)) > 1000
-        nvrtc.destroyProgram(program)
+        compiled = cuda_compile.compile_source(gpu.source(name), gpu.SOURCES[name], arch, extra)
+        assert len(compiled.cubin) > 1000 and ".entry" in compiled.ptx
 
 
 def devices():
@@ -80,6 +76,12 @@ def device(request):
 
 def to(device, *arrays):
     return [device.asarray(np.ascontiguousarray(a)) for a in arrays]
+
+
+def empty(device, shape, dtype):
+    """An uninitialised device array, made on the stream the kernels run on (as the library makes its own)."""
+    with device.compute():
+        return device.xp.empty(shape, dtype)
 
 
 rng = np.random.default_rng(0)
@@ -108,7 +110,7 @@ def test_conv2d_forward_twin(device, size, ci, co, k, stride, pads, rectify, res
     if cap is not None:
         assert (expected == np.float32(cap)).any() and (expected < cap).any()
     dx, dk, db = to(device, x, kernel, bias)
-    out = device.xp.empty(expected.shape, np.float32)
+    out = empty(device, expected.shape, np.float32)
     gpu.conv2d_forward(dx, dk, db, stride, stride, padding_total[0] // 2, padding_total[1] // 2, out,
                        rectify=rectify, residual=None if shortcut is None else to(device, shortcut)[0],
                        cap=cap, device=device)
@@ -121,7 +123,7 @@ def test_grouped_conv2d_forward_twin(device, groups, ci, co, stride, dilation):
     x, kernel, bias = floats(2, 9, 7, ci), floats(3, 3, ci // groups, co), floats(co)
     expected = np.empty((2, 5, 4, co), np.float32)
     cpu.grouped_conv2d_forward(x, kernel, bias, stride, stride, dilation, dilation, 1, 2, groups, expected)
-    out = device.xp.empty(expected.shape, np.float32)
+    out = empty(device, expected.shape, np.float32)
     gpu.grouped_conv2d_forward(*to(device, x, kernel, bias), stride, stride, dilation, dilation, 1, 2, groups, out,
                                device=device)
     np.testing.assert_array_equal(device.to_host(out), expected)
@@ -131,7 +133,7 @@ def test_dense_forward_twin(device):
     x, kernel, bias = floats(5, 37), floats(37, 9), floats(9)
     expected = np.empty((5, 9), np.float32)
     cpu.dense_forward(x, kernel, bias, expected)
-    out = device.xp.empty((5, 9), np.float32)
+    out = empty(device, (5, 9), np.float32)
     gpu.dense_forward(*to(device, x, kernel, bias), out, device=device)
     np.testing.assert_array_equal(device.to_host(out), expected)
 
@@ -141,7 +143,7 @@ def test_pool2d_forward_twin(device, is_max):
     x = floats(2, 7, 8, 3)
     expected = np.empty((2, 4, 4, 3), np.float32)
     cpu.pool2d_forward(x, 3, 2, 2, 2, 1, 0, is_max, expected)
-    out = device.xp.empty(expected.shape, np.float32)
+    out = empty(device, expected.shape, np.float32)
     gpu.pool2d_forward(*to(device, x), 3, 2, 2, 2, 1, 0, is_max, out, device=device)
     np.testing.assert_array_equal(device.to_host(out), expected)
 
@@ -150,7 +152,7 @@ def test_global_average_pool_forward_twin(device):
     x = floats(3, 5, 6, 7)
     expected = np.empty((3, 7), np.float32)
     cpu.global_average_pool_forward(x, expected)
-    out = device.xp.empty((3, 7), np.float32)
+    out = empty(device, (3, 7), np.float32)
     gpu.global_average_pool_forward(*to(device, x), out, device=device)
     np.testing.assert_array_equal(device.to_host(out), expected)
 
@@ -280,7 +282,7 @@ def test_device_decomposition_equals_cpu(resnet_case, sequential_case, device, c
         np.testing.assert_array_equal(network.forward(x, backend=device), network.forward(x))
 
 
-def test_cuda_backend_without_a_device_says_what_is_missing(resnet_case):
+def test_cuda_backend_without_a_device_says_what_is_missing(resnet_case, monkeypatch):
     import fastdecomp as fd
     from conftest import cuda_available
     from fastdecomp.errors import BackendError
@@ -289,7 +291,9 @@ def test_cuda_backend_without_a_device_says_what_is_missing(resnet_case):
         pytest.skip("a CUDA device is present")
     with pytest.raises(BackendError, match="fastdecomp\\[gpu\\]|driver|no GPU"):
         backends.get("cuda")
-    assert backends.get("auto").name == "cpu"  # falls back to the CPU
+    monkeypatch.setattr(backends, "_FELL_BACK", [])
+    with pytest.warns(backends.BackendFallbackWarning, match="runs on the CPU"):
+        assert backends.get("auto").name == "cpu"  # falls back to the CPU, and says so
     model, x, y = resnet_case
     with pytest.raises(BackendError):
         fd.decompose(model, x, y, backend="cuda", progress=False)
