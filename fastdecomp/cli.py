@@ -49,11 +49,16 @@ def _check_output(path, overwrite):
     name = os.path.basename(os.path.abspath(path))
     if "\0" in path or len(os.fsencode(name)) > 255:
         raise FastDecompError(f"{path!r} is not a name this file system takes; choose a shorter name")
+    _check_writable_parent(path)
+
+
+def _check_writable_parent(path):
+    """Refuse ``path`` when the nearest existing folder above it is not writable."""
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise FastDecompError(f"cannot write {path}: {parent} is not writable; choose another directory")
+        raise FastDecompError(f"cannot write {path}: {parent} is not writable; choose another place")
 
 
 def _load_model(spec):
@@ -266,11 +271,7 @@ def _check_file_output(path, overwrite):
         raise FastDecompError(f"{path} is a directory; give a file name")
     if os.path.lexists(path) and not overwrite:
         raise FastDecompError(f"{path} exists; pass --overwrite or choose another name")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise FastDecompError(f"cannot write {path}: {parent} is not writable; choose another place")
+    _check_writable_parent(path)
 
 
 def _shard(text):
