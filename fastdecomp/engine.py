@@ -209,7 +209,7 @@ class _Walk:
     def _epilogue(self, branch, layer):
         plan, options = self.plan, {}
         if layer.name in plan.activity:
-            options["activity"] = self.bits[plan.activity[layer.name]] = np.empty(
+            options["activity"] = self.bits[plan.activity[layer.name]] = self.backend.xp.empty(
                 (len(self.x), int(np.prod(layer.shape)) // 8), np.uint8)
         last = layer.name
         if layer.name in plan.residuals:

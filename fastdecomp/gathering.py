@@ -209,7 +209,7 @@ class StatisticsPass:
         stats, device = self.stats, self.device
         known = self.options.concerned == "all"  # else concern waits for the prediction
         roles = stats.batch_roles(yb, self.ranks[positions], self.is_module[yb] if known else None)
-        on_device = [device.asarray(r) for r in roles]
+        on_device = [stats.upload(r) for r in roles]
         bits = {}
 
         def observe(layer, values, packed_activity):
@@ -225,7 +225,7 @@ class StatisticsPass:
         concerned_class = roles[0]
         if not known:
             concerned_class = np.where(self.is_module[yb] & self.correct[positions], yb, -1)
-            moved = device.asarray(concerned_class)
+            moved = stats.upload(concerned_class)
             for name, packed in bits.items():
                 stats.update_concerned(name, packed, moved)
         stats.count(concerned_class)

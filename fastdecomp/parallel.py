@@ -9,12 +9,14 @@ masks) bit-identical.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from queue import Empty, Full, Queue
 
 from . import config
 
-__all__ = ["map_batches", "CHUNK_IMAGES"]
+__all__ = ["map_batches", "read_ahead", "CHUNK_IMAGES"]
 
 CHUNK_IMAGES = 64  # images a thread works on at a time: their activations stay in cache
 
@@ -59,3 +61,66 @@ def map_batches(fn, batches, n_jobs=None, chunk=None):
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+class _Raised:
+    def __init__(self, exc):
+        self.exc = exc
+
+
+_END = object()
+
+
+def read_ahead(items, depth=2):
+    """Yield the items of ``items``, drawn on a background thread up to ``depth`` ahead of the consumer.
+
+    A device computes while the host reads (and decodes or generates) the next
+    batches. The iterable is advanced by that one thread only, in order, so a
+    source need not be thread-safe. An exception raised while reading is
+    raised here, at the item it replaced; closing this generator stops the
+    thread after the read in progress.
+
+    Parameters
+    ----------
+    items : iterable
+    depth : int
+        Items read and not yet handed out, at most.
+    """
+    queue, stop = Queue(maxsize=depth), threading.Event()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.05)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(_Raised(exc))
+
+    thread = threading.Thread(target=produce, name="fastdecomp-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                item = queue.get(timeout=0.05)
+            except Empty:
+                if not thread.is_alive() and queue.empty():
+                    raise RuntimeError("the read-ahead thread ended without a result") from None
+                continue
+            if item is _END:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()

@@ -5,7 +5,7 @@ import threading
 import numpy as np
 
 from . import backends
-from .kernels import cpu
+from .kernels import checks, cpu
 
 __all__ = ["ActivityStatistics"]
 
@@ -77,6 +77,21 @@ class ActivityStatistics:
         tangle_class = np.where(in_sample, labels, -1)
         tangle_rank = np.where(in_sample, ranks, -1)
         return concerned_class, tangle_class, tangle_rank
+
+    def upload(self, indices):
+        """A device copy of a host array of class indices or ranks (from :meth:`batch_roles`), its value range
+        recorded (:func:`fastdecomp.kernels.checks.known_range`) so that the kernels' checks need not read
+        it back from the device at every mask point.
+
+        Parameters
+        ----------
+        indices : numpy.ndarray
+            int64 ``[B]``.
+        """
+        device_copy = self.backend.asarray(indices)
+        if len(indices):
+            checks.known_range(device_copy, indices.min(), indices.max())
+        return device_copy
 
     def update(self, name, values, concerned_class, tangle_class, tangle_rank, packed=False, bits=None):
         """Fold one batch's values ``[B] + shape`` at mask point ``name`` into the statistics.

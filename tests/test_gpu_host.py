@@ -392,3 +392,48 @@ def test_gpu_spin_delays_the_null_stream_and_the_uploads_stream(resnet_case, mon
     gpu._probe_module.cache_clear()
     streams = {stream.name for kernel, stream in cupy.probe_launches if kernel == "spin"}
     assert streams == {"null", device._compute.name, device._copy.name}
+
+
+def test_a_recorded_class_range_is_used_without_reading_the_array_back():
+    """The statistics pass records the range of the class arrays it uploads; the kernels' checks then read no
+    device memory (a read-back per mask point waits for the whole stream), and check everything else."""
+    from fastdecomp.errors import InputError
+    from fastdecomp.kernels import checks
+
+    bits, active = np.zeros((3, 4), np.uint8), np.zeros((2, 4), np.uint8)
+    classes = np.array([0, -1, 5])  # row 5 does not exist
+    with pytest.raises(InputError, match="outside -1..1"):
+        checks.accumulate_concerned(bits, classes, active)
+    checks.known_range(classes, -1, 1)  # a record says otherwise: the check believes the record, not the data
+    checks.accumulate_concerned(bits, classes, active)
+    assert checks._value_range(classes.copy()) == (-1, 5)  # another array, same values: read, not believed
+    checks.known_range(classes, 0, 2)
+    with pytest.raises(InputError, match="outside -1..1"):
+        checks.accumulate_concerned(bits, classes, active)
+    for _ in range(checks.KNOWN_RANGES_KEPT):
+        checks.known_range(np.zeros(1, np.int64), 0, 0)
+    assert checks._value_range(classes) == (-1, 5)  # pushed out of the record: read again
+
+
+def test_the_statistics_pass_records_the_ranges_of_what_it_uploads(resnet_case):
+    """On the emulated device, a decomposition never reads a class array back to check it."""
+    import fastdecomp as fd
+    from fastdecomp.kernels import checks
+
+    model, x, y = resnet_case
+    network = fd.from_keras(model)
+    reads = []
+    real = checks._value_range
+
+    def counted(a):
+        with checks._known_lock:
+            known = id(a) in checks._known_ranges
+        reads.append(known)
+        return real(a)
+
+    checks._value_range = counted
+    try:
+        fd.decompose(network, x[:20], y[:20], backend="emulated-cuda", batch_size=10, progress=False)
+    finally:
+        checks._value_range = real
+    assert reads and all(reads)

@@ -44,6 +44,13 @@ def test_every_cuda_kernel_has_a_twin_test():
 
 
 @pytest.mark.parametrize("name", sorted(gpu.SOURCES))
+def test_launch_bounds_fit_the_block_the_kernels_are_launched_with(name):
+    """A kernel bounded to fewer threads per block than gpu.BLOCK would fail every launch on a device."""
+    for bound in re.findall(r"__launch_bounds__\((\d+)", gpu.source(name)):
+        assert int(bound) == gpu.BLOCK
+
+
+@pytest.mark.parametrize("name", sorted(gpu.SOURCES))
 def test_sources_keep_threads_independent(name):
     check_source(gpu.source(name), name)
     with pytest.raises(ValueError, match="must not let threads communicate"):
@@ -91,29 +98,60 @@ def floats(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("size, ci, co, k, stride, pads, rectify, residual, cap", [
-    ((9, 9), 3, 16, 3, 1, (1, 1), False, False, None),
-    ((9, 7), 5, 6, 3, 2, (0, 1), True, False, None),
-    ((8, 8), 4, 8, 1, 2, (0, 0), False, True, None),
-    ((6, 6), 2, 4, 2, 1, (0, 0), True, True, None),
+CONV_CASES = [  # size, ci, co, k, stride, pads, rectify, residual, cap; the kernel's path in the comment
+    ((9, 9), 3, 16, 3, 1, (1, 1), False, False, None),    # any window (ci % 4)
+    ((9, 7), 5, 6, 3, 2, (0, 1), True, False, None),      # any window, a partial channel group
+    ((8, 8), 4, 8, 1, 2, (0, 0), False, True, None),      # 1x1 vector, stride 2
+    ((6, 6), 2, 4, 2, 1, (0, 0), True, True, None),       # any window, 2x2
     ((9, 9), 3, 16, 3, 1, (1, 1), True, False, 0.7),
     ((6, 6), 2, 4, 2, 1, (0, 0), True, True, 1.25),
-])
-def test_conv2d_forward_twin(device, size, ci, co, k, stride, pads, rectify, residual, cap):
+    ((11, 7), 8, 16, 3, 1, (1, 1), True, True, None),     # 3x3 vector, non-square, a partial pixel tile
+    ((7, 13), 12, 24, 3, 1, (1, 1), False, False, None),  # 3x3 vector, three channel groups
+    ((5, 10), 8, 16, 3, 2, (0, 1), True, False, None),    # 3x3 stride 2: any window
+    ((10, 6), 16, 8, 1, 1, (0, 0), True, True, 0.9),      # 1x1 vector, stride 1
+    ((7, 9), 8, 12, 3, 1, (1, 1), False, False, None),    # co % 8 != 0: any window
+]
+
+
+def conv_case(size, ci, co, k, stride, pads):
     x, kernel, bias = floats(3, *size, ci), floats(k, k, ci, co), floats(co)
     padding_total = [max((-(-s // stride) - 1) * stride + k - s, 0) for s in size] if pads != (0, 0) else [0, 0]
     oh, ow = [(-(-s // stride)) if pads != (0, 0) else (s - k) // stride + 1 for s in size]
-    expected = np.empty((3, oh, ow, co), np.float32)
+    return x, kernel, bias, (padding_total[0] // 2, padding_total[1] // 2), (3, oh, ow, co)
+
+
+@pytest.mark.parametrize("size, ci, co, k, stride, pads, rectify, residual, cap", CONV_CASES)
+def test_conv2d_forward_twin(device, size, ci, co, k, stride, pads, rectify, residual, cap):
+    x, kernel, bias, (pad_top, pad_left), out_shape = conv_case(size, ci, co, k, stride, pads)
+    expected = np.empty(out_shape, np.float32)
     shortcut = floats(*expected.shape) if residual else None
-    cpu.conv2d_forward(x, kernel, bias, stride, stride, padding_total[0] // 2, padding_total[1] // 2,
-                               expected, rectify=rectify, residual=shortcut, cap=cap)
+    bits = np.empty((3, expected[0].size // 8), np.uint8) if co % 8 == 0 else None
+    cpu.conv2d_forward(x, kernel, bias, stride, stride, pad_top, pad_left, expected, rectify=rectify,
+                       residual=shortcut, activity=bits, cap=cap)
     if cap is not None:
         assert (expected == np.float32(cap)).any() and (expected < cap).any()
     dx, dk, db = to(device, x, kernel, bias)
     out = empty(device, expected.shape, np.float32)
-    gpu.conv2d_forward(dx, dk, db, stride, stride, padding_total[0] // 2, padding_total[1] // 2, out,
-                       rectify=rectify, residual=None if shortcut is None else to(device, shortcut)[0],
+    device_bits = None if bits is None else empty(device, bits.shape, np.uint8)
+    gpu.conv2d_forward(dx, dk, db, stride, stride, pad_top, pad_left, out, rectify=rectify,
+                       residual=None if shortcut is None else to(device, shortcut)[0], activity=device_bits,
                        cap=cap, device=device)
+    np.testing.assert_array_equal(device.to_host(out), expected)
+    if bits is not None:
+        assert 0 < np.unpackbits(bits).mean() < 1
+        np.testing.assert_array_equal(device.to_host(device_bits), bits)
+
+
+@pytest.mark.parametrize("offset", [1, 2, 3])
+def test_conv2d_forward_twin_on_misaligned_input(device, offset):
+    """An input that starts off a 16-byte boundary takes the scalar path (a float4 load there would fault)."""
+    x, kernel, bias, (pad_top, pad_left), out_shape = conv_case((9, 7), 8, 16, 3, 1, (1, 1))
+    expected = np.empty(out_shape, np.float32)
+    cpu.conv2d_forward(x, kernel, bias, 1, 1, pad_top, pad_left, expected)
+    flat = device.asarray(np.concatenate([np.zeros(offset, np.float32), x.ravel()]))
+    shifted = flat[offset:].reshape(x.shape)
+    out = empty(device, expected.shape, np.float32)
+    gpu.conv2d_forward(shifted, *to(device, kernel, bias), 1, 1, pad_top, pad_left, out, device=device)
     np.testing.assert_array_equal(device.to_host(out), expected)
 
 

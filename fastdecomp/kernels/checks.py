@@ -12,12 +12,14 @@ arrays hold one entry per image of the batch). A failure is an
 from __future__ import annotations
 
 import numbers
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["conv2d_forward", "rectifier_cap", "grouped_conv2d_forward", "dense_forward", "pool2d_forward",
+__all__ = ["known_range", "conv2d_forward", "packed_activity", "rectifier_cap", "grouped_conv2d_forward", "dense_forward", "pool2d_forward",
            "global_average_pool_forward", "accumulate_activity", "accumulate_packed_activity", "accumulate_concerned",
            "tangling_keep", "window_dead_inputs"]
 
@@ -33,9 +35,14 @@ def _array(kernel, name, a, dtypes, ndim, writable=False):
     if not hasattr(a, "dtype") or not hasattr(a, "flags") or a.dtype not in [np.dtype(d) for d in dtypes]:
         _fail(kernel, f"{name} must be an array of {' or '.join(np.dtype(d).name for d in dtypes)}, "
                       f"got {getattr(a, 'dtype', type(a).__name__)}")
-    if a.ndim != ndim or not a.flags.c_contiguous or (writable and not a.flags.writeable):
+    if a.ndim != ndim or not a.flags.c_contiguous or (writable and not _writable(a)):
         _fail(kernel, f"{name} must be a {ndim}-D C-contiguous{' writable' if writable else ''} array, "
                       f"got shape {a.shape}")
+
+
+def _writable(a):
+    """NumPy's ``flags.writeable``; CuPy's ``Flags`` has none, since a device array is always writable."""
+    return getattr(a.flags, "writeable", True)
 
 
 INT32_MAX = 2 ** 31 - 1  # the CUDA kernels take their sizes as int
@@ -52,12 +59,49 @@ def _shape(kernel, name, a, expected):
         _fail(kernel, f"{name} has shape {tuple(a.shape)}; the other arguments need {tuple(expected)}")
 
 
+KNOWN_RANGES_KEPT = 64
+_known_ranges = OrderedDict()
+_known_lock = threading.Lock()
+
+
+def known_range(a, low, high):
+    """Record that the device array ``a``, which fastdecomp uploaded itself from host values checked to lie in
+    ``low..high`` and hands to no one else, holds exactly those values.
+
+    The checks of the kernels it is passed to then read the range from here instead
+    of from the device: ``int(a.max())`` on a device array is a copy to the host,
+    which waits for everything queued on the stream, once per kernel and mask point.
+    The record keeps ``a`` alive, so its ``id`` cannot be reused while it stands; the
+    last :data:`KNOWN_RANGES_KEPT` are kept.
+
+    Parameters
+    ----------
+    a : array
+    low, high : int
+    """
+    with _known_lock:
+        _known_ranges[id(a)] = (a, int(low), int(high))
+        _known_ranges.move_to_end(id(a))
+        while len(_known_ranges) > KNOWN_RANGES_KEPT:
+            _known_ranges.popitem(last=False)
+
+
+def _value_range(a):
+    with _known_lock:
+        entry = _known_ranges.get(id(a))
+    if entry is not None and entry[0] is a:
+        return entry[1], entry[2]
+    return int(a.min()), int(a.max())
+
+
 def _classes(kernel, name, a, count, table_rows):
     """``a``: one int64 per image, each -1 or a row of a table of ``table_rows`` rows."""
     _array(kernel, name, a, np.int64, 1)
     _shape(kernel, name, a, (count,))
-    if count and (int(a.min()) < -1 or int(a.max()) >= table_rows):
-        _fail(kernel, f"{name} holds classes outside -1..{table_rows - 1}")
+    if count:
+        low, high = _value_range(a)
+        if low < -1 or high >= table_rows:
+            _fail(kernel, f"{name} holds classes outside -1..{table_rows - 1}")
 
 
 def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, residual=None):
@@ -85,6 +129,22 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
     if residual is not None:
         _array("conv2d_forward", "residual", residual, np.float32, 4)
         _shape("conv2d_forward", "residual", residual, out.shape)
+
+
+def packed_activity(kernel, activity, out):
+    """Check an epilogue's packed activity: uint8 ``[N, Oh * Ow * Co / 8]`` for ``out [N, Oh, Ow, Co]``,
+    ``Co`` a multiple of 8 (each byte is eight channels of one pixel).
+
+    Parameters
+    ----------
+    kernel : str
+        The kernel's name, for the message.
+    activity, out : arrays
+    """
+    if out.shape[-1] % 8:
+        _fail(kernel, f"packed activity needs output channels in multiples of 8, not {out.shape[-1]}")
+    _array(kernel, "activity", activity, np.uint8, 2, writable=True)
+    _shape(kernel, "activity", activity, (out.shape[0], out.size // out.shape[0] // 8))
 
 
 def rectifier_cap(kernel, rectify, cap):
@@ -211,7 +271,7 @@ def _statistics(kernel, batch, nbytes, concerned_class, tangle_class, tangle_ran
     _classes(kernel, "tangle_class", tangle_class, batch, classes)
     _array(kernel, "tangle_rank", tangle_rank, np.int64, 1)
     _shape(kernel, "tangle_rank", tangle_rank, (batch,))
-    if batch and int(tangle_rank.max()) > np.iinfo(first_rank.dtype).max:
+    if batch and _value_range(tangle_rank)[1] > np.iinfo(first_rank.dtype).max:
         _fail(kernel, f"tangle_rank holds ranks beyond what {first_rank.dtype} first ranks can record")
 
 

@@ -41,11 +41,14 @@ static thread_local fd_dim3 threadIdx, blockIdx, blockDim, gridDim;
 #define __global__
 #define __device__ inline
 #define __forceinline__
+#define __launch_bounds__(...)
 #define __restrict__ __restrict
+struct alignas(16) float4 { float x, y, z, w; };
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 """
 
 FORBIDDEN = ("__shared__", "__syncthreads", "atomic", "__shfl", "__ballot", "__syncwarp")
-_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
+_KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(([^)]*)\)', re.S)
 _CTYPES = [("unsigned long long", ctypes.c_uint64), ("long long", ctypes.c_int64),
            ("unsigned int", ctypes.c_uint32), ("int", ctypes.c_int32), ("float", ctypes.c_float),
            ("double", ctypes.c_double)]
@@ -117,7 +120,8 @@ def compile_for_cpu(source, defines=(), compiler=None):
     compiler = compiler or config.get("cxx")
     signatures = kernel_signatures(source)
     program = PRELUDE + source + "\n" + "".join(_launcher(n, p) for n, p in signatures.items())
-    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math"]
+    flags = ["-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math",
+             "-fno-strict-aliasing", "-Wno-unknown-pragmas"]
     flags += [f"-D{d}" for d in defines]
     digest = hashlib.sha256((program + " ".join(flags) + compiler).encode()).hexdigest()[:20]
     with _LOCK:

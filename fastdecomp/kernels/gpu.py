@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import config
 from ..errors import BackendError, InputError
+from ..parallel import read_ahead
 from . import KERNEL_NAMES, checks, cuda_compile, launches
 from .cuda_emulator import kernel_signatures
 from .emulated_streams import EmulatedEvent, StreamLedger, TrackedNumpy
@@ -107,13 +108,13 @@ class Device:
     for compute before writing a batch's memory; compute waits for the copy
     before reading it. Nothing is queued on the NULL stream.
 
-    ``writes_activity_bits`` is False: the device convolution does not pack
-    activity bits in its epilogue (the device statistics read the values).
+    ``writes_activity_bits`` is True: the device convolution packs the activity
+    bits of its output in its epilogue, as the CPU's does.
     """
 
     name = "device"
     xp = np
-    writes_activity_bits = False
+    writes_activity_bits = True
 
     def __init__(self):
         self._modules = {}
@@ -231,7 +232,8 @@ class Device:
 
     def run_batches(self, fn, batches, n_jobs=None):
         """``fn`` over ``batches`` one after another as they reach the device; waits for the device
-        before the last result is handed out.
+        before the last result is handed out. The host reads the next batches on a thread of its own
+        (:func:`fastdecomp.parallel.read_ahead`) while the device computes.
 
         Parameters
         ----------
@@ -242,7 +244,7 @@ class Device:
             Unused: the device's parallelism is its own.
         """
         config.jobs(n_jobs)  # checked as on the CPU
-        for batch in self.streamed(batches):
+        for batch in self.streamed(read_ahead(batches)):
             yield fn(batch)
         self.synchronize()
 
@@ -492,12 +494,18 @@ def _scalars(*values, kind=np.int32):
     return [kind(v) for v in values]
 
 
+CONV_PIXELS, CONV_CHANNELS = 4, 8  # the tile of one thread of the device convolution (forward.cu)
+
+
 @_on_compute
 def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, rectify=False, residual=None,
                    activity=None, cap=None, *, device):
     """2-D convolution ``out = conv(x, kernel) + bias [+ residual]`` (NHWC input, HWIO kernel); see
-    :func:`fastdecomp.kernels.direct_conv.conv2d_forward`. Bit-identical to it. The packed
-    ``activity`` bits are a CPU epilogue only (the device statistics read the values).
+    :func:`fastdecomp.kernels.direct_conv.conv2d_forward`. Bit-identical to it, the packed
+    ``activity`` bits included (written where the output channels are a multiple of 8, as on the CPU).
+
+    Each thread computes a tile of 4 output pixels x 8 output channels in registers; 3x3 stride-1 and
+    1x1 convolutions over a multiple of 4 input channels load four channels at a time.
 
     Parameters
     ----------
@@ -507,17 +515,20 @@ def conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, 
         Where the kernel runs (:func:`fastdecomp.backends.get`).
     """
     checks.rectifier_cap("conv2d_forward", rectify, cap)
-    if activity is not None:
-        raise InputError("the device convolution does not write packed activity; pass activity=None")
     checks.conv2d_forward(x, kernel, bias, stride_h, stride_w, pad_top, pad_left, out, residual)
     n, h, w, ci = x.shape
     kh, kw, _, co = kernel.shape
     oh, ow = out.shape[1], out.shape[2]
-    device.launch("forward", "conv2d_forward", n * oh * ow * co,
-                  [x, kernel, bias, out, out if residual is None else residual, np.int64(n),
+    if activity is not None:
+        checks.packed_activity("conv2d_forward", activity, out)
+    tiles = -(-ow // CONV_PIXELS) * -(-co // CONV_CHANNELS)
+    device.launch("forward", "conv2d_forward", n * oh * tiles,
+                  [x, kernel, bias, out, out if residual is None else residual,
+                   out.view(np.uint8) if activity is None else activity, np.int64(n),
                    *_scalars(h, w, ci, kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, co,
                              int(residual is not None), int(rectify)),
-                   np.float32(0.0 if cap is None else cap), np.int32(cap is not None)])
+                   np.float32(0.0 if cap is None else cap), np.int32(cap is not None),
+                   np.int32(activity is not None)])
 
 
 @_on_compute

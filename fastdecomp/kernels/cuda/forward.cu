@@ -1,6 +1,6 @@
 // Forward kernels of the device engine.
 //
-// One thread per output value; each sums its terms in the same order, with
+// Each output value is summed by one thread, in the same order, with
 // the same roundings, as the CPU kernels (fastdecomp/kernels/direct_conv.py
 // and cpu.py), so an image's values are bit-identical on either backend.
 // Compile with --fmad=false: only the explicit fmaf() calls may fuse.
@@ -10,33 +10,213 @@
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
-extern "C" __global__ void conv2d_forward(
-    const float* __restrict__ x, const float* __restrict__ kernel, const float* __restrict__ bias,
-    float* out, const float* residual, long long n, int h, int w, int ci, int kh, int kw, int stride_h,
-    int stride_w, int pad_top, int pad_left, int oh, int ow, int co, int add_residual, int rectify,
-    float cap, int capped)
+// conv2d_forward: register tiling. Each thread computes CONV_PIXELS consecutive output pixels of one row
+// times CONV_CHANNELS consecutive output channels (32 sums in registers), so each input value it loads
+// serves CONV_CHANNELS sums and each weight CONV_PIXELS. Every sum still takes its terms one at a time in
+// the CPU's order (input channel, kernel row, kernel column; fmaf), taps on padding left out as the CPU
+// leaves them out, then the bias and the residual: the values are the CPU's bit for bit. The lanes of a
+// warp take neighbouring channel groups first, so they read the same input values and adjacent weights.
+#ifndef CONV_PIXELS  // overridden only by bench/gpu_check.py's kernel step, which times other tiles
+#define CONV_PIXELS 4
+#endif
+#define CONV_CHANNELS 8  // also one byte of packed activity: a thread owns whole bytes
+
+struct ConvTile {
+    long long b;
+    int i, j0, o0;
+};
+
+__device__ __forceinline__ float4 load4(const float* p)
 {
-    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= n * oh * ow * co) return;
-    NhwcIndex at = nhwc_index(t, oh, ow, co);
-    long long b = at.b;
-    int i = at.i, j = at.j, o = at.ch;
-    float acc = 0.0f;
-    for (int c = 0; c < ci; ++c) {
-        for (int dy = 0; dy < kh; ++dy) {
-            int y = i * stride_h + dy - pad_top;
-            for (int dx = 0; dx < kw; ++dx) {
-                int xx = j * stride_w + dx - pad_left;
-                float v = (y >= 0 && y < h && xx >= 0 && xx < w) ? x[((b * h + y) * w + xx) * ci + c] : 0.0f;
-                acc = fmaf(v, kernel[((long long)(dy * kw + dx) * ci + c) * co + o], acc);
+    return *reinterpret_cast<const float4*>(p);
+}
+
+__device__ __forceinline__ float lane(float4 v, int k)
+{
+    return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w;
+}
+
+// acc[p][q] += v[p] * w[q] for the pixels whose tap is inside the input, one fmaf per sum.
+__device__ __forceinline__ void tap(float (&acc)[CONV_PIXELS][CONV_CHANNELS], const float (&v)[CONV_PIXELS],
+                                    const bool (&inside)[CONV_PIXELS], float4 w0, float4 w1)
+{
+#pragma unroll
+    for (int p = 0; p < CONV_PIXELS; ++p) {
+        if (!inside[p]) continue;
+        acc[p][0] = fmaf(v[p], w0.x, acc[p][0]);
+        acc[p][1] = fmaf(v[p], w0.y, acc[p][1]);
+        acc[p][2] = fmaf(v[p], w0.z, acc[p][2]);
+        acc[p][3] = fmaf(v[p], w0.w, acc[p][3]);
+        acc[p][4] = fmaf(v[p], w1.x, acc[p][4]);
+        acc[p][5] = fmaf(v[p], w1.y, acc[p][5]);
+        acc[p][6] = fmaf(v[p], w1.z, acc[p][6]);
+        acc[p][7] = fmaf(v[p], w1.w, acc[p][7]);
+    }
+}
+
+// 3x3, stride 1, ci % 4 == 0, co % 8 == 0, 16-byte aligned: four input channels per float4 load, the
+// 3 x (CONV_PIXELS + 2) window of each kept in registers and used by every tap that covers it.
+__device__ __forceinline__ void conv_3x3_vector(const float* __restrict__ x, const float* __restrict__ kernel,
+                                                ConvTile at, int h, int w, int ci, int co, int pad_top,
+                                                int pad_left, float (&acc)[CONV_PIXELS][CONV_CHANNELS])
+{
+    const int cols = CONV_PIXELS + 2;
+    bool row_in[3], col_in[cols];
+    long long row_at[3];
+#pragma unroll
+    for (int dy = 0; dy < 3; ++dy) {
+        int y = at.i + dy - pad_top;
+        row_in[dy] = y >= 0 && y < h;
+        row_at[dy] = ((at.b * h + y) * w + (at.j0 - pad_left)) * (long long)ci;
+    }
+#pragma unroll
+    for (int cx = 0; cx < cols; ++cx) col_in[cx] = at.j0 + cx - pad_left >= 0 && at.j0 + cx - pad_left < w;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int c = 0; c < ci; c += 4) {
+        float4 window[3][cols];
+#pragma unroll
+        for (int dy = 0; dy < 3; ++dy)
+#pragma unroll
+            for (int cx = 0; cx < cols; ++cx)
+                window[dy][cx] = row_in[dy] && col_in[cx] ? load4(x + row_at[dy] + (long long)cx * ci + c) : zero;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+#pragma unroll
+            for (int dy = 0; dy < 3; ++dy) {
+                if (!row_in[dy]) continue;
+#pragma unroll
+                for (int dx = 0; dx < 3; ++dx) {
+                    const float* wp = kernel + ((long long)(dy * 3 + dx) * ci + c + k) * co + at.o0;
+                    float v[CONV_PIXELS];
+                    bool inside[CONV_PIXELS];
+#pragma unroll
+                    for (int p = 0; p < CONV_PIXELS; ++p) {
+                        v[p] = lane(window[dy][p + dx], k);
+                        inside[p] = col_in[p + dx];
+                    }
+                    tap(acc, v, inside, load4(wp), load4(wp + 4));
+                }
             }
         }
     }
-    float r = acc + bias[o];
-    if (add_residual) r = r + residual[t];  /* residual may be out itself: read before written */
-    if (rectify) r = r > 0.0f ? r : 0.0f;
-    if (capped) r = r < cap ? r : cap;
-    out[t] = r;
+}
+
+// 1x1, any stride, ci % 4 == 0, co % 8 == 0, 16-byte aligned: four input channels per float4 load.
+__device__ __forceinline__ void conv_1x1_vector(const float* __restrict__ x, const float* __restrict__ kernel,
+                                                ConvTile at, int h, int w, int ci, int co, int stride_h,
+                                                int stride_w, int pad_top, int pad_left,
+                                                float (&acc)[CONV_PIXELS][CONV_CHANNELS])
+{
+    int y = at.i * stride_h - pad_top;
+    bool inside[CONV_PIXELS];
+    long long pixel_at[CONV_PIXELS];
+#pragma unroll
+    for (int p = 0; p < CONV_PIXELS; ++p) {
+        int xx = (at.j0 + p) * stride_w - pad_left;
+        inside[p] = y >= 0 && y < h && xx >= 0 && xx < w;
+        pixel_at[p] = inside[p] ? ((at.b * h + y) * w + xx) * (long long)ci : 0;
+    }
+    for (int c = 0; c < ci; c += 4) {
+        float4 pixels[CONV_PIXELS];
+#pragma unroll
+        for (int p = 0; p < CONV_PIXELS; ++p) pixels[p] = load4(x + pixel_at[p] + c);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const float* wp = kernel + (long long)(c + k) * co + at.o0;
+            float v[CONV_PIXELS];
+#pragma unroll
+            for (int p = 0; p < CONV_PIXELS; ++p) v[p] = lane(pixels[p], k);
+            tap(acc, v, inside, load4(wp), load4(wp + 4));
+        }
+    }
+}
+
+// Any window, stride and channel count: scalar loads; weights past co read as zero (those sums are not kept).
+__device__ __forceinline__ void conv_any(const float* __restrict__ x, const float* __restrict__ kernel, ConvTile at,
+                                         int h, int w, int ci, int kh, int kw, int stride_h, int stride_w,
+                                         int pad_top, int pad_left, int co, float (&acc)[CONV_PIXELS][CONV_CHANNELS])
+{
+    for (int c = 0; c < ci; ++c) {
+        for (int dy = 0; dy < kh; ++dy) {
+            int y = at.i * stride_h + dy - pad_top;
+            if (y < 0 || y >= h) continue;
+            for (int dx = 0; dx < kw; ++dx) {
+                const float* wp = kernel + ((long long)(dy * kw + dx) * ci + c) * co;
+                float wq[CONV_CHANNELS];
+#pragma unroll
+                for (int q = 0; q < CONV_CHANNELS; ++q) wq[q] = at.o0 + q < co ? wp[at.o0 + q] : 0.0f;
+                float v[CONV_PIXELS];
+                bool inside[CONV_PIXELS];
+#pragma unroll
+                for (int p = 0; p < CONV_PIXELS; ++p) {
+                    int xx = (at.j0 + p) * stride_w + dx - pad_left;
+                    inside[p] = xx >= 0 && xx < w;
+                    v[p] = inside[p] ? x[((at.b * h + y) * w + xx) * ci + c] : 0.0f;
+                }
+                tap(acc, v, inside, make_float4(wq[0], wq[1], wq[2], wq[3]), make_float4(wq[4], wq[5], wq[6], wq[7]));
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ bool aligned16(const void* p)
+{
+    return ((unsigned long long)p & 15ull) == 0;
+}
+
+// Thread count: n * oh * ceil(ow / CONV_PIXELS) * ceil(co / CONV_CHANNELS). activity, when written (co % 8
+// == 0), gets each output's > 0 bit, packed big-endian over the image's nodes (numpy.packbits).
+// Two blocks of 256 threads (gpu.BLOCK) per multiprocessor hold the registers to 128 a thread: 8-24% faster
+// than the 148 the compiler takes unbounded (H200, bench/results/gpu.md).
+#ifndef CONV_MIN_BLOCKS
+#define CONV_MIN_BLOCKS 2
+#endif
+
+extern "C" __global__ void __launch_bounds__(256, CONV_MIN_BLOCKS) conv2d_forward(
+    const float* __restrict__ x, const float* __restrict__ kernel, const float* __restrict__ bias,
+    float* out, const float* residual, unsigned char* __restrict__ activity, long long n, int h, int w, int ci,
+    int kh, int kw, int stride_h, int stride_w, int pad_top, int pad_left, int oh, int ow, int co,
+    int add_residual, int rectify, float cap, int capped, int write_activity)
+{
+    int groups = (co + CONV_CHANNELS - 1) / CONV_CHANNELS, tiles = (ow + CONV_PIXELS - 1) / CONV_PIXELS;
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n * oh * tiles * groups) return;
+    ConvTile at;
+    at.o0 = (int)(t % groups) * CONV_CHANNELS;
+    long long rest = t / groups;
+    at.j0 = (int)(rest % tiles) * CONV_PIXELS;
+    rest /= tiles;
+    at.i = (int)(rest % oh);
+    at.b = rest / oh;
+    float acc[CONV_PIXELS][CONV_CHANNELS];
+#pragma unroll
+    for (int p = 0; p < CONV_PIXELS; ++p)
+#pragma unroll
+        for (int q = 0; q < CONV_CHANNELS; ++q) acc[p][q] = 0.0f;
+    bool vector = ci % 4 == 0 && co % CONV_CHANNELS == 0 && aligned16(x) && aligned16(kernel);
+    if (vector && kh == 3 && kw == 3 && stride_h == 1 && stride_w == 1)
+        conv_3x3_vector(x, kernel, at, h, w, ci, co, pad_top, pad_left, acc);
+    else if (vector && kh == 1 && kw == 1)
+        conv_1x1_vector(x, kernel, at, h, w, ci, co, stride_h, stride_w, pad_top, pad_left, acc);
+    else
+        conv_any(x, kernel, at, h, w, ci, kh, kw, stride_h, stride_w, pad_top, pad_left, co, acc);
+#pragma unroll
+    for (int p = 0; p < CONV_PIXELS; ++p) {
+        if (at.j0 + p >= ow) break;
+        long long first = ((at.b * oh + at.i) * ow + at.j0 + p) * co + at.o0;
+        unsigned int bits = 0;
+#pragma unroll
+        for (int q = 0; q < CONV_CHANNELS; ++q) {
+            if (at.o0 + q >= co) break;
+            float r = acc[p][q] + bias[at.o0 + q];
+            if (add_residual) r = r + residual[first + q];  /* residual may be out itself: read before written */
+            if (rectify) r = r > 0.0f ? r : 0.0f;
+            if (capped) r = r < cap ? r : cap;
+            out[first + q] = r;
+            if (r > 0.0f) bits |= 128u >> q;
+        }
+        if (write_activity) activity[first / CONV_CHANNELS] = (unsigned char)bits;
+    }
 }
 
 // Twin of cpu.grouped_conv2d_forward: the group's channels, then rows, then columns; padding skipped.
