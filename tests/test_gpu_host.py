@@ -310,6 +310,7 @@ def cupy_double(ledger, monkeypatch):
 
     sources, names = {}, itertools.count()
     real_compile = cuda_compile.compile_source
+    ledger.id = 0  # the double's one GPU: its arrays are GPU 0's
 
     def compile_source(text, name, arch, defines=()):
         key = f"{len(sources)}".encode()
@@ -437,3 +438,88 @@ def test_the_statistics_pass_records_the_ranges_of_what_it_uploads(resnet_case):
     finally:
         checks._value_range = real
     assert reads and all(reads)
+
+
+def test_emulated_arrays_have_the_attributes_of_cupy_arrays_and_no_others():
+    """What host code can read from a device array is what the installed CuPy's ndarray and Flags offer."""
+    import cupy
+    from cupy._core.flags import Flags
+
+    device = gpu.EmulatedDevice()
+    array = device.asarray(np.zeros((2, 3), np.float32))
+    with device.compute():
+        made = [array, device.xp.empty((4,), np.uint8), array[1:], array.view(np.uint8), array.reshape(3, 2)]
+    for a in made:
+        for name in dir(np.ndarray):
+            if name.startswith("__"):
+                continue
+            if name in dir(cupy.ndarray):
+                if name != "mT" or a.ndim >= 2:  # mT: matrices only, in NumPy as in CuPy
+                    getattr(a, name)
+            else:
+                with pytest.raises(AttributeError, match="cupy.ndarray"):
+                    getattr(a, name)
+        public = {name for name in dir(Flags) if not name.startswith("_")}
+        assert {name for name in dir(a.flags) if not name.startswith("_")} == public
+        for name in public:
+            getattr(a.flags, name)
+        assert a.flags["C_CONTIGUOUS"] == a.flags.c_contiguous
+        with pytest.raises(AttributeError):
+            a.flags.writeable
+
+
+def test_a_numpy_only_attribute_read_in_host_code_is_caught_without_a_gpu(monkeypatch):
+    """The bug a real H200 found first: the kernels' checks read ``flags.writeable``, which CuPy lacks."""
+    from fastdecomp.kernels import checks
+
+    device = gpu.EmulatedDevice()
+    x, kernel, bias = (device.asarray(np.ones(shape, np.float32)) for shape in ((1, 4, 4, 2), (1, 1, 2, 8), (8,)))
+    with device.compute():
+        out = device.xp.empty((1, 4, 4, 8), np.float32)
+    gpu.conv2d_forward(x, kernel, bias, 1, 1, 0, 0, out, device=device)
+    monkeypatch.setattr(checks, "_writable", lambda a: a.flags.writeable)
+    with pytest.raises(AttributeError, match="writeable"):
+        gpu.conv2d_forward(x, kernel, bias, 1, 1, 0, 0, out, device=device)
+    monkeypatch.undo()
+    with pytest.raises(AttributeError, match="ctypes"):
+        x.ctypes
+
+
+def test_an_nvrtc_too_old_for_the_kernels_is_a_backend_error_and_auto_falls_back(monkeypatch):
+    """The probe compiles every kernel source: one NVRTC cannot compile (a feature it lacks, planted as an
+    #error) names NVRTC's version and the source, and ``auto`` runs on the CPU with one warning."""
+    cupy = pytest.importorskip("cupy")
+    pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
+    monkeypatch.setattr(cupy.cuda, "Device", _FakeGpu)
+    monkeypatch.setattr(gpu, "_probe", lambda device_id: None)  # a GPU that runs the probe kernel
+    real_source = gpu.source
+    monkeypatch.setattr(gpu, "source", lambda name: real_source(name) + (
+        "\n#error this kernel needs a newer NVRTC\n" if name == "forward" else ""))
+    monkeypatch.setattr(backends, "_FELL_BACK", [])
+    monkeypatch.delitem(backends._DEVICES, "cuda", raising=False)
+    with pytest.raises(BackendError, match=r"NVRTC \d+\.\d+ could not compile forward.cu for sm_90"):
+        backends.get("cuda")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert backends.get("auto").name == "cpu"
+    said = [w for w in caught if issubclass(w.category, backends.BackendFallbackWarning)]
+    assert len(said) == 1 and "forward.cu" in str(said[0].message)
+
+
+def test_an_array_of_another_gpu_is_refused_naming_the_kernel_and_the_argument():
+    from fastdecomp.errors import InputError
+
+    here, there = gpu.EmulatedDevice(), gpu.EmulatedDevice()
+    x, kernel, bias = (here.asarray(np.ones(shape, np.float32)) for shape in ((1, 4, 4, 2), (1, 1, 2, 8), (8,)))
+    foreign = there.asarray(np.ones((1, 1, 2, 8), np.float32))
+    assert foreign.device.id != here.device_id and kernel.device.id == here.device_id
+    with here.compute():
+        out = here.xp.empty((1, 4, 4, 8), np.float32)
+    gpu.conv2d_forward(x, kernel, bias, 1, 1, 0, 0, out, device=here)
+    with pytest.raises(InputError, match=f"conv2d_forward: kernel is an array of GPU {there.device_id}, .* GPU "
+                                         f"{here.device_id}"):
+        gpu.conv2d_forward(x, foreign, bias, 1, 1, 0, 0, out, device=here)
+    with pytest.raises(InputError, match="conv2d_forward: x must be a 4-D C-contiguous"):
+        gpu.conv2d_forward(here.asarray(np.ones((1, 4, 8, 2), np.float32))[:, :, ::2], kernel, bias, 1, 1, 0, 0,
+                           out, device=here)

@@ -180,6 +180,7 @@ class EmulatedModule:
         converted = []
         for (ctype, pname), arg in zip(params, args):
             if "*" in ctype:
+                arg = np.asarray(arg) if isinstance(arg, np.ndarray) else arg  # past CuPy's surface
                 if not (isinstance(arg, np.ndarray) and arg.flags.c_contiguous):
                     raise TypeError(f"{name}: {pname} must be a C-contiguous array")
                 converted.append(arg.ctypes.data)

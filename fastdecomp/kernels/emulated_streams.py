@@ -20,14 +20,17 @@ call is an operation on the current stream.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
+from functools import lru_cache
 
 import numpy as np
 
-from ..errors import StreamOrderError
+from ..errors import BackendError, StreamOrderError
 
-__all__ = ["StreamLedger", "EmulatedStream", "EmulatedEvent", "TrackedNumpy"]
+__all__ = ["StreamLedger", "EmulatedStream", "EmulatedEvent", "TrackedNumpy", "EmulatedArray", "EmulatedFlags",
+           "cupy_surface"]
 
 UPLOADS = ("asarray", "ascontiguousarray", "array")
 
@@ -143,7 +146,10 @@ def _owner(array):
 class StreamLedger:
     """The streams of one emulated device and the tag of every array it made (see the module docstring)."""
 
+    _ids = itertools.count()
+
     def __init__(self):
+        self.id = next(self._ids)  # an emulated GPU's number, as ``cupy.cuda.Device(id)``'s
         self.null = EmulatedStream(self, "null")
         self.host = {}
         self._tags = {}
@@ -253,6 +259,87 @@ class StreamLedger:
                 raise StreamOrderError(message)
 
 
+@lru_cache(maxsize=None)
+def cupy_surface():
+    """``(array attributes, flags attributes)``: the public names of the installed CuPy's ``ndarray`` and
+    ``Flags`` classes, which import without a GPU.
+
+    Raises
+    ------
+    BackendError
+        Without CuPy: the emulated device imitates its arrays, so it needs it installed.
+    """
+    try:
+        import cupy
+        from cupy._core.flags import Flags
+    except ImportError as exc:
+        raise BackendError("the emulated CUDA device hands out arrays with CuPy's attributes, read from the "
+                           "installed CuPy: pip install cupy-cuda12x (no GPU needed)") from exc
+    return frozenset(dir(cupy.ndarray)), frozenset(name for name in dir(Flags) if not name.startswith("_"))
+
+
+class EmulatedFlags:
+    """``cupy.ndarray.flags`` of an emulated array: CuPy's attributes and nothing else (no ``writeable``:
+    a device array is always writable).
+
+    Parameters
+    ----------
+    flags : numpy.ndarray.flags
+    """
+
+    def __init__(self, flags):
+        self._c, self._f, self._own = flags.c_contiguous, flags.f_contiguous, flags.owndata
+
+    c_contiguous = property(lambda self: self._c)
+    f_contiguous = property(lambda self: self._f)
+    owndata = property(lambda self: self._own)
+    forc = property(lambda self: self._c or self._f)
+    fnc = property(lambda self: self._f and not self._c)
+
+    def __getitem__(self, name):
+        return {"C_CONTIGUOUS": self._c, "F_CONTIGUOUS": self._f, "OWNDATA": self._own}[name]
+
+    def __repr__(self):
+        return f"  C_CONTIGUOUS : {self._c}\n  F_CONTIGUOUS : {self._f}\n  OWNDATA : {self._own}"
+
+
+class EmulatedArray(np.ndarray):
+    """An emulated device's array: NumPy's memory and arithmetic, CuPy's attributes.
+
+    Reading an attribute that ``cupy.ndarray`` lacks (``ctypes``, ``flags.writeable``,
+    ``setflags``...) raises ``AttributeError`` as it would on a GPU, so host code that
+    works here works on CuPy too. The surface is read from the installed CuPy
+    (:func:`cupy_surface`). NumPy's own C code does not go through Python attribute
+    access, so arithmetic and slicing behave as NumPy's; the emulator's internals take
+    ``numpy.asarray`` of an array to reach the rest.
+    """
+
+    def __array_finalize__(self, obj):
+        if isinstance(obj, EmulatedArray):
+            self.__dict__["home"] = obj.__dict__.get("home")
+
+    @property
+    def device(self):
+        """The :class:`StreamLedger` of the emulated device that made it (its ``id`` as CuPy's ``Device``)."""
+        return self.__dict__.get("home")
+
+    def __getattribute__(self, name):
+        if not name.startswith("__") and name not in cupy_surface()[0]:
+            raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r} (a NumPy-only attribute: "
+                                 "host code must use what CuPy arrays have)")
+        value = super().__getattribute__(name)
+        return EmulatedFlags(value) if name == "flags" else value
+
+
+def as_device_array(array, ledger):
+    """``array`` as an :class:`EmulatedArray` of ``ledger``'s device (a view: the ledger's tags, held by its
+    base, still apply)."""
+    if isinstance(array, np.ndarray) and not isinstance(array, EmulatedArray):
+        array = array.view(EmulatedArray)
+        array.__dict__["home"] = ledger
+    return array
+
+
 class TrackedNumpy:
     """NumPy as an emulated device's ``xp``: each function call is an operation on the current stream.
 
@@ -282,7 +369,7 @@ class TrackedNumpy:
             if name in UPLOADS and args and isinstance(args[0], np.ndarray) and not ledger.is_tracked(args[0]):
                 copy = np.array(args[0], dtype=kwargs.get("dtype"), order="C", copy=True)
                 ledger.produced(copy)
-                return copy
+                return as_device_array(copy, ledger)
             arrays = [a for a in list(args) + list(kwargs.values()) if isinstance(a, np.ndarray)]
             written = kwargs.get("out")
             written = [written] if isinstance(written, np.ndarray) else list(written or ())
@@ -296,5 +383,7 @@ class TrackedNumpy:
             for array in result if isinstance(result, tuple) else (result,):
                 if isinstance(array, np.ndarray) and not ledger.is_tracked(array):
                     ledger.produced(array)
-            return result
+            if isinstance(result, tuple):
+                return tuple(as_device_array(array, ledger) for array in result)
+            return as_device_array(result, ledger)
         return call

@@ -162,12 +162,24 @@ class Device:
         grid = (int(threads) + BLOCK - 1) // BLOCK
         module = self.module(source_name, defines)
         params = module.params[kernel]
+        for param, arg in zip(params, args):
+            if param.pointer:
+                self._check_home(kernel, param.name, arg)
         launches.check_launch(kernel, params, grid, BLOCK, args, self._is_device_array)
         with self.compute():
             self._launch(module.functions[kernel], grid, args, params)
 
     def _is_device_array(self, value):
         return isinstance(value, self.xp.ndarray)
+
+    def _check_home(self, kernel, name, array):
+        """An :class:`InputError` for a device array of another GPU (the kernel would read foreign memory)."""
+        home = getattr(array, "device", None)
+        if self._is_device_array(array) and home is not None and not isinstance(home, str) \
+                and home.id != self.device_id:
+            raise InputError(f"{kernel}: {name} is an array of GPU {home.id}, and this backend computes on GPU "
+                             f"{self.device_id}: copy it there first (cupy.asarray inside "
+                             f"cupy.cuda.Device({self.device_id}))")
 
     def asarray(self, host):
         """A device copy of a host array (C-contiguous), made on the compute stream."""
@@ -265,6 +277,7 @@ class EmulatedDevice(Device):
     def __init__(self):
         super().__init__()
         self.ledger = StreamLedger()
+        self.device_id = self.ledger.id
         self.xp = TrackedNumpy(self.ledger)
         self._compute = self.ledger.stream("compute")
         self._copy = self.ledger.stream("copy")
@@ -432,6 +445,19 @@ def _check_cuda(device_id=0):
         raise BackendError("backend='cuda': the NVIDIA driver reports no GPU on this "
                                       "machine; use backend='cpu'")
     _probe(device_id)
+    with cupy.cuda.Device(device_id) as gpu_device:
+        _compile_every_source(f"sm_{gpu_device.compute_capability}")
+
+
+def _compile_every_source(arch):
+    """Compile each kernel source for ``arch`` now (NVRTC caches them for the device), so that an NVRTC too
+    old for a feature the kernels use is a :class:`BackendError` naming its version before any data is read,
+    and ``auto`` falls back to the CPU."""
+    for name in SOURCES:
+        cuda_compile.compile_source(source(name), SOURCES[name], arch, _SOURCE_DEFINES.get(name, ()))
+
+
+_SOURCE_DEFINES = {"statistics": (f"RANK_T={RANK_TYPES[np.dtype(np.uint8)]}",)}  # the rank type most passes use
 
 
 @lru_cache(maxsize=None)
