@@ -145,6 +145,62 @@ def test_synthetic_tiny_imagenet_is_seeded():
     assert not np.array_equal(data.SyntheticTinyImageNet(50, seed=4).read([4]), a.read([4]))
 
 
+def test_synthetic_images_are_the_same_read_on_threads_or_one_at_a_time():
+    """Generated on several threads for a large read; each image is a function of (seed, index) alone."""
+    source = data.SyntheticTinyImageNet(200, seed=5)
+    rows = np.arange(199, -1, -3)
+    many = source.read(rows)
+    assert len(rows) > source.IMAGES_PER_THREAD
+    one_by_one = np.concatenate([source.read([i]) for i in rows])
+    np.testing.assert_array_equal(many, one_by_one)
+    noise = np.random.default_rng([5, 2, int(rows[-1])]).random((64, 64, 3), dtype=np.float32)
+    np.testing.assert_array_equal(many[-1], 0.6 * source._patterns[source.labels[rows[-1]]] + 0.4 * noise)
+
+
+def test_read_ahead_hands_out_every_item_in_order_and_raises_where_the_reading_failed():
+    import threading
+
+    from fastdecomp.parallel import read_ahead
+
+    readers = set()
+
+    def items(fail_at=None):
+        for i in range(10):
+            readers.add(threading.current_thread().name)
+            if i == fail_at:
+                raise ValueError(f"item {i} is unreadable")
+            yield i
+
+    assert list(read_ahead(items(), depth=3)) == list(range(10))
+    assert readers == {"fastdecomp-read-ahead"}
+    got = []
+    with pytest.raises(ValueError, match="item 6 is unreadable"):
+        for item in read_ahead(items(fail_at=6)):
+            got.append(item)
+    assert got == list(range(6))
+
+
+def test_read_ahead_stops_its_thread_when_the_consumer_stops():
+    import threading
+
+    from fastdecomp.parallel import read_ahead
+
+    drawn = []
+
+    def endless():
+        i = 0
+        while True:
+            drawn.append(i)
+            yield i
+            i += 1
+
+    ahead = read_ahead(endless(), depth=2)
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    ahead.close()
+    assert not any(t.name == "fastdecomp-read-ahead" for t in threading.enumerate())
+    assert len(drawn) <= 3 + 2 + 1  # handed out, queued, and the one being put when told to stop
+
+
 def test_stratified_subset_keeps_proportions():
     source = data.ArraySource(np.zeros((100, 2, 2, 1), np.float32), np.repeat([0, 1], [80, 20]))
     sub = data.stratified_subset(source, 10)
