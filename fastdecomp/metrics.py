@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from . import backends
 from .data import Subset, as_input_source
 from .errors import InputError
 from .pruning import dead_channels
@@ -298,7 +299,7 @@ def overlap(modules):
     return {"mean": _mean_off_diagonal(pairwise), "pairwise": pairwise}
 
 
-def cohesion(modules, x, y=None, *, images_per_class=32, batch_size=256, seed=0):
+def cohesion(modules, x, y=None, *, images_per_class=32, batch_size=256, seed=0, backend=None):
     """Cohesion (MwT): the mean Jaccard index of the activation masks of pairs of inputs of one class.
 
     For class k, a sample of its inputs; each input's activation mask is the
@@ -315,6 +316,8 @@ def cohesion(modules, x, y=None, *, images_per_class=32, batch_size=256, seed=0)
         Sample size per class, at least 2 (fewer where a class has fewer).
     batch_size : int
     seed : int
+    backend : str or device, optional
+        Where the pass over the images runs (:func:`fastdecomp.backends.get`).
 
     Returns
     -------
@@ -332,7 +335,7 @@ def cohesion(modules, x, y=None, *, images_per_class=32, batch_size=256, seed=0)
             raise InputError(f"cohesion needs at least 2 images of each class; class {k} has {len(members)}")
         picks[k] = np.sort(rng.choice(members, min(images_per_class, len(members)), replace=False))
     rows = np.concatenate(list(picks.values()))
-    packed = _activation_bits(modules, Subset(source, rows), batch_size)
+    packed = _activation_bits(modules, Subset(source, rows), batch_size, backend)
     per_class, start = {}, 0
     for k, chosen in picks.items():
         block = packed[start:start + len(chosen)]
@@ -558,12 +561,14 @@ def _subsets(n, k, count, seed):
     return [list(c) for c in sorted(seen)]
 
 
-def _activation_bits(modules, source, batch_size):
+def _activation_bits(modules, source, batch_size, backend=None):
     """uint64 ``[N, words]``: each image's activation mask over every mask point, packed."""
     blocks = []
+    device = backends.get(backend)
     for _, _, values, _ in modules.network.iter_mask_values(source, mask_at=modules.options.mask_at,
-                                                            batch_size=batch_size):
-        blocks.append(np.concatenate([_packed(v.reshape(len(v), -1) > 0) for v in values.values()], axis=1))
+                                                            batch_size=batch_size, backend=device):
+        blocks.append(np.concatenate([_packed(device.to_host(v).reshape(len(v), -1) > 0) for v in values.values()],
+                                     axis=1))
     return np.concatenate(blocks)
 
 

@@ -137,7 +137,7 @@ class ModuleSet:
         modules._paper = self._paper
         return modules
 
-    def activity_counts(self, x, y=None, *, batch_size=256, level=None):
+    def activity_counts(self, x, y=None, *, batch_size=256, level=None, backend=None):
         """How many of each module's concerned and unconcerned inputs activate each node: a pass over ``x``.
 
         Parameters
@@ -149,6 +149,8 @@ class ModuleSet:
         batch_size : int
         level : {"node", "channel"}, optional
             See :func:`fastdecomp.thresholds.count_activity`.
+        backend : str or device, optional
+            Where the pass runs (:func:`fastdecomp.backends.get`).
 
         Returns
         -------
@@ -156,7 +158,7 @@ class ModuleSet:
         """
         from .thresholds import count_activity
 
-        return count_activity(self, x, y, batch_size=batch_size, level=level)
+        return count_activity(self, x, y, batch_size=batch_size, level=level, backend=backend)
 
     def thresholded(self, counts, y=None, *, activity_threshold=0.0, tangling_threshold=0.0, channel_threshold=None):
         """The same decomposition keeping only the nodes enough inputs use (smaller modules).
@@ -373,7 +375,7 @@ class ModuleSet:
             self._key_cache[k] = {name: digests[0] for name, digests in keys.items()}
         return self._key_cache[k]
 
-    def updated(self, k, x, *, batch_size=256, mode="add"):
+    def updated(self, k, x, *, batch_size=256, mode="add", backend=None):
         """Module ``k`` updated for new company (continuous learning, docs/method.md section 6).
 
         Parameters
@@ -389,6 +391,8 @@ class ModuleSet:
             channeled unconcerned output sees them. ``"remove"`` removes the
             nodes active for one of them and for none of the module's
             concerned inputs. Backtracking is applied again either way.
+        backend : str or device, optional
+            Where the pass over ``x`` runs (:func:`fastdecomp.backends.get`).
 
         Returns
         -------
@@ -402,7 +406,7 @@ class ModuleSet:
                              "saved by an older fastdecomp); decompose again to update with mode='remove'")
         i = self.index(k)
         base_keep = {name: keep.copy() for name, keep in self._base_keep.items()}
-        for name, active in self._activity(x, batch_size).items():
+        for name, active in self._activity(x, batch_size, backends.get(backend)).items():
             if mode == "add":
                 base_keep[name][i] |= active
             else:
@@ -412,15 +416,17 @@ class ModuleSet:
         return assemble(self.network, self.classes, self.options, base_keep, self.samples(), info,
                         self._concerned_bits)
 
-    def _activity(self, x, batch_size):
-        """Mask-point name -> bool of its shape: active for some image of ``x``."""
-        active = {name: np.zeros(keep.shape[1:], dtype=bool) for name, keep in self._base_keep.items()}
+    def _activity(self, x, batch_size, device):
+        """Mask-point name -> bool of its shape: active for some image of ``x`` (gathered on ``device``)."""
+        with device.compute():
+            active = {name: device.xp.zeros(keep.shape[1:], dtype=bool) for name, keep in self._base_keep.items()}
         for positions, _, values, _ in self.network.iter_mask_values(self._source(x), mask_at=self.options.mask_at,
-                                                                     batch_size=batch_size):
+                                                                     batch_size=batch_size, backend=device):
             for name, v in values.items():
-                check_finite(v, positions, name)
-                active[name] |= (v > 0).any(axis=0)
-        return active
+                check_finite(v, positions, name, backend=device)
+                with device.compute():
+                    active[name] |= (v > 0).any(axis=0)
+        return {name: device.to_host(a) for name, a in active.items()}
 
     def _source(self, x, y=None):
         return as_input_source(x, self.network.input_shape, y)

@@ -247,7 +247,7 @@ class Network:
         """
         return self.predict_proba(x, batch_size=batch_size, n_jobs=n_jobs, backend=backend).argmax(axis=1)
 
-    def iter_mask_values(self, x, y=None, *, mask_at=DEFAULT_MASK_AT, batch_size=256):
+    def iter_mask_values(self, x, y=None, *, mask_at=DEFAULT_MASK_AT, batch_size=256, backend=None):
         """Stream every batch's values at the mask points, one batch in memory at a time.
 
         Parameters
@@ -257,6 +257,9 @@ class Network:
             Labels (with an array ``x``).
         mask_at : {"relu", "conv"}
         batch_size : int
+        backend : str or device, optional
+            Where the forward runs (:func:`fastdecomp.backends.get`); the values are that device's
+            arrays, made on its compute stream.
 
         Yields
         ------
@@ -268,11 +271,12 @@ class Network:
         probabilities : numpy.ndarray
             The model's softmax outputs ``[B, num_classes]``.
         """
+        device = backends.get(backend)
         source = as_input_source(x, self.input_shape, y)
         for positions, xb, yb in source.batches(batch_size):
             values = {}
             probs = self.forward(xb, observe=lambda layer, v: values.__setitem__(layer.name, v),
-                                 mask_at=mask_at, backend="cpu")
+                                 mask_at=mask_at, backend=device)
             yield positions, yb, values, probs
 
     def keras_name_of(self, name):
@@ -280,19 +284,25 @@ class Network:
         return self.by_name[name].keras_name
 
 
-def check_finite(values, positions, where="the output layer"):
+def check_finite(values, positions, where="the output layer", backend=None):
     """Raise InputError naming the images (``positions``) whose ``values`` overflowed to NaN or inf.
 
     Parameters
     ----------
-    values : numpy.ndarray
-        ``[B, ...]``, one row per image.
+    values : array
+        ``[B, ...]``, one row per image: a host array, or ``backend``'s.
     positions : numpy.ndarray
         The images' indices in their source.
     where : str
         The layer the values come from, for the message.
+    backend : device, optional
+        The device ``values`` live on (read there; one flag per image comes back).
     """
-    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if backend is None:
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    else:
+        with backend.compute():
+            bad = backend.to_host(~backend.xp.isfinite(values.reshape(len(values), -1)).all(axis=1))
     if bad.any():
         raise InputError(f"images {positions[bad][:5].tolist()}{'...' if bad.sum() > 5 else ''} overflow to NaN "
                          f"or inf at {where}; check their scale against what the model was trained on")

@@ -23,7 +23,7 @@ import hashlib
 
 import numpy as np
 
-from . import config
+from . import backends, config
 from .data import Subset, as_input_source
 from .errors import InputError
 from .network import check_finite
@@ -69,7 +69,7 @@ def labels_digest(labels):
     return hashlib.sha256(np.asarray(labels, dtype=np.int64).tobytes()).hexdigest()
 
 
-def count_activity(modules, x, y=None, *, batch_size=256, level=None):
+def count_activity(modules, x, y=None, *, batch_size=256, level=None, backend=None):
     """Count, for every module, how many of its concerned and unconcerned inputs activate each node.
 
     Parameters
@@ -84,6 +84,9 @@ def count_activity(modules, x, y=None, *, batch_size=256, level=None):
     level : {"node", "channel"}, optional
         Default: ``node`` where the counts fit in the ``activity_count_bytes``
         setting, else ``channel``.
+    backend : str or device, optional
+        Where the pass runs (:func:`fastdecomp.backends.get`): the forward, the activity and the
+        counting products stay on that device; the counts come back once, at the end.
 
     Returns
     -------
@@ -98,18 +101,23 @@ def count_activity(modules, x, y=None, *, batch_size=256, level=None):
     level = _level(level, len(modules), shapes)
     concerned, unconcerned = modules.samples()
     rows = np.unique(np.concatenate(concerned + unconcerned))
-    membership = [_membership(indices, rows) for indices in (concerned, unconcerned)]
-    tables = [{name: np.zeros((len(modules), _units(shape, level)), np.int32) for name, shape in shapes.items()}
-              for _ in range(2)]
+    device = backends.get(backend)
+    xp = device.xp
+    with device.compute():
+        membership = [device.asarray(_membership(indices, rows)) for indices in (concerned, unconcerned)]
+        tables = [{name: xp.zeros((len(modules), _units(shape, level)), np.int32) for name, shape in shapes.items()}
+                  for _ in range(2)]
     subset = Subset(source, rows)
     for positions, _, values, _ in network.iter_mask_values(subset, mask_at=modules.options.mask_at,
-                                                            batch_size=batch_size):
+                                                            batch_size=batch_size, backend=device):
         for name, v in values.items():
-            check_finite(v, rows[positions], name)
-            active = _active_units(v, level)
-            for member, table in zip(membership, tables):
-                table[name] += (member[:, positions] @ active).astype(np.int32)
-    return ActivityCounts(level, shapes, tables[0], tables[1], [len(c) for c in concerned],
+            check_finite(v, rows[positions], name, backend=device)
+            with device.compute():
+                active, columns = _active_units(v, level), device.asarray(positions)
+                for member, table in zip(membership, tables):
+                    table[name] += (member[:, columns] @ active).astype(np.int32)
+    concerned_counts, unconcerned_counts = ({name: device.to_host(t) for name, t in table.items()} for table in tables)
+    return ActivityCounts(level, shapes, concerned_counts, unconcerned_counts, [len(c) for c in concerned],
                           [len(u) for u in unconcerned])
 
 

@@ -320,6 +320,44 @@ def test_device_decomposition_equals_cpu(resnet_case, sequential_case, device, c
         np.testing.assert_array_equal(network.forward(x, backend=device), network.forward(x))
 
 
+@pytest.mark.parametrize("level", ["node", "channel"])
+def test_passes_over_data_after_decomposition_run_on_the_device_and_equal_the_cpu(resnet_case, device, level,
+                                                                                 monkeypatch):
+    """The threshold counts, ``updated`` and cohesion pass over the data on the device (values stay there),
+    giving the CPU's results bit for bit; thresholds from device counts give the CPU's masks."""
+    import fastdecomp as fd
+
+    convolutions = []
+    real = device.kernels.conv2d_forward
+    monkeypatch.setattr(device.kernels, "conv2d_forward", lambda *a, **k: convolutions.append(1) or real(*a, **k))
+    model, x, y = resnet_case
+    modules = fd.decompose(fd.from_keras(model), x, y, backtrack="bi", delta=0.05, batch_size=7, seed=2,
+                           progress=False)
+    on_cpu = modules.activity_counts(x, y, batch_size=9, level=level)
+    assert not convolutions
+    on_device = modules.activity_counts(x, y, batch_size=9, level=level, backend=device.name)
+    assert convolutions
+    for table in ("concerned", "unconcerned"):
+        for name, counts in getattr(on_cpu, table).items():
+            assert isinstance(getattr(on_device, table)[name], np.ndarray)
+            np.testing.assert_array_equal(getattr(on_device, table)[name], counts, err_msg=f"{table} {name}")
+    assert any(c.max() > 1 for c in on_cpu.concerned.values())
+    thresholds = dict(activity_threshold=0.3, tangling_threshold=0.2)
+    for k in modules.classes:
+        for name, mask in modules.thresholded(on_cpu, **thresholds).masks(k).items():
+            np.testing.assert_array_equal(modules.thresholded(on_device, **thresholds).masks(k)[name], mask)
+    others = x[y != modules.classes[0]][:11]
+    for mode in ("add", "remove"):
+        expected = modules.updated(modules.classes[0], others, batch_size=4, mode=mode)
+        convolutions.clear()
+        got = modules.updated(modules.classes[0], others, batch_size=4, mode=mode, backend=device.name)
+        assert convolutions
+        for name, mask in expected.masks(modules.classes[0]).items():
+            np.testing.assert_array_equal(got.masks(modules.classes[0])[name], mask, err_msg=f"{mode} {name}")
+    assert fd.metrics.cohesion(modules, x, y, images_per_class=4, batch_size=5) == \
+        fd.metrics.cohesion(modules, x, y, images_per_class=4, batch_size=5, backend=device.name)
+
+
 def test_cuda_backend_without_a_device_says_what_is_missing(resnet_case, monkeypatch):
     import fastdecomp as fd
     from conftest import cuda_available
