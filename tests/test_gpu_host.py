@@ -523,3 +523,28 @@ def test_an_array_of_another_gpu_is_refused_naming_the_kernel_and_the_argument()
     with pytest.raises(InputError, match="conv2d_forward: x must be a 4-D C-contiguous"):
         gpu.conv2d_forward(here.asarray(np.ones((1, 4, 8, 2), np.float32))[:, :, ::2], kernel, bias, 1, 1, 0, 0,
                            out, device=here)
+
+
+@pytest.mark.parametrize("concerned", ["all", "correct"])
+def test_the_statistics_pass_waits_for_the_device_twice_a_batch_at_most(resnet_case, concerned):
+    """Each read of a device value by the host (``int(a.max())``, a copy to the host) waits for all the work
+    queued before it. The pass reads the model's outputs once a batch, and the statistics once at the end:
+    a check that read the class arrays back at every mask point made it 13 times that."""
+    import fastdecomp as fd
+
+    model, x, y = resnet_case
+    network = fd.from_keras(model)
+    device = backends.get("emulated-cuda")
+    device.ledger.read_backs.clear()
+    fd.decompose(network, x, y, backend="emulated-cuda", batch_size=8, concerned=concerned, progress=False)
+    batches, points = -(-len(x) // 8), len(network.mask_points("relu"))
+    assert 0 < len(device.ledger.read_backs) <= 2 * batches + 2 * points, device.ledger.read_backs
+
+
+def test_the_emulated_device_counts_what_the_host_reads_back():
+    device = gpu.EmulatedDevice()
+    a = device.asarray(np.arange(6, dtype=np.int64))
+    with device.compute():
+        int(a.max()), float(a.min()), bool(a.any()), a[1].item(), a.tolist()
+    device.to_host(a)
+    assert device.ledger.read_backs == ["int()", "float()", "bool()", "item()", "tolist()", "to_host"]

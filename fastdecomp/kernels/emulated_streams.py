@@ -150,6 +150,7 @@ class StreamLedger:
 
     def __init__(self):
         self.id = next(self._ids)  # an emulated GPU's number, as ``cupy.cuda.Device(id)``'s
+        self.read_backs = []  # what the host read from the device: each waits for the stream, on a GPU
         self.null = EmulatedStream(self, "null")
         self.host = {}
         self._tags = {}
@@ -179,6 +180,17 @@ class StreamLedger:
             for name, position in clock.items():
                 self.host[name] = max(self.host.get(name, 0), position)
         self.report()
+
+    def read_back(self, what):
+        """The host reads a value of the device (``int(a.max())``, a copy to the host): on a GPU it waits
+        for everything queued on the stream before it. Counted, so tests can bound the waits of a pass.
+
+        Parameters
+        ----------
+        what : str
+        """
+        with self._lock:
+            self.read_backs.append(what)
 
     def is_tracked(self, array):
         return isinstance(array, np.ndarray) and id(_owner(array)) in self._tags
@@ -312,6 +324,11 @@ class EmulatedArray(np.ndarray):
     (:func:`cupy_surface`). NumPy's own C code does not go through Python attribute
     access, so arithmetic and slicing behave as NumPy's; the emulator's internals take
     ``numpy.asarray`` of an array to reach the rest.
+
+    As in CuPy, an element is a 0-d array, and turning one into a Python value
+    (``int``, ``float``, ``bool``, ``item``, ``tolist``) is a read-back: on a GPU
+    it waits for every kernel queued before it. The device's
+    :meth:`StreamLedger.read_back` counts them, so tests can bound a pass's waits.
     """
 
     def __array_finalize__(self, obj):
@@ -323,12 +340,50 @@ class EmulatedArray(np.ndarray):
         """The :class:`StreamLedger` of the emulated device that made it (its ``id`` as CuPy's ``Device``)."""
         return self.__dict__.get("home")
 
+    def __getitem__(self, key):
+        item = super().__getitem__(key)
+        if isinstance(item, np.ndarray):
+            return item
+        scalar = np.asarray(item).view(EmulatedArray)  # one element stays on the device, as in CuPy
+        scalar.__dict__["home"] = self.__dict__.get("home")
+        return scalar
+
+    def __bool__(self):
+        _read_back(self, "bool()")
+        return super().__bool__()
+
+    def __int__(self):
+        _read_back(self, "int()")
+        return super().__int__()
+
+    def __float__(self):
+        _read_back(self, "float()")
+        return super().__float__()
+
+    def __index__(self):
+        _read_back(self, "an index")
+        return super().__index__()
+
+    def item(self, *args):
+        _read_back(self, "item()")
+        return super().item(*args)
+
+    def tolist(self):
+        _read_back(self, "tolist()")
+        return super().tolist()
+
     def __getattribute__(self, name):
         if not name.startswith("__") and name not in cupy_surface()[0]:
             raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r} (a NumPy-only attribute: "
                                  "host code must use what CuPy arrays have)")
         value = super().__getattribute__(name)
         return EmulatedFlags(value) if name == "flags" else value
+
+
+def _read_back(array, what):
+    home = array.__dict__.get("home")
+    if home is not None:
+        home.read_back(what)
 
 
 def as_device_array(array, ledger):

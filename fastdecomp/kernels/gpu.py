@@ -306,6 +306,7 @@ class EmulatedDevice(Device):
         if not self.ledger.is_tracked(array):
             return np.asarray(array)
         self.ledger.use(array, "to_host", stream=self._compute)
+        self.ledger.read_back("to_host")
         self._compute.synchronize()
         return np.array(array)
 
