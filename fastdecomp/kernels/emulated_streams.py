@@ -329,6 +329,11 @@ class EmulatedArray(np.ndarray):
     (``int``, ``float``, ``bool``, ``item``, ``tolist``) is a read-back: on a GPU
     it waits for every kernel queued before it. The device's
     :meth:`StreamLedger.read_back` counts them, so tests can bound a pass's waits.
+
+    Parameters
+    ----------
+    shape, dtype, buffer, offset, strides, order :
+        As :class:`numpy.ndarray`'s; the emulated device makes these as views of its own arrays.
     """
 
     def __array_finalize__(self, obj):
