@@ -18,7 +18,7 @@ from fastdecomp.kernels.cuda_emulator import check_source, kernel_signatures
 
 TWINS = {
     "conv2d_forward": "test_conv2d_forward_twin",
-    "grouped_conv2d_forward": "test_grouped_conv2d_forward_twin",
+    "grouped_conv2d_forward": "test_grouped_conv2d_forward_twin",  # and ..._twin_depthwise
     "dense_forward": "test_dense_forward_twin",
     "pool2d_forward": "test_pool2d_forward_twin",
     "global_average_pool_forward": "test_global_average_pool_forward_twin",
@@ -164,6 +164,27 @@ def test_grouped_conv2d_forward_twin(device, groups, ci, co, stride, dilation):
     out = empty(device, expected.shape, np.float32)
     gpu.grouped_conv2d_forward(*to(device, x, kernel, bias), stride, stride, dilation, dilation, 1, 2, groups, out,
                                device=device)
+    np.testing.assert_array_equal(device.to_host(out), expected)
+
+
+@pytest.mark.parametrize("size, channels, stride, dilation", [
+    ((9, 7), 8, 1, 1),    # float4 channels; a partial pixel tile
+    ((11, 13), 6, 1, 1),  # channels not a multiple of 4: scalar loads, a partial channel group
+    ((10, 9), 12, 2, 1),
+    ((9, 12), 4, 1, 2),
+    ((7, 6), 1, 1, 1),
+])
+def test_grouped_conv2d_forward_twin_depthwise(device, size, channels, stride, dilation):
+    """The depthwise tile (4 pixels x 4 channels a thread) against the CPU, on its every path."""
+    h, w = size
+    span = 2 * dilation + 1
+    oh, ow = (h + 1 - span) // stride + 1, (w + 2 - span) // stride + 1
+    x, kernel, bias = floats(2, h, w, channels), floats(3, 3, 1, channels), floats(channels)
+    expected = np.empty((2, oh, ow, channels), np.float32)
+    cpu.grouped_conv2d_forward(x, kernel, bias, stride, stride, dilation, dilation, 1, 2, channels, expected)
+    out = empty(device, expected.shape, np.float32)
+    gpu.grouped_conv2d_forward(*to(device, x, kernel, bias), stride, stride, dilation, dilation, 1, 2, channels,
+                               out, device=device)
     np.testing.assert_array_equal(device.to_host(out), expected)
 
 

@@ -522,6 +522,7 @@ def _scalars(*values, kind=np.int32):
 
 
 CONV_PIXELS, CONV_CHANNELS = 4, 8  # the tile of one thread of the device convolution (forward.cu)
+DEPTHWISE_PIXELS = 4  # and of the depthwise convolution, with 4 channels
 
 
 @_on_compute
@@ -563,6 +564,9 @@ def grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dila
                            out, *, device):
     """Grouped, dilated 2-D convolution, summed as :func:`cpu.grouped_conv2d_forward` sums it.
 
+    A depthwise convolution (one input and one output channel a group) takes a tile of 4 pixels x 4
+    channels a thread; other groupings one output a thread.
+
     Parameters
     ----------
     x, kernel, bias, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, groups, out :
@@ -575,7 +579,9 @@ def grouped_conv2d_forward(x, kernel, bias, stride_h, stride_w, dilation_h, dila
     n, h, w, ci = x.shape
     kh, kw, group_ci, co = kernel.shape
     oh, ow = out.shape[1], out.shape[2]
-    device.launch("forward", "grouped_conv2d_forward", n * oh * ow * co,
+    depthwise = group_ci == 1 and co == groups
+    threads = n * oh * -(-ow // DEPTHWISE_PIXELS) * -(-co // 4) if depthwise else n * oh * ow * co
+    device.launch("forward", "grouped_conv2d_forward", threads,
                   [x, kernel, bias, out, np.int64(n),
                    *_scalars(h, w, ci, kh, kw, group_ci, co, groups, stride_h, stride_w, dilation_h, dilation_w,
                              pad_top, pad_left, oh, ow)])

@@ -219,7 +219,64 @@ extern "C" __global__ void __launch_bounds__(256, CONV_MIN_BLOCKS) conv2d_forwar
     }
 }
 
-// Twin of cpu.grouped_conv2d_forward: the group's channels, then rows, then columns; padding skipped.
+// Twin of cpu.grouped_conv2d_forward: the group's channels, then rows, then columns; padding skipped; one
+// rounded multiply and add at a time. A depthwise convolution (one input channel a group, one output channel
+// a group) takes a register tile of DEPTHWISE_PIXELS pixels x 4 channels a thread: a window tap's 4 weights
+// serve every pixel, and the 4 channels of an input pixel come in one float4 where the channels allow.
+#define DEPTHWISE_PIXELS 4
+
+__device__ __forceinline__ void depthwise_tile(
+    const float* __restrict__ x, const float* __restrict__ kernel, const float* __restrict__ bias,
+    float* __restrict__ out, long long t, long long n, int h, int w, int co, int kh, int kw, int stride_h,
+    int stride_w, int dilation_h, int dilation_w, int pad_top, int pad_left, int oh, int ow)
+{
+    int groups4 = (co + 3) / 4, tiles = (ow + DEPTHWISE_PIXELS - 1) / DEPTHWISE_PIXELS;
+    if (t >= n * oh * tiles * groups4) return;
+    int o0 = (int)(t % groups4) * 4;
+    long long rest = t / groups4;
+    int j0 = (int)(rest % tiles) * DEPTHWISE_PIXELS;
+    rest /= tiles;
+    int i = (int)(rest % oh);
+    long long b = rest / oh;
+    bool vector = co % 4 == 0 && ((unsigned long long)x & 15ull) == 0 && ((unsigned long long)kernel & 15ull) == 0;
+    float acc[DEPTHWISE_PIXELS][4];
+#pragma unroll
+    for (int p = 0; p < DEPTHWISE_PIXELS; ++p)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[p][q] = 0.0f;
+    for (int dy = 0; dy < kh; ++dy) {
+        int y = i * stride_h + dy * dilation_h - pad_top;
+        if (y < 0 || y >= h) continue;
+        for (int dx = 0; dx < kw; ++dx) {
+            const float* wp = kernel + (long long)(dy * kw + dx) * co + o0;
+            float4 k4 = vector ? load4(wp) : make_float4(wp[0], o0 + 1 < co ? wp[1] : 0.0f,
+                                                         o0 + 2 < co ? wp[2] : 0.0f, o0 + 3 < co ? wp[3] : 0.0f);
+#pragma unroll
+            for (int p = 0; p < DEPTHWISE_PIXELS; ++p) {
+                int xx = (j0 + p) * stride_w + dx * dilation_w - pad_left;
+                if (xx < 0 || xx >= w) continue;
+                const float* xp = x + ((b * h + y) * w + xx) * co + o0;
+                float4 v = vector ? load4(xp) : make_float4(xp[0], o0 + 1 < co ? xp[1] : 0.0f,
+                                                            o0 + 2 < co ? xp[2] : 0.0f, o0 + 3 < co ? xp[3] : 0.0f);
+                acc[p][0] = acc[p][0] + v.x * k4.x;
+                acc[p][1] = acc[p][1] + v.y * k4.y;
+                acc[p][2] = acc[p][2] + v.z * k4.z;
+                acc[p][3] = acc[p][3] + v.w * k4.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int p = 0; p < DEPTHWISE_PIXELS; ++p) {
+        if (j0 + p >= ow) break;
+        long long first = ((b * oh + i) * ow + j0 + p) * co + o0;
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+            if (o0 + q < co) out[first + q] = acc[p][q] + bias[o0 + q];
+    }
+}
+
+// Threads: one per output value, or for a depthwise convolution (group_ci == 1, co == groups)
+// n * oh * ceil(ow / DEPTHWISE_PIXELS) * ceil(co / 4).
 extern "C" __global__ void grouped_conv2d_forward(
     const float* __restrict__ x, const float* __restrict__ kernel, const float* __restrict__ bias,
     float* __restrict__ out, long long n, int h, int w, int ci, int kh, int kw, int group_ci, int co,
@@ -227,6 +284,11 @@ extern "C" __global__ void grouped_conv2d_forward(
     int oh, int ow)
 {
     long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (group_ci == 1 && co == groups) {
+        depthwise_tile(x, kernel, bias, out, t, n, h, w, co, kh, kw, stride_h, stride_w, dilation_h, dilation_w,
+                       pad_top, pad_left, oh, ow);
+        return;
+    }
     if (t >= n * oh * ow * co) return;
     NhwcIndex at = nhwc_index(t, oh, ow, co);
     long long b = at.b;
