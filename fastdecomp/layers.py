@@ -31,6 +31,7 @@ from .kernels.direct_conv import packs_activity
 
 KINDS = {}
 KERAS_CLASSES = {}
+ONNX_OPS = {}  # ONNX operator -> the kind that reads it (LayerKind.onnx_reads)
 MASK_PLACEMENTS = ("conv", "relu")
 DEFAULT_MASK_AT = "relu"  # docs/method.md section 0.2
 
@@ -53,13 +54,17 @@ def register(cls=None, *, replace=False):
     """
     if cls is None:
         return lambda cls: register(cls, replace=replace)
-    taken = ([cls.kind] if cls.kind in KINDS else []) + [k for k in cls.keras_classes if k in KERAS_CLASSES]
+    own_ops = cls.__dict__.get("onnx_reads", ())  # declared by the class itself: a subclass reads none by default
+    taken = ([cls.kind] if cls.kind in KINDS else []) + [k for k in cls.keras_classes if k in KERAS_CLASSES] \
+        + [op for op in own_ops if op in ONNX_OPS]
     if taken and not replace:
         raise InputError(f"layer kind {cls.__name__}: {taken} are registered already; pass replace=True "
                          "to replace them")
     KINDS[cls.kind] = cls()
     for name in cls.keras_classes:
         KERAS_CLASSES[name] = cls.kind
+    for op in own_ops:
+        ONNX_OPS[op] = cls.kind
     return cls
 
 
@@ -159,6 +164,8 @@ class LayerKind:
         The registry key, stored in saved module sets.
     keras_classes : tuple of str
         Keras class names imported as this kind.
+    onnx_reads : tuple of str
+        ONNX operators this kind reads (:meth:`from_onnx`); declared on the class itself, not inherited.
     keras_module : str
         The module that defines them (a subclass or a namesake from elsewhere is refused).
     imported_as : {"layer", "fold", "identity"}
@@ -195,6 +202,7 @@ class LayerKind:
 
     kind = ""
     keras_classes = ()
+    onnx_reads = ()
     keras_module = "keras.layers"
     imported_as = "layer"
     mask_placements = ()
@@ -230,6 +238,21 @@ class LayerKind:
             ``"softmax"``) or None.
         """
         return {}, {}, None
+
+    def from_onnx(self, reader, node, name, attributes):
+        """Read an ONNX node of one of this kind's :attr:`onnx_reads` into ``reader``'s graph.
+
+        Parameters
+        ----------
+        reader : fastdecomp.onnx_io.OnnxReader
+            The graph being built: ``source``, ``constant``, ``add``, ``emit``, ``refuse``...
+        node : onnx.NodeProto
+        name : str
+            The layer's name (the node's, or one made up for a nameless node).
+        attributes : dict
+            The node's attributes as Python values.
+        """
+        reader.refuse(node, name, f"the {self.kind} kind reads no ONNX operator")
 
     def kind_for(self, cfg, input_shapes):
         """The kind that imports a Keras layer of this kind's classes: this one, or another registered
@@ -531,7 +554,7 @@ class LayerKind:
 
 @register
 class InputKind(LayerKind):
-    kind = "input"
+    kind = INPUT_KIND = "input"
     keras_classes = ("InputLayer",)
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
@@ -564,6 +587,7 @@ class InputKind(LayerKind):
 class Conv2DKind(LayerKind):
     kind = "conv2d"
     keras_classes = ("Conv2D",)
+    onnx_reads = ("Conv",)
     mask_placements = ("conv",)
     epilogue = True
     prunes_channels = True
@@ -585,6 +609,22 @@ class Conv2DKind(LayerKind):
         if _pair(cfg.get("dilation_rate", 1)) != (1, 1) or cfg.get("groups", 1) != 1:
             return GroupedConv2DKind.kind
         return self.kind
+
+    def from_onnx(self, reader, node, name, a):
+        x = reader.source(node, name)
+        kernel = np.ascontiguousarray(reader.constant(node, name, 1).transpose(2, 3, 1, 0), dtype=np.float32)
+        bias = reader.constant(node, name, 2)
+        weights = {"kernel": kernel, "bias": (np.zeros(kernel.shape[3]) if bias is None else bias).astype(np.float32)}
+        groups, dilation = a.get("group", 1), tuple(a.get("dilations", (1, 1)))
+        config = onnx_window(reader, node, name, a, x, kernel.shape[:2], dilation)
+        if groups == 1 and dilation == (1, 1):
+            reader.emit(node, reader.add(name, self.kind, [x], config, weights))
+            return
+        ci = reader.shape(x)[2]
+        multiplier = kernel.shape[3] // ci if groups == ci and kernel.shape[2] == 1 else 0
+        grouped = KINDS[GroupedConv2DKind.kind]
+        config = grouped.settings(config, groups, dilation, multiplier)
+        reader.emit(node, reader.add(name, grouped.kind, [x], config, weights))
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         kernel = keras_layer.kernel.numpy().astype(np.float32)
@@ -861,6 +901,7 @@ class SeparableConv2DKind(Conv2DKind):
 class DenseKind(LayerKind):
     kind = "dense"
     keras_classes = ("Dense",)
+    onnx_reads = ("Gemm", "MatMul")
     mask_placements = ("conv",)
     output_layer = True
     folds_normalisation = True
@@ -875,6 +916,30 @@ class DenseKind(LayerKind):
         _expect(kernel.ndim == 2 and kernel.shape[0] == input_shapes[0][0] and kernel.shape[1] >= 1, layer,
                 "kernel", f"[{input_shapes[0][0]}, units]")
         _expect(bias.shape == (kernel.shape[1],), layer, "bias", f"[{kernel.shape[1]}]")
+
+    def from_onnx(self, reader, node, name, a):
+        if node.op_type == "Gemm":
+            if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+                reader.refuse(node, name, "a Gemm with transA, alpha or beta; fastdecomp takes x @ W + b")
+            kernel = reader.constant(node, name, 1)
+            kernel = (kernel.T if a.get("transB", 0) else kernel).astype(np.float32)
+            bias = reader.constant(node, name, 2)
+            bias = np.zeros(kernel.shape[1]) if bias is None else bias.reshape(-1)
+        else:  # MatMul: its bias, if any, is the Add after it (AddKind.from_onnx)
+            kernel = reader.constant(node, name, 1)
+            if kernel.ndim != 2:
+                reader.refuse(node, name, f"a MatMul by a {kernel.shape} tensor; fastdecomp takes a vector times "
+                                          "a matrix")
+            kernel, bias = kernel.astype(np.float32), np.zeros(kernel.shape[1])
+        x = reader.source(node, name)
+        if len(reader.shape(x)) != 1:
+            reader.refuse(node, name, "a product over an image map; flatten it first")
+        order = reader.order.get(node.input[0])
+        kernel = np.ascontiguousarray(kernel if order is None else kernel[order], dtype=np.float32)
+        weights = {"kernel": kernel, "bias": np.asarray(bias, dtype=np.float32)}
+        reader.emit(node, reader.add(name, self.kind, [x], {}, weights))
+        if node.op_type == "MatMul":
+            reader.product = name
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if len(input_shapes[0]) != 1:
@@ -930,10 +995,22 @@ class DenseKind(LayerKind):
 class ReLUKind(LayerKind):
     kind = "relu"
     keras_classes = ("ReLU",)
+    onnx_reads = ("Relu", "Clip")
     mask_placements = ("relu",)
     fuses_as = "rectify"
     passes_channels = True
     config_keys = ("max_value",)
+
+    def from_onnx(self, reader, node, name, a):
+        cap = None
+        if node.op_type == "Clip":
+            low, high = reader.constant(node, name, 1), reader.constant(node, name, 2)
+            if low is None or float(low) != 0.0 or (high is not None and not float(high) > 0):
+                reader.refuse(node, name, f"Clip({low}, {high}); fastdecomp takes Clip(0, cap), a capped ReLU (ReLU6)")
+            cap = None if high is None else float(np.float32(high))
+        x = reader.source(node, name)
+        reader.emit(node, reader.add(name, self.kind, [x], {} if cap is None else {"max_value": cap}, {}),
+                    reader.order.get(node.input[0]))
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
@@ -975,7 +1052,14 @@ class ReLUKind(LayerKind):
 class SoftmaxKind(LayerKind):
     kind = "softmax"
     keras_classes = ("Softmax",)
+    onnx_reads = ("Softmax",)
     output_activation = True
+
+    def from_onnx(self, reader, node, name, a):
+        x = reader.source(node, name)
+        if a.get("axis", -1) not in (-1, len(reader.shape(x))):
+            reader.refuse(node, name, "a softmax over another axis than the classes'")
+        reader.emit(node, reader.add(name, self.kind, [x], {}, {}))
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("axis", -1) not in (-1, [-1], len(input_shapes[0]), [len(input_shapes[0])]):
@@ -1001,11 +1085,23 @@ class SoftmaxKind(LayerKind):
 class AddKind(LayerKind):
     kind = "add"
     keras_classes = ("Add",)
+    onnx_reads = ("Add",)
     fuses_as = "residual"
     input_count = (2, None)
 
     def check_config(self, layer, input_shapes):
         _expect(len({tuple(s) for s in input_shapes}) == 1, layer, "inputs", "of one shape")
+
+    def from_onnx(self, reader, node, name, a):
+        if len(node.input) == 2 and node.input[1] in reader.constants and reader.tensors.get(node.input[0]) is not None \
+                and reader.tensors[node.input[0]] == reader.product:  # MatMul + Add: the product's bias
+            last = reader.layers[-1]
+            last.weights["bias"] = last.weights["bias"] + reader.constants[node.input[1]].astype(np.float32).reshape(-1)
+            reader.emit(node, last.name)
+            return
+        reader.unordered(node, name)
+        sources = [reader.source(node, name, i) for i in range(len(node.input))]
+        reader.emit(node, reader.add(name, self.kind, sources, {}, {}))
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if len({tuple(s) for s in input_shapes}) != 1:
@@ -1042,6 +1138,20 @@ class Pool2DKind(LayerKind):
         _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
         _expect(_ints(layer.config.get("pool"), 2, low=1), layer, "pool", "2 positive integers")
         _check_window(layer, layer.config["pool"], input_shapes[0])
+
+    def from_onnx(self, reader, node, name, a):
+        x = reader.source(node, name)
+        window = tuple(a["kernel_shape"])
+        if tuple(a.get("dilations", (1, 1))) != (1, 1) or a.get("storage_order", 0):
+            reader.refuse(node, name, "a dilated or column-major pooling")
+        config = onnx_window(reader, node, name, a, x, window, ceil=bool(a.get("ceil_mode", 0)))
+        if not self.is_max and a.get("count_include_pad", 0) and any(config["pads"]):
+            if a.get("ceil_mode", 0):
+                reader.refuse(node, name, "an average that counts padding (count_include_pad=1) with ceil_mode=1")
+            x = reader.add(f"{name}/pad", ZeroPaddingKind.kind, [x], {"pads": config["pads"]}, {})  # zeros it counts
+            config = {"strides": config["strides"], "padding": "valid", "pads": (0, 0, 0, 0)}
+        config["pool"] = window
+        reader.emit(node, reader.add(name, self.kind, [x], config, {}))
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         config = window_config(tuple(cfg["pool_size"]), cfg, input_shapes, refuse)
@@ -1085,6 +1195,7 @@ class Pool2DKind(LayerKind):
 class MaxPoolKind(Pool2DKind):
     kind = "maxpool"
     keras_classes = ("MaxPooling2D",)
+    onnx_reads = ("MaxPool",)
     is_max = True
 
 
@@ -1092,6 +1203,7 @@ class MaxPoolKind(Pool2DKind):
 class AveragePoolKind(Pool2DKind):
     kind = "avgpool"
     keras_classes = ("AveragePooling2D",)
+    onnx_reads = ("AveragePool",)
     is_max = False
 
 
@@ -1102,9 +1214,13 @@ class GlobalAveragePoolKind(LayerKind):
 
     kind = "gap"
     keras_classes = ("GlobalAveragePooling2D",)
+    onnx_reads = ("GlobalAveragePool",)
 
     def check_config(self, layer, input_shapes):
         _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
+
+    def from_onnx(self, reader, node, name, a):
+        reader.emit(node, reader.add(name, self.kind, [reader.source(node, name)], {}, {}))
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if len(input_shapes[0]) != 3:
@@ -1182,6 +1298,7 @@ class GlobalMaxPoolKind(GlobalAveragePoolKind):
 
     kind = "gmp"
     keras_classes = ("GlobalMaxPooling2D",)
+    onnx_reads = ("GlobalMaxPool",)
 
     def forward(self, layer, inputs, reusable=None, *, backend):
         x = inputs[0]
@@ -1204,7 +1321,16 @@ class ConcatenateKind(LayerKind):
 
     kind = "concat"
     keras_classes = ("Concatenate",)
+    onnx_reads = ("Concat",)
     input_count = (2, None)
+
+    def from_onnx(self, reader, node, name, a):
+        reader.unordered(node, name)
+        sources = [reader.source(node, name, i) for i in range(len(node.input))]
+        rank = len(reader.shape(sources[0])) + 1
+        if a.get("axis") not in (1, 1 - rank):
+            reader.refuse(node, name, f"concatenation along axis {a.get('axis')}; fastdecomp concatenates channels")
+        reader.emit(node, reader.add(name, self.kind, sources, {}, {}))
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("axis", -1) not in (-1, len(input_shapes[0])):
@@ -1382,6 +1508,7 @@ class ZeroPaddingKind(LayerKind):
 class FlattenKind(LayerKind):
     kind = "flatten"
     keras_classes = ("Flatten", "Reshape")
+    onnx_reads = ("Flatten", "Reshape")
 
     def kind_for(self, cfg, input_shapes):
         if len(input_shapes[0]) == 1 and self._keeps_vector(cfg, input_shapes[0][0]):
@@ -1395,6 +1522,25 @@ class FlattenKind(LayerKind):
             return True
         target = tuple(cfg["target_shape"])
         return target in ((size,), (-1,)) or (target[-1] in (size, -1) and set(target[:-1]) == {1})
+
+    def from_onnx(self, reader, node, name, a):
+        if node.op_type == "Reshape":
+            target = reader.constant(node, name, 1)
+            size = int(np.prod(reader.shape(reader.source(node, name))))
+            if target is None or len(target) != 2 or int(target[1]) not in (-1, size) \
+                    or int(target[0]) not in (0, -1, 1):
+                reader.refuse(node, name, f"a reshape to {None if target is None else target.tolist()}; fastdecomp "
+                                          f"takes a Reshape only where it flattens each image, to (N, {size})")
+        elif a.get("axis", 1) != 1:
+            reader.refuse(node, name, f"a flatten from axis {a.get('axis')}; fastdecomp flattens each image (axis=1)")
+        x = reader.source(node, name)
+        shape = reader.shape(x)
+        if len(shape) == 1:
+            reader.emit(node, x, reader.order.get(node.input[0]))
+            return
+        h, w, c = shape
+        order = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)  # engine row -> ONNX row
+        reader.emit(node, reader.add(name, self.kind, [x], {}, {}), order)
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if cfg.get("data_format") not in (None, "channels_last"):
@@ -1524,10 +1670,14 @@ class IdentityKind(LayerKind):
     keras_classes = ("Dropout", "SpatialDropout2D", "GaussianDropout", "GaussianNoise", "AlphaDropout",
                      "ActivityRegularization", "Activation", "Identity", "RandomFlip", "RandomRotation",
                      "RandomZoom", "RandomContrast", "RandomTranslation", "RandomBrightness")
+    onnx_reads = ("Dropout", "Identity")
     imported_as = "identity"
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         return {}, {}, inline_activation(getattr(keras_layer, "activation", None), refuse)
+
+    def from_onnx(self, reader, node, name, a):
+        reader.emit(node, reader.source(node, name), reader.order.get(node.input[0]))
 
 
 @register
@@ -1536,6 +1686,7 @@ class BatchNormKind(LayerKind):
 
     kind = "batchnorm"
     keras_classes = ("BatchNormalization",)
+    onnx_reads = ("BatchNormalization",)
     imported_as = "fold"
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
@@ -1545,10 +1696,32 @@ class BatchNormKind(LayerKind):
             refuse(f"normalisation over axis {axis}; only the channel axis (-1) can be folded")
         gamma = keras_layer.gamma.numpy() if cfg["scale"] else 1.0
         beta = keras_layer.beta.numpy() if cfg["center"] else 0.0
-        mean = keras_layer.moving_mean.numpy().astype(np.float64)
-        var = keras_layer.moving_variance.numpy().astype(np.float64)
-        scale = gamma / np.sqrt(var + cfg["epsilon"])
-        return {}, {"scale": scale, "shift": beta - mean * scale}, None
+        return {}, self.scale_shift(gamma, beta, keras_layer.moving_mean.numpy(), keras_layer.moving_variance.numpy(),
+                                    cfg["epsilon"]), None
+
+    def from_onnx(self, reader, node, name, a):
+        x = reader.source(node, name)
+        weights = self.scale_shift(*(reader.constant(node, name, i) for i in (1, 2, 3, 4)), a.get("epsilon", 1e-5))
+        previous = reader.layer(x)
+        if self.folds_after(previous, reader.layers[-1], reader.tensors, reader.readers):
+            self.fold_into(previous, weights, lambda why: reader.refuse(node, name, why))
+            reader.emit(node, x)
+            return
+        kind, config, weights = self.unfolded(weights)
+        reader.emit(node, reader.add(name, kind, [x], config, weights))
+
+    @staticmethod
+    def scale_shift(gamma, beta, mean, var, epsilon):
+        """``{"scale", "shift"}`` per channel (float64) of an inference normalisation: ``scale * x + shift``.
+
+        Parameters
+        ----------
+        gamma, beta, mean, var : array_like or float
+        epsilon : float
+        """
+        gamma, beta, mean, var = (np.asarray(v, dtype=np.float64) for v in (gamma, beta, mean, var))
+        scale = gamma / np.sqrt(var + epsilon)
+        return {"scale": scale, "shift": beta - mean * scale}
 
     def folds_after(self, previous, last, aliases, readers):
         """Whether the normalisation of ``previous``'s output folds into it exactly.
@@ -1674,6 +1847,53 @@ def _onnx_conv(graph, layer, x, kernel, bias, groups):
 
 def _pair(value):
     return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value), int(value))
+
+
+def onnx_window(reader, node, name, a, x, window, dilation=(1, 1), ceil=False):
+    """``strides``, ``padding`` and ``pads`` of an ONNX window node (``auto_pad``, ``pads``, ``ceil_mode``):
+    Keras' ``same`` or ``valid`` where its pads are those, else ``explicit``.
+
+    Parameters
+    ----------
+    reader : fastdecomp.onnx_io.OnnxReader
+    node : onnx.NodeProto
+    name : str
+    a : dict
+        The node's attributes.
+    x : str
+        The input layer's name.
+    window, dilation : tuple of int
+    ceil : bool
+        ``ceil_mode``: a last window hanging over the end is taken.
+    """
+    h, w, _ = reader.shape(x)
+    span = window_span(window, dilation)
+    strides = tuple(a.get("strides", (1, 1)))
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        _, _, same = window_geometry((h, w), span, strides, "same")
+        pads = same if auto == "SAME_UPPER" else (same[1], same[0], same[3], same[2])
+    else:
+        top, left, bottom, right = a.get("pads", (0, 0, 0, 0)) if auto == "NOTSET" else (0, 0, 0, 0)
+        pads = (top, bottom, left, right)
+    if ceil:  # the last window may hang over the end: more padding there, which the kernels skip
+        pads = (pads[0], pads[1] + _ceil_extra(h, span[0], strides[0], pads[0], pads[1]),
+                pads[2], pads[3] + _ceil_extra(w, span[1], strides[1], pads[2], pads[3]))
+    for padding in ("valid", "same"):
+        if window_geometry((h, w), span, strides, padding)[2] == tuple(pads):
+            return {"strides": strides, "padding": padding, "pads": tuple(pads)}
+    if max(pads[:2]) >= span[0] or max(pads[2:]) >= span[1]:
+        reader.refuse(node, name, f"pads {pads} as large as its window")
+    return {"strides": strides, "padding": "explicit", "pads": tuple(int(p) for p in pads)}
+
+
+def _ceil_extra(size, window, stride, before, after):
+    """Padding ``ceil_mode`` adds after a row: as PyTorch and ONNX count it, a last window that would
+    start in the padding after the input is not taken."""
+    out = -(-(size + before + after - window) // stride) + 1
+    if (out - 1) * stride >= size + before:
+        out -= 1
+    return max(0, (out - 1) * stride + window - (size + before + after))
 
 
 def window_span(window, dilation):

@@ -19,7 +19,7 @@ from .errors import InputError, OutputExistsError
 from .storage import atomic_file
 
 __all__ = ["from_onnx", "OnnxGraph", "network_to_onnx", "module_to_onnx", "composition_to_onnx", "save_onnx",
-           "OPSET", "OPSETS", "IMPORTED_OPS"]
+           "OPSET", "OPSETS", "GRAPH_OPS", "imported_ops", "OnnxReader"]
 
 OPSET = 17
 _FLOAT = 1  # onnx.TensorProto.FLOAT
@@ -291,9 +291,14 @@ def save_onnx(model, path, *, overwrite=False):
 # --------------------------------------------------------------------------
 
 OPSETS = range(13, 22)
-IMPORTED_OPS = ("Conv", "BatchNormalization", "Relu", "Clip", "Add", "Concat", "MaxPool", "AveragePool",
-                "GlobalAveragePool", "GlobalMaxPool", "Flatten", "Reshape", "Gemm", "MatMul", "Softmax", "Dropout",
-                "Identity", "Constant")
+GRAPH_OPS = ("Constant",)  # operators that make no layer: the reader keeps their tensors as constants
+
+
+def imported_ops():
+    """The ONNX operators :func:`from_onnx` reads: those the registered kinds read, and :data:`GRAPH_OPS`."""
+    from .layers import ONNX_OPS
+
+    return tuple(ONNX_OPS) + GRAPH_OPS
 
 
 def from_onnx(model_or_path):
@@ -316,14 +321,16 @@ def from_onnx(model_or_path):
     ModelFileError
         A missing, truncated or invalid file, or an opset outside 13-21.
     UnsupportedLayerError
-        An operator or a graph fastdecomp cannot import, naming the node.
+        An operator or a graph fastdecomp cannot import, naming the node (every operator it does not
+        read, at once).
     """
     from .network import Network
 
     from .network import check_weights
 
     model = _load_onnx(model_or_path)
-    reader = _OnnxReader(model.graph)
+    reader = OnnxReader(model.graph)
+    _check_ops(model.graph)
     for node in model.graph.node:
         reader.read(node)
     name = model.graph.name or "onnx"
@@ -360,9 +367,35 @@ def _load_onnx(model_or_path):
     return model
 
 
-class _OnnxReader:
+def _check_ops(graph):
+    """Refuse a graph with operators no kind reads, naming each and the nodes that use it."""
+    from .errors import UnsupportedLayerError
+
+    known = set(imported_ops())
+    unknown = {}
+    for index, node in enumerate(graph.node):
+        if node.op_type not in known:
+            unknown.setdefault(node.op_type, []).append(node.name or f"{node.op_type}_{index}")
+    if unknown:
+        listed = "; ".join(f"{', '.join(repr(n) for n in names[:3])}{' and more' if len(names) > 3 else ''} ({op})"
+                           for op, names in unknown.items())
+        raise UnsupportedLayerError(
+            f"{len(unknown)} operator{'s' if len(unknown) > 1 else ''} of this graph cannot be imported, at the "
+            f"nodes {listed}. fastdecomp imports {', '.join(sorted(known))} (the method needs activations "
+            "whose inactive region outputs exactly 0)")
+
+
+class OnnxReader:
     """The graph being built from ONNX nodes: tensors to layers, constants, and the row order of
-    flattened maps (ONNX flattens channels first, the engine channels last)."""
+    flattened maps (ONNX flattens channels first, the engine channels last).
+
+    Each node goes to the kind that reads its operator (:attr:`fastdecomp.layers.LayerKind.onnx_reads`),
+    whose ``from_onnx`` builds its layer through the methods here.
+
+    Parameters
+    ----------
+    graph : onnx.GraphProto
+    """
 
     def __init__(self, graph):
         from onnx import numpy_helper
@@ -377,6 +410,7 @@ class _OnnxReader:
 
     def _single(self, graph):
         from .errors import UnsupportedLayerError
+        from .layers import InputKind
 
         inputs = [i for i in graph.input if i.name not in self.constants]
         if len(inputs) != 1 or len(graph.output) != 1:
@@ -388,11 +422,19 @@ class _OnnxReader:
                 f"input {inputs[0].name!r} has shape {dims}; fastdecomp takes NCHW images of one size: export "
                 "the model with a fixed (channels, height, width), e.g. a dummy input of the real size")
         c, h, w = dims[1:]
-        self.add(inputs[0].name, "input", [], {"shape": (h, w, c)}, {})
+        self.add(inputs[0].name, InputKind.INPUT_KIND, [], {"shape": (h, w, c)}, {})
         self.tensors[inputs[0].name] = inputs[0].name
         return graph.output[0].name
 
     def add(self, name, kind, sources, config, weights):
+        """Build a layer of ``kind`` reading the layers ``sources``; its name.
+
+        Parameters
+        ----------
+        name, kind : str
+        sources : list of str
+        config, weights : dict
+        """
         from .errors import UnsupportedLayerError
         from .layers import KINDS
 
@@ -403,26 +445,54 @@ class _OnnxReader:
         self.layers.append(layer)
         return name
 
+    def layer(self, name):
+        """The layer built last under ``name``."""
+        return next(layer for layer in reversed(self.layers) if layer.name == name)
+
     def shape(self, layer_name):
-        return next(layer.shape for layer in reversed(self.layers) if layer.name == layer_name)
+        """The output shape of layer ``layer_name``, without the batch axis."""
+        return self.layer(layer_name).shape
 
     def read(self, node):
-        from .errors import UnsupportedLayerError
+        """Read one node: its operator's kind builds its layer, or the reader keeps its constant.
+
+        Parameters
+        ----------
+        node : onnx.NodeProto
+        """
+        from .layers import KINDS, ONNX_OPS
 
         name = node.name or f"{node.op_type}_{len(self.layers)}"
-        if node.op_type not in IMPORTED_OPS:
-            raise UnsupportedLayerError(
-                f"node {name!r} ({node.op_type}) is not supported: fastdecomp imports {', '.join(IMPORTED_OPS)} "
-                "(the method needs activations whose inactive region outputs exactly 0)")
         attributes = {a.name: _attribute(a) for a in node.attribute}
-        getattr(self, f"_{node.op_type.lower()}")(node, name, attributes)
+        if node.op_type == "Constant":
+            self._constant(node, name, attributes)
+        else:
+            KINDS[ONNX_OPS[node.op_type]].from_onnx(self, node, name, attributes)
 
     def refuse(self, node, name, why):
+        """Raise :class:`UnsupportedLayerError` naming the node and ``why``.
+
+        Parameters
+        ----------
+        node : onnx.NodeProto
+        name : str
+            The node's layer name, for the message.
+        why : str
+        """
         from .errors import UnsupportedLayerError
 
         raise UnsupportedLayerError(f"node {name!r} ({node.op_type}) is not supported: {why}")
 
     def source(self, node, name, index=0):
+        """The layer that node input ``index`` comes from (refused where it is a constant or unknown).
+
+        Parameters
+        ----------
+        node : onnx.NodeProto
+        name : str
+            The node's layer name, for the message.
+        index : int
+        """
         tensor = node.input[index]
         if tensor not in self.tensors:
             self.refuse(node, name, f"its input {tensor!r} is a constant or unknown; fastdecomp reads nodes whose "
@@ -430,6 +500,15 @@ class _OnnxReader:
         return self.tensors[tensor]
 
     def constant(self, node, name, index):
+        """Node input ``index`` as an array (None where the optional input is absent); refused unless constant.
+
+        Parameters
+        ----------
+        node : onnx.NodeProto
+        name : str
+            The node's layer name, for the message.
+        index : int
+        """
         if index >= len(node.input) or node.input[index] == "":
             return None
         if node.input[index] not in self.constants:
@@ -437,16 +516,33 @@ class _OnnxReader:
         return self.constants[node.input[index]]
 
     def emit(self, node, layer_name, order=None):
+        """The node's output tensor is layer ``layer_name`` (rows in ONNX ``order`` for a flattened map).
+
+        Parameters
+        ----------
+        node : onnx.NodeProto
+        layer_name : str
+        order : numpy.ndarray, optional
+            Engine row -> ONNX row of a flattened map.
+        """
         self.tensors[node.output[0]] = layer_name
         if order is not None:
             self.order[node.output[0]] = order
 
     def unordered(self, node, name):
-        """Refuse a flattened map's vector in ONNX order where the node would mix features."""
+        """Refuse a flattened map's vector in ONNX order where the node would mix features.
+
+        Parameters
+        ----------
+        node : onnx.NodeProto
+        name : str
+            The node's layer name, for the message.
+        """
         if any(t in self.order for t in node.input):
             self.refuse(node, name, "it reads a flattened map before a Gemm or MatMul has taken it")
 
     def finish(self):
+        """The layers, the output layer split as the engine runs it."""
         from .layers import KINDS
 
         last = self.layers[-1]
@@ -458,190 +554,12 @@ class _OnnxReader:
             self.layers[-1:] = KINDS[last.kind].logits_output(last)
         return self.layers
 
-    # one method per operator ------------------------------------------------
-
-    def _conv(self, node, name, a):
-        from .layers import KINDS
-
-        x = self.source(node, name)
-        kernel = np.ascontiguousarray(self.constant(node, name, 1).transpose(2, 3, 1, 0), dtype=np.float32)
-        bias = self.constant(node, name, 2)
-        weights = {"kernel": kernel, "bias": (np.zeros(kernel.shape[3]) if bias is None else bias).astype(np.float32)}
-        groups, dilation = a.get("group", 1), tuple(a.get("dilations", (1, 1)))
-        config = self.window(node, name, a, x, kernel.shape[:2], dilation)
-        if groups == 1 and dilation == (1, 1):
-            self.emit(node, self.add(name, "conv2d", [x], config, weights))
-            return
-        ci = self.shape(x)[2]
-        multiplier = kernel.shape[3] // ci if groups == ci and kernel.shape[2] == 1 else 0
-        config = KINDS["grouped_conv2d"].settings(config, groups, dilation, multiplier)
-        self.emit(node, self.add(name, "grouped_conv2d", [x], config, weights))
-
-    def window(self, node, name, a, x, window, dilation=(1, 1), ceil=False):
-        """``strides``, ``padding`` and ``pads`` of a window node: Keras' ``same`` or ``valid`` where its
-        pads are those, else ``explicit``."""
-        from .layers import window_geometry, window_span
-
-        h, w, _ = self.shape(x)
-        span = window_span(window, dilation)
-        strides = tuple(a.get("strides", (1, 1)))
-        auto = a.get("auto_pad", "NOTSET")
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
-            _, _, same = window_geometry((h, w), span, strides, "same")
-            pads = same if auto == "SAME_UPPER" else (same[1], same[0], same[3], same[2])
-        else:
-            top, left, bottom, right = a.get("pads", (0, 0, 0, 0)) if auto == "NOTSET" else (0, 0, 0, 0)
-            pads = (top, bottom, left, right)
-        if ceil:  # the last window may hang over the end: more padding there, which the kernels skip
-            pads = (pads[0], pads[1] + _ceil_extra(h, span[0], strides[0], pads[0], pads[1]),
-                    pads[2], pads[3] + _ceil_extra(w, span[1], strides[1], pads[2], pads[3]))
-        for padding in ("valid", "same"):
-            if window_geometry((h, w), span, strides, padding)[2] == tuple(pads):
-                return {"strides": strides, "padding": padding, "pads": tuple(pads)}
-        if max(pads[:2]) >= span[0] or max(pads[2:]) >= span[1]:
-            self.refuse(node, name, f"pads {pads} as large as its window")
-        return {"strides": strides, "padding": "explicit", "pads": tuple(int(p) for p in pads)}
-
-    def _batchnormalization(self, node, name, a):
-        from .layers import KINDS
-
-        x = self.source(node, name)
-        gamma, beta, mean, var = (self.constant(node, name, i).astype(np.float64) for i in (1, 2, 3, 4))
-        scale = gamma / np.sqrt(var + a.get("epsilon", 1e-5))
-        weights = {"scale": scale, "shift": beta - mean * scale}
-        previous, handler = next(layer for layer in reversed(self.layers) if layer.name == x), KINDS["batchnorm"]
-        if handler.folds_after(previous, self.layers[-1], self.tensors, self.readers):
-            handler.fold_into(previous, weights, lambda why: self.refuse(node, name, why))
-            self.emit(node, x)
-            return
-        kind, config, weights = handler.unfolded(weights)
-        self.emit(node, self.add(name, kind, [x], config, weights))
-
-    def _relu(self, node, name, a, cap=None):
-        x = self.source(node, name)
-        self.emit(node, self.add(name, "relu", [x], {} if cap is None else {"max_value": cap}, {}),
-                  self.order.get(node.input[0]))
-
-    def _clip(self, node, name, a):
-        low, high = self.constant(node, name, 1), self.constant(node, name, 2)
-        if low is None or float(low) != 0.0 or (high is not None and not float(high) > 0):
-            self.refuse(node, name, f"Clip({low}, {high}); fastdecomp takes Clip(0, cap), a capped ReLU (ReLU6)")
-        self._relu(node, name, a, None if high is None else float(np.float32(high)))
-
-    def _add(self, node, name, a):
-        if len(node.input) == 2 and node.input[1] in self.constants and self.tensors.get(node.input[0]) is not None \
-                and self.tensors[node.input[0]] == self.product:  # MatMul + Add: the bias
-            self.layers[-1].weights["bias"] = self.layers[-1].weights["bias"] + self.constants[node.input[1]].astype(
-                np.float32).reshape(-1)
-            self.emit(node, self.layers[-1].name)
-            return
-        self.unordered(node, name)
-        self.emit(node, self.add(name, "add", [self.source(node, name, i) for i in range(len(node.input))], {}, {}))
-
-    def _concat(self, node, name, a):
-        self.unordered(node, name)
-        sources = [self.source(node, name, i) for i in range(len(node.input))]
-        rank = len(self.shape(sources[0])) + 1
-        if a.get("axis") not in (1, 1 - rank):
-            self.refuse(node, name, f"concatenation along axis {a.get('axis')}; fastdecomp concatenates channels")
-        self.emit(node, self.add(name, "concat", sources, {}, {}))
-
-    def _pool(self, node, name, a, kind):
-        x = self.source(node, name)
-        window = tuple(a["kernel_shape"])
-        if tuple(a.get("dilations", (1, 1))) != (1, 1) or a.get("storage_order", 0):
-            self.refuse(node, name, "a dilated or column-major pooling")
-        config = self.window(node, name, a, x, window, ceil=bool(a.get("ceil_mode", 0)))
-        if kind == "avgpool" and a.get("count_include_pad", 0) and any(config["pads"]):
-            if a.get("ceil_mode", 0):
-                self.refuse(node, name, "an average that counts padding (count_include_pad=1) with ceil_mode=1")
-            x = self.add(f"{name}/pad", "zeropad", [x], {"pads": config["pads"]}, {})  # the zeros it counts
-            config = {"strides": config["strides"], "padding": "valid", "pads": (0, 0, 0, 0)}
-        config["pool"] = window
-        self.emit(node, self.add(name, kind, [x], config, {}))
-
-    def _maxpool(self, node, name, a):
-        self._pool(node, name, a, "maxpool")
-
-    def _averagepool(self, node, name, a):
-        self._pool(node, name, a, "avgpool")
-
-    def _globalaveragepool(self, node, name, a):
-        self.emit(node, self.add(name, "gap", [self.source(node, name)], {}, {}))
-
-    def _globalmaxpool(self, node, name, a):
-        self.emit(node, self.add(name, "gmp", [self.source(node, name)], {}, {}))
-
-    def _flatten(self, node, name, a):
-        x = self.source(node, name)
-        shape = self.shape(x)
-        if a.get("axis", 1) != 1:
-            self.refuse(node, name, f"a flatten from axis {a.get('axis')}; fastdecomp flattens each image (axis=1)")
-        if len(shape) == 1:
-            self.emit(node, x, self.order.get(node.input[0]))
-            return
-        h, w, c = shape
-        order = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)  # engine row -> ONNX row
-        self.emit(node, self.add(name, "flatten", [x], {}, {}), order)
-
-    def _reshape(self, node, name, a):
-        target = self.constant(node, name, 1)
-        size = int(np.prod(self.shape(self.source(node, name))))
-        if target is None or len(target) != 2 or int(target[1]) not in (-1, size) or int(target[0]) not in (0, -1, 1):
-            self.refuse(node, name, f"a reshape to {None if target is None else target.tolist()}; fastdecomp "
-                                    f"takes a Reshape only where it flattens each image, to (N, {size})")
-        self._flatten(node, name, {"axis": 1})
-
-    def _gemm(self, node, name, a):
-        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
-            self.refuse(node, name, "a Gemm with transA, alpha or beta; fastdecomp takes x @ W + b")
-        kernel = self.constant(node, name, 1)
-        kernel = (kernel.T if a.get("transB", 0) else kernel).astype(np.float32)
-        bias = self.constant(node, name, 2)
-        self.dense(node, name, kernel, np.zeros(kernel.shape[1]) if bias is None else bias.reshape(-1))
-
-    def _matmul(self, node, name, a):
-        kernel = self.constant(node, name, 1)
-        if kernel.ndim != 2:
-            self.refuse(node, name, f"a MatMul by a {kernel.shape} tensor; fastdecomp takes a vector times a matrix")
-        self.dense(node, name, kernel.astype(np.float32), np.zeros(kernel.shape[1]))
-        self.product = name
-
-    def dense(self, node, name, kernel, bias):
-        x = self.source(node, name)
-        if len(self.shape(x)) != 1:
-            self.refuse(node, name, "a product over an image map; flatten it first")
-        order = self.order.get(node.input[0])
-        kernel = np.ascontiguousarray(kernel if order is None else kernel[order], dtype=np.float32)
-        weights = {"kernel": kernel, "bias": np.asarray(bias, dtype=np.float32)}
-        self.emit(node, self.add(name, "dense", [x], {}, weights))
-
-    def _softmax(self, node, name, a):
-        x = self.source(node, name)
-        if a.get("axis", -1) not in (-1, len(self.shape(x))):
-            self.refuse(node, name, "a softmax over another axis than the classes'")
-        self.emit(node, self.add(name, "softmax", [x], {}, {}))
-
-    def _dropout(self, node, name, a):
-        self.emit(node, self.source(node, name), self.order.get(node.input[0]))
-
-    _identity = _dropout
-
     def _constant(self, node, name, a):
         from onnx import numpy_helper
 
         if "value" not in a:
             self.refuse(node, name, "a Constant without a tensor value")
         self.constants[node.output[0]] = numpy_helper.to_array(a["value"])
-
-
-def _ceil_extra(size, window, stride, before, after):
-    """Padding ``ceil_mode`` adds after a row: as PyTorch and ONNX count it, a last window that would
-    start in the padding after the input is not taken."""
-    out = -(-(size + before + after - window) // stride) + 1
-    if (out - 1) * stride >= size + before:
-        out -= 1
-    return max(0, (out - 1) * stride + window - (size + before + after))
 
 
 def _attribute(attribute):

@@ -314,7 +314,7 @@ def _layers(manifest, arrays):
             raise ValueError(f"{where}: shape {g['shape']} has a dimension below 1")
         weights = {key: _weight(arrays, f"w{i}_{key}", where) for key in g["weights"]}
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in g["config"].items()}
-        if (g["kind"] == "input") != (i == 0):
+        if (KINDS[g["kind"]].input_count == (0, 0)) != (i == 0):
             raise ValueError(f"{where}: a graph has one input layer, first")
         layer = Layer(g["name"], g["kind"], list(g["inputs"]), tuple(g["shape"]), config, weights, g["keras_name"])
         layer.handler.check(layer, [shapes[src] for src in layer.inputs])

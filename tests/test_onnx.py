@@ -259,6 +259,11 @@ def test_bad_onnx_files_and_graphs_are_refused_by_name(tmp_path):
     with pytest.raises(fd.errors.UnsupportedLayerError, match="Sigmoid_2.*Sigmoid.*exactly 0"):
         fd.from_onnx(g.model(g.gemm(g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1), 4, 2), 2))
     g = TorchStyleGraph(3, 32, 0)
+    x = g.node("Tanh", [g.node("Sigmoid", [g.node("Sigmoid", [g.conv("input", 3, 4, 3)])])])
+    with pytest.raises(fd.errors.UnsupportedLayerError, match=r"2 operators .* nodes '/Sigmoid_2', '/Sigmoid_3' "
+                                                              r"\(Sigmoid\); '/Tanh_4' \(Tanh\)"):
+        fd.from_onnx(g.model(g.gemm(g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1), 4, 2), 2))
+    g = TorchStyleGraph(3, 32, 0)
     with pytest.raises(fd.errors.UnsupportedLayerError, match="must end in a Dense.*Gemm.*GlobalAveragePool"):
         fd.from_onnx(g.model(g.node("GlobalAveragePool", [g.conv("input", 3, 4, 3)]), 4))
     g = TorchStyleGraph(3, 32, 0)

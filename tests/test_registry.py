@@ -57,6 +57,7 @@ def registry(monkeypatch):
     """The registry, changed for one test only."""
     monkeypatch.setattr(layers, "KINDS", dict(layers.KINDS))
     monkeypatch.setattr(layers, "KERAS_CLASSES", dict(layers.KERAS_CLASSES))
+    monkeypatch.setattr(layers, "ONNX_OPS", dict(layers.ONNX_OPS))
     from fastdecomp import keras_io
 
     monkeypatch.setattr(keras_io, "KINDS", layers.KINDS)
@@ -119,3 +120,38 @@ def test_without_a_kind_for_its_class_the_layer_is_refused_by_name(registry):
     del registry.KERAS_CLASSES["Cropping2D"]
     with pytest.raises(fd.UnsupportedLayerError, match="'crop' \\(Cropping2D\\)"):
         fd.from_keras(cropping_model())
+
+
+class CountingReLUKind(layers.ReLUKind):
+    """A ReLU that reads ONNX's ``Relu`` and counts the nodes it read (no Keras class)."""
+
+    kind = "test-counting-relu"
+    keras_classes = ()
+    onnx_reads = ("Relu",)
+    read = []
+
+    def from_onnx(self, reader, node, name, attributes):
+        CountingReLUKind.read.append(name)
+        super().from_onnx(reader, node, name, attributes)
+
+
+def test_an_onnx_operator_goes_to_the_kind_registered_for_it(registry):
+    """The ONNX reader names no kind: a kind registered here for ``Relu`` reads every Relu node, and the
+    network it builds computes what ONNX Runtime does."""
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+    from test_onnx import resnet18_style
+
+    with pytest.raises(fd.errors.InputError, match=r"\['Relu'\] are registered already"):
+        registry.register(CountingReLUKind)
+    registry.register(CountingReLUKind, replace=True)
+    CountingReLUKind.read.clear()
+    model = resnet18_style()
+    network = fd.from_onnx(model)
+    relus = [node.name for node in model.graph.node if node.op_type == "Relu"]
+    assert CountingReLUKind.read == relus and len(relus) > 2
+    assert sum(layer.kind == CountingReLUKind.kind for layer in network.layers) == len(relus)
+    x = np.random.default_rng(0).random((4,) + network.input_shape, dtype=np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: x.transpose(0, 3, 1, 2)})[0]
+    np.testing.assert_allclose(network.forward(x, logits=True), expected, rtol=1e-5, atol=1e-5)

@@ -68,6 +68,55 @@ def test_no_module_but_the_registry_asks_a_layer_its_kind():
     assert not offenders, "\n".join(offenders)
 
 
+def kind_literals(tree, kinds):
+    """``(line, text)`` of each string naming a layer kind where code asks or picks a kind by name: compared
+    with something about a kind, as a key of ``KINDS``, or as the kind given to a graph builder's ``add``."""
+    import ast
+
+    def names_a_kind(node):
+        return isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in kinds
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any("kind" in ast.unparse(side) for side in sides):
+                yield from ((side.lineno, ast.unparse(node)) for side in sides if names_a_kind(side))
+        elif isinstance(node, ast.Subscript) and "KINDS" in ast.unparse(node.value) and names_a_kind(node.slice):
+            yield node.lineno, ast.unparse(node)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add" \
+                and len(node.args) > 1 and names_a_kind(node.args[1]):
+            yield node.lineno, ast.unparse(node)
+
+
+def test_no_kind_is_named_outside_the_registry():
+    """A kind is asked for by its class (``InputKind.INPUT_KIND``, ``KINDS[GroupedConv2DKind.kind]``) or by its
+    attributes, never by a string literal, outside layers.py: the ONNX reader and the saves included."""
+    import ast
+
+    from fastdecomp.layers import KINDS
+
+    offenders = [f"{path.relative_to(PACKAGE)}:{line}: {text}" for path in PACKAGE.rglob("*.py")
+                 if path.name != "layers.py"
+                 for line, text in kind_literals(ast.parse(path.read_text()), set(KINDS))]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_kind_literal_check_catches_each_way_of_naming_a_kind():
+    import ast
+
+    planted = """
+if kind == "avgpool": pass
+if g["kind"] == "input": pass
+handler = KINDS["batchnorm"]
+reader.add(name, "conv2d", [x], {}, {})
+modes = ("add", "remove")
+seen.add("relu")
+"""
+    found = [line for line, _ in kind_literals(ast.parse(planted), {"avgpool", "input", "batchnorm", "conv2d", "add",
+                                                                    "relu"})]
+    assert found == [2, 3, 4, 5]
+
+
 def public_callables():
     for name in package_modules():
         module = importlib.import_module(name)
