@@ -176,7 +176,9 @@ class _Walk:
         masks, head = self.variants[branch.variants[0]]
         out, alias = self._output(branch, layer, head)
         if masks is not None and layer.name in masks:
-            fresh = alias is None or (branch.remaining[alias] == 1 and self._owned(alias, branch.shared))
+            fresh = (alias is None and not self._borrows(out)) or (
+                alias is not None and branch.remaining[alias] == 1 and self._owned(alias, branch.shared)
+                and not self._borrows(out))
             out = self.backend.xp.multiply(out, self.backend.weights(masks[layer.name]), out=out if fresh else None)
         if layer.name in self.observed:
             if self.packed_activity:
@@ -225,7 +227,11 @@ class _Walk:
 
     def _overwritable(self, src, branch):
         """A value only one reader is left to read, and owned, may be overwritten."""
-        return branch.remaining[src] == 1 and self._owned(src, branch.shared)
+        return branch.remaining[src] == 1 and self._owned(src, branch.shared) and not self._borrows(branch.values[src])
+
+    def _borrows(self, array):
+        """``array`` may be the caller's memory: a view of the input batch (a flatten or reshape of it)."""
+        return isinstance(array, np.ndarray) and isinstance(self.x, np.ndarray) and np.may_share_memory(array, self.x)
 
 
 def walk(network, x, variants, backend, *, observe=None, mask_at=DEFAULT_MASK_AT, logits=False, keys=None,

@@ -380,15 +380,15 @@ def _tile_function(s, name, pixels, group, width, rows, taps):
                 result = f"%sum.{p}.{q}"
             if s.activity:
                 lines += _store_bits(f"{p}.{q}", result, f"%oi.{p}.{q}", width)
-            if s.rectify:
-                lines += [f"  %pos.{p}.{q} = fcmp ogt {vec} {result}, zeroinitializer",
-                          f"  %relu.{p}.{q} = select <{width} x i1> %pos.{p}.{q}, {vec} {result}, "
-                          f"{vec} zeroinitializer"]
+            if s.rectify:  # ordered compares: a NaN is kept, as numpy.maximum(x, 0) keeps it
+                lines += [f"  %neg.{p}.{q} = fcmp ole {vec} {result}, zeroinitializer",
+                          f"  %relu.{p}.{q} = select <{width} x i1> %neg.{p}.{q}, {vec} zeroinitializer, "
+                          f"{vec} {result}"]
                 result = f"%relu.{p}.{q}"
             if s.rectify and s.cap is not None:
-                lines += [f"  %low.{p}.{q} = fcmp olt {vec} {result}, {_splat(s.cap, width)}",
-                          f"  %cap.{p}.{q} = select <{width} x i1> %low.{p}.{q}, {vec} {result}, "
-                          f"{vec} {_splat(s.cap, width)}"]
+                lines += [f"  %high.{p}.{q} = fcmp ogt {vec} {result}, {_splat(s.cap, width)}",
+                          f"  %cap.{p}.{q} = select <{width} x i1> %high.{p}.{q}, {vec} {_splat(s.cap, width)}, "
+                          f"{vec} {result}"]
                 result = f"%cap.{p}.{q}"
             lines += [
                 f"  %op.{p}.{q} = getelementptr float, ptr %o, i64 %oi.{p}.{q}",

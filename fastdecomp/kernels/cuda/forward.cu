@@ -210,8 +210,8 @@ extern "C" __global__ void __launch_bounds__(256, CONV_MIN_BLOCKS) conv2d_forwar
             if (at.o0 + q >= co) break;
             float r = acc[p][q] + bias[at.o0 + q];
             if (add_residual) r = r + residual[first + q];  /* residual may be out itself: read before written */
-            if (rectify) r = r > 0.0f ? r : 0.0f;
-            if (capped) r = r < cap ? r : cap;
+            if (rectify) r = r <= 0.0f ? 0.0f : r;  /* a NaN is kept, as numpy.maximum(r, 0) keeps it */
+            if (capped) r = r > cap ? cap : r;
             out[first + q] = r;
             if (r > 0.0f) bits |= 128u >> q;
         }
