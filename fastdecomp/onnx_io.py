@@ -130,18 +130,19 @@ def _layers_to_onnx(graph, layers, images, masks=None, head=None, output_layer=N
     that variants whose masks agree up to a layer share its nodes.
     """
     masks, memo = masks or {}, {} if memo is None else memo
-    tensors, keys = {}, {}
+    tensors = {}
     for layer in layers:
         if head is not None and layer.name == output_layer:
             layer = layer.handler.with_head(layer, head)
         mask = masks.get(layer.name)
-        key = (layer.name, tuple(keys[s] for s in layer.inputs), _digest(mask),
+        inputs = [tensors[s] for s in layer.inputs] or [images]
+        # the inputs' tensors stand for their whole computations: a flat key, whatever the graph's depth
+        key = (layer.name, tuple(inputs), _digest(mask),
                _digest(*head) if head is not None and layer.name == output_layer else None)
         if key not in memo:
-            inputs = [tensors[s] for s in layer.inputs] or [images]
             out = layer.handler.to_onnx(layer, graph, inputs)
             memo[key] = out if mask is None else graph.masked(out, mask, layer.name)
-        tensors[layer.name], keys[layer.name] = memo[key], key
+        tensors[layer.name] = memo[key]
     return tensors
 
 
