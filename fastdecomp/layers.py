@@ -1214,13 +1214,27 @@ class GlobalAveragePoolKind(LayerKind):
 
     kind = "gap"
     keras_classes = ("GlobalAveragePooling2D",)
-    onnx_reads = ("GlobalAveragePool",)
+    onnx_reads = ("GlobalAveragePool", "ReduceMean", "ReduceSum")
 
     def check_config(self, layer, input_shapes):
         _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
 
     def from_onnx(self, reader, node, name, a):
-        reader.emit(node, reader.add(name, self.kind, [reader.source(node, name)], {}, {}))
+        """``Global*Pool``, or a ``Reduce*`` over the spatial axes (as PyTorch exports ``x.mean((2, 3))`` and
+        ``AdaptiveAvgPool2d(1)``), with or without ``keepdims``: a 1x1 map is the vector it is. A sum is the
+        mean times the positions."""
+        x = reader.source(node, name)
+        if node.op_type.startswith("Reduce"):
+            axes = a.get("axes", reader.constant(node, name, 1))
+            if axes is None or {int(axis) % 4 for axis in np.ravel(axes)} != {2, 3}:
+                reader.refuse(node, name, f"a reduction over axes {None if axes is None else np.ravel(axes).tolist()}"
+                                          "; fastdecomp reads one over the spatial axes (2, 3) as a global pooling")
+        out = reader.add(name, self.kind, [x], {}, {})
+        if node.op_type == "ReduceSum":
+            h, w, c = reader.shape(x)
+            out = reader.add(f"{name}/sum", RescalingKind.kind, [out], {},
+                             {"a": np.full(c, h * w, np.float32), "b": np.zeros(c, np.float32)})
+        reader.emit(node, out)
 
     def from_keras(self, keras_layer, cfg, input_shapes, refuse):
         if len(input_shapes[0]) != 3:
@@ -1298,7 +1312,7 @@ class GlobalMaxPoolKind(GlobalAveragePoolKind):
 
     kind = "gmp"
     keras_classes = ("GlobalMaxPooling2D",)
-    onnx_reads = ("GlobalMaxPool",)
+    onnx_reads = ("GlobalMaxPool", "ReduceMax")
 
     def forward(self, layer, inputs, reusable=None, *, backend):
         x = inputs[0]

@@ -406,3 +406,35 @@ def test_export_of_deep_residual_and_dense_chains_is_linear_in_the_graph(blocks,
     exported = fd.onnx_io.network_to_onnx(network)
     assert len(keys) == len(network.layers)  # one computation each: nothing shared or repeated in one network
     np.testing.assert_allclose(run(exported, x)[0], network.predict_proba(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("op, keepdims, opset", [("ReduceMean", 0, 17), ("ReduceMean", 1, 17), ("ReduceMean", 0, 18),
+                                                 ("ReduceMax", 1, 17), ("ReduceMax", 0, 18), ("ReduceSum", 0, 17)])
+def test_a_reduction_over_the_spatial_axes_is_a_global_pooling(op, keepdims, opset):
+    """PyTorch's default exporter writes ``AdaptiveAvgPool2d((1, 1))`` and ``x.mean((2, 3))`` as ReduceMean;
+    axes are an attribute before opset 18 (ReduceSum: 13) and an input from it on."""
+    g = TorchStyleGraph(3, 12, 4)
+    x = g.relu(g.conv("input", 3, 6, 3, pad=1))
+    axes_as_input = opset >= 18 or op == "ReduceSum"
+    if axes_as_input:
+        pooled = g.node(op, [x, g.const(np.array([-2, -1]), np.int64)], keepdims=keepdims)
+    else:
+        pooled = g.node(op, [x], axes=[2, 3], keepdims=keepdims)
+    if keepdims:
+        pooled = g.node("Flatten", [pooled], axis=1)
+    model = g.model(g.gemm(pooled, 6, 4), 4)
+    model.opset_import[0].version = opset
+    network = fd.from_onnx(model)
+    assert {layer.kind for layer in network.layers} >= {"gmp" if op == "ReduceMax" else "gap"}
+    images = np.random.default_rng(5).normal(size=(8, 3, 12, 12)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"input": images})[0]
+    np.testing.assert_allclose(network.forward(images.transpose(0, 2, 3, 1), logits=True), expected, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_a_reduction_over_other_axes_is_refused_by_name():
+    g = TorchStyleGraph(3, 12, 4)
+    pooled = g.node("ReduceMean", [g.relu(g.conv("input", 3, 6, 3, pad=1))], axes=[1, 2, 3], keepdims=0)
+    with pytest.raises(fd.errors.UnsupportedLayerError, match=r"ReduceMean.*axes \[1, 2, 3\].*spatial axes"):
+        fd.from_onnx(g.model(g.gemm(g.node("Flatten", [pooled], axis=1), 1, 4), 4))
