@@ -696,8 +696,8 @@ class Conv2DKind(LayerKind):
         from keras import layers
 
         kh, kw, _, co = layer.weights["kernel"].shape
-        return layers.Conv2D(co, (kh, kw), strides=layer.config["strides"],
-                             padding=keras_padding(layer), name=name)
+        return keras_window(layer, name, lambda padding, name: layers.Conv2D(
+            co, (kh, kw), strides=layer.config["strides"], padding=padding, name=name))
 
 
 @register
@@ -796,11 +796,12 @@ class GroupedConv2DKind(LayerKind):
 
         c, (kh, kw, _, co) = layer.config, layer.weights["kernel"].shape
         if c["depth_multiplier"]:
-            return layers.DepthwiseConv2D((kh, kw), strides=c["strides"], padding=keras_padding(layer),
-                                          depth_multiplier=c["depth_multiplier"], dilation_rate=c["dilation"],
-                                          name=name)
-        return layers.Conv2D(co, (kh, kw), strides=c["strides"], padding=keras_padding(layer), dilation_rate=c["dilation"],
-                             groups=c["groups"], name=name)
+            return keras_window(layer, name, lambda padding, name: layers.DepthwiseConv2D(
+                (kh, kw), strides=c["strides"], padding=padding, depth_multiplier=c["depth_multiplier"],
+                dilation_rate=c["dilation"], name=name))
+        return keras_window(layer, name, lambda padding, name: layers.Conv2D(
+            co, (kh, kw), strides=c["strides"], padding=padding, dilation_rate=c["dilation"], groups=c["groups"],
+            name=name))
 
     def keras_weights(self, layer):
         kernel, c = layer.weights["kernel"], layer.config
@@ -886,9 +887,9 @@ class SeparableConv2DKind(Conv2DKind):
         from keras import layers
 
         c, depthwise = layer.config, layer.weights["depthwise"]
-        return layers.SeparableConv2D(layer.shape[-1], depthwise.shape[:2], strides=c["strides"],
-                                      padding=keras_padding(layer), dilation_rate=c["dilation"],
-                                      depth_multiplier=c["depth_multiplier"], name=name)
+        return keras_window(layer, name, lambda padding, name: layers.SeparableConv2D(
+            layer.shape[-1], depthwise.shape[:2], strides=c["strides"], padding=padding, dilation_rate=c["dilation"],
+            depth_multiplier=c["depth_multiplier"], name=name))
 
     def keras_weights(self, layer):
         depthwise, multiplier = layer.weights["depthwise"], layer.config["depth_multiplier"]
@@ -1186,9 +1187,14 @@ class Pool2DKind(LayerKind):
     def to_keras(self, layer, name):
         from keras import layers
 
+        if not self.is_max and layer.config["padding"] == "explicit":
+            raise InputError(f"layer {layer.name!r} averages over windows that leave out its explicit pads "
+                             f"{layer.config['pads']} (top, bottom, left, right), which no Keras pooling does; "
+                             "export this module with to_onnx instead")
         cls = layers.MaxPooling2D if self.is_max else layers.AveragePooling2D
-        return cls(layer.config["pool"], strides=layer.config["strides"], padding=keras_padding(layer),
-                   name=name)
+        return keras_window(layer, name, lambda padding, name: cls(
+            layer.config["pool"], strides=layer.config["strides"], padding=padding, name=name),
+            pad_value=-np.inf)
 
 
 @register
@@ -1981,27 +1987,32 @@ def window_config(window, cfg, input_shapes, refuse, dilation=(1, 1)):
     return {"strides": strides, "padding": cfg["padding"], "pads": pads}
 
 
-def keras_padding(layer):
-    """The Keras ``padding`` of a window layer; explicit pads (an ONNX model's) have none.
+def keras_window(layer, name, build, pad_value=0.0):
+    """The Keras layer of a window layer: ``build(padding, name)`` with Keras' ``same`` or ``valid``, or for
+    explicit pads (an ONNX model's) that layer ``valid`` after a padding of its own, as one ``Sequential``.
 
     Parameters
     ----------
     layer : Layer
-
-    Returns
-    -------
-    str
-        ``"same"`` or ``"valid"``.
-
-    Raises
-    ------
-    InputError
-        Where its pads are explicit.
+    name : str
+    build : callable
+        ``build(padding, name)`` -> the Keras layer.
+    pad_value : float
+        What the explicit padding holds: 0 before a convolution, ``-inf`` before a max pooling (which
+        then never takes it).
     """
-    if layer.config["padding"] == "explicit":
-        raise InputError(f"layer {layer.name!r} pads {layer.config['pads']} (top, bottom, left, right), which no "
-                         "Keras layer takes; export this module with to_onnx instead")
-    return layer.config["padding"]
+    if layer.config["padding"] != "explicit":
+        return build(layer.config["padding"], name)
+    import keras
+
+    top, bottom, left, right = layer.config["pads"]
+    if pad_value == 0.0:
+        pad = keras.layers.ZeroPadding2D(((top, bottom), (left, right)), name=f"{name}_pad")
+    else:
+        from .keras_io import keras_custom_objects
+
+        pad = keras_custom_objects()["WindowPad"]((top, bottom, left, right), pad_value, name=f"{name}_pad")
+    return keras.Sequential([pad, build("valid", f"{name}_window")], name=name)
 
 
 def _expect(condition, layer, field, what):

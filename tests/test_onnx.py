@@ -438,3 +438,40 @@ def test_a_reduction_over_other_axes_is_refused_by_name():
     pooled = g.node("ReduceMean", [g.relu(g.conv("input", 3, 6, 3, pad=1))], axes=[1, 2, 3], keepdims=0)
     with pytest.raises(fd.errors.UnsupportedLayerError, match=r"ReduceMean.*axes \[1, 2, 3\].*spatial axes"):
         fd.from_onnx(g.model(g.gemm(g.node("Flatten", [pooled], axis=1), 1, 4), 4))
+
+
+def asymmetric_pads_graph():
+    """Convolutions and a max pooling with explicit pads no Keras padding names (symmetric on a stride 2,
+    and asymmetric), then global pooling and a Gemm."""
+    g = TorchStyleGraph(3, 11, 6)
+    x = g.relu(g.bn(g.conv("input", 3, 8, 3, stride=2, pad=1), 8))  # pads 1 on every side at stride 2
+    w = g.rng.normal(0, 0.4, (8, 8, 3, 3))
+    x = g.node("Conv", [x, g.const(w), g.const(g.rng.normal(0, 0.2, 8))], kernel_shape=[3, 3],
+               pads=[0, 2, 1, 0])  # top 0, left 2, bottom 1, right 0: ONNX writes begins, then ends
+    x = g.node("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])  # of negatives too
+    dw = g.rng.normal(0, 0.4, (8, 1, 3, 3))
+    x = g.node("Conv", [x, g.const(dw), g.const(g.rng.normal(0, 0.2, 8))], kernel_shape=[3, 3], group=8,
+               pads=[1, 0, 1, 2])
+    x = g.node("Flatten", [g.node("GlobalAveragePool", [g.relu(x)])], axis=1)
+    return g.model(g.gemm(x, 8, 4), 4)
+
+
+def test_explicit_pads_export_to_keras_as_a_padding_then_a_valid_window():
+    """A module imported from ONNX exports to Keras: each explicit padding becomes ZeroPadding2D (or -inf
+    before a max pooling) and a ``valid`` layer, and Keras agrees with the engine."""
+    model = asymmetric_pads_graph()
+    network = fd.from_onnx(model)
+    explicit = [layer for layer in network.layers if layer.config.get("padding") == "explicit"]
+    assert {layer.kind for layer in explicit} >= {"conv2d", "maxpool", "grouped_conv2d"}
+    assert any(len(set(layer.config["pads"])) > 1 for layer in explicit)
+    images = np.random.default_rng(2).normal(size=(30, 3, 11, 11)).astype(np.float32)
+    x = images.transpose(0, 2, 3, 1)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(network.forward(x, logits=True), session.run(None, {"input": images})[0], atol=1e-5)
+    y = network.predict_proba(x).argmax(axis=1)
+    modules = fd.decompose(network, x, y, classes=sorted(set(y.tolist())), concerned="all", backtrack="bi",
+                           delta=0.05, progress=False)
+    for k in modules.classes[:2]:
+        keras_module = modules.to_keras(k)
+        np.testing.assert_allclose(keras_module.predict(x, verbose=0), modules.module(k).predict_proba(x),
+                                   rtol=1e-5, atol=1e-6)
