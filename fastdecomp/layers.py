@@ -1345,8 +1345,11 @@ class ConcatenateKind(LayerKind):
     input_count = (2, None)
 
     def from_onnx(self, reader, node, name, a):
-        reader.unordered(node, name)
         sources = [reader.source(node, name, i) for i in range(len(node.input))]
+        if len(sources) == 1:  # PyTorch exports DenseNet's first torch.cat([x]) so: the identity
+            reader.emit(node, sources[0], reader.order.get(node.input[0]))
+            return
+        reader.unordered(node, name)
         rank = len(reader.shape(sources[0])) + 1
         if a.get("axis") not in (1, 1 - rank):
             reader.refuse(node, name, f"concatenation along axis {a.get('axis')}; fastdecomp concatenates channels")

@@ -475,3 +475,16 @@ def test_explicit_pads_export_to_keras_as_a_padding_then_a_valid_window():
         keras_module = modules.to_keras(k)
         np.testing.assert_allclose(keras_module.predict(x, verbose=0), modules.module(k).predict_proba(x),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_a_one_input_concat_is_the_identity():
+    """PyTorch's DenseNet starts each block with ``torch.cat([x], 1)``: a Concat of one input."""
+    g = TorchStyleGraph(3, 8, 1)
+    x = g.node("Concat", [g.relu(g.conv("input", 3, 6, 3, pad=1))], axis=1)
+    model = g.model(g.gemm(g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1), 6, 3), 3)
+    network = fd.from_onnx(model)
+    assert "concat" not in {layer.kind for layer in network.layers}
+    images = np.random.default_rng(1).normal(size=(4, 3, 8, 8)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(network.forward(images.transpose(0, 2, 3, 1), logits=True),
+                               session.run(None, {"input": images})[0], rtol=1e-5, atol=1e-6)
