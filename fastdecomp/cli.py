@@ -15,6 +15,7 @@ from .backtrack import BLN_RULES
 from .errors import FastDecompError, InputError
 from .layers import MASK_PLACEMENTS
 from .options import CONCERNED, DecompositionOptions
+from .storage import check_replaceable_file
 
 DEFAULTS = DecompositionOptions()
 
@@ -271,6 +272,7 @@ def _check_file_output(path, overwrite):
         raise FastDecompError(f"{path} is a directory; give a file name")
     if os.path.lexists(path) and not overwrite:
         raise FastDecompError(f"{path} exists; pass --overwrite or choose another name")
+    check_replaceable_file(path)
     _check_writable_parent(path)
 
 
@@ -374,6 +376,8 @@ def cmd_report(args):
 
     for path in (args.out, args.html):
         _check_file_output(path, args.overwrite)
+    if args.html and os.path.realpath(args.html) == os.path.realpath(args.out):
+        raise FastDecompError(f"-o and --html are both {args.out}: the page would replace the report; give two paths")
     if args.thresholds and args.train is None:
         raise InputError("--thresholds needs --train, the data the modules were decomposed from")
     if args.html:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import InputError, ModelFileError, UnsupportedLayerError
-from .layers import KERAS_CLASSES, KINDS, OUTSIDE_THE_METHOD, refuser
+from .layers import KERAS_CLASSES, KINDS, OUTSIDE_THE_METHOD, keras_window_pad, refuser
 from .network import Network, check_weights
 
 __all__ = ["from_keras", "load_keras_model", "to_keras", "keras_custom_objects"]
@@ -293,30 +293,8 @@ def keras_custom_objects():
             def get_config(self):
                 return {**super().get_config(), "shape": list(self.mask_shape)}
 
-        @keras.saving.register_keras_serializable(package="fastdecomp")
-        class WindowPad(keras.layers.Layer):
-            """Pads rows and columns with a constant (``-inf`` before a max pooling, which then takes
-            no padding, as ONNX's explicit pads and the engine do)."""
-
-            def __init__(self, pads, value, **kwargs):
-                super().__init__(**kwargs)
-                self.pads, self.value = tuple(int(p) for p in pads), float(value)
-
-            def call(self, inputs):
-                top, bottom, left, right = self.pads
-                return keras.ops.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]],
-                                     constant_values=self.value)
-
-            def compute_output_shape(self, input_shape):
-                n, h, w, c = input_shape
-                top, bottom, left, right = self.pads
-                return (n, None if h is None else h + top + bottom, None if w is None else w + left + right, c)
-
-            def get_config(self):
-                return {**super().get_config(), "pads": list(self.pads), "value": self.value}
-
         _CUSTOM["NodeMask"] = NodeMask
-        _CUSTOM["WindowPad"] = WindowPad
+        _CUSTOM["WindowPad"] = keras_window_pad()
     return dict(_CUSTOM)
 
 

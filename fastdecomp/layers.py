@@ -1226,9 +1226,9 @@ class GlobalAveragePoolKind(LayerKind):
         _expect(len(input_shapes[0]) == 3, layer, "input", "a (height, width, channels) map")
 
     def from_onnx(self, reader, node, name, a):
-        """``Global*Pool``, or a ``Reduce*`` over the spatial axes (as PyTorch exports ``x.mean((2, 3))`` and
-        ``AdaptiveAvgPool2d(1)``), with or without ``keepdims``: a 1x1 map is the vector it is. A sum is the
-        mean times the positions."""
+        # Global*Pool, or a Reduce* over the spatial axes (as PyTorch exports x.mean((2, 3)) and
+        # AdaptiveAvgPool2d(1)), with or without keepdims (a 1x1 map is the vector it is); a sum is the mean
+        # times the positions
         x = reader.source(node, name)
         if node.op_type.startswith("Reduce"):
             axes = a.get("axes", reader.constant(node, name, 1))
@@ -2012,10 +2012,36 @@ def keras_window(layer, name, build, pad_value=0.0):
     if pad_value == 0.0:
         pad = keras.layers.ZeroPadding2D(((top, bottom), (left, right)), name=f"{name}_pad")
     else:
-        from .keras_io import keras_custom_objects
-
-        pad = keras_custom_objects()["WindowPad"]((top, bottom, left, right), pad_value, name=f"{name}_pad")
+        pad = keras_window_pad()((top, bottom, left, right), pad_value, name=f"{name}_pad")
     return keras.Sequential([pad, build("valid", f"{name}_window")], name=name)
+
+
+@lru_cache(maxsize=None)
+def keras_window_pad():
+    """The Keras layer ``WindowPad(pads, value)``: rows and columns padded with a constant (``-inf`` before a
+    max pooling, which then takes no padding, as ONNX's explicit pads and the engine do). One of
+    :func:`fastdecomp.keras_io.keras_custom_objects`."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="fastdecomp")
+    class WindowPad(keras.layers.Layer):
+        def __init__(self, pads, value, **kwargs):
+            super().__init__(**kwargs)
+            self.pads, self.value = tuple(int(p) for p in pads), float(value)
+
+        def call(self, inputs):
+            top, bottom, left, right = self.pads
+            return keras.ops.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=self.value)
+
+        def compute_output_shape(self, input_shape):
+            n, h, w, c = input_shape
+            top, bottom, left, right = self.pads
+            return (n, None if h is None else h + top + bottom, None if w is None else w + left + right, c)
+
+        def get_config(self):
+            return {**super().get_config(), "pads": list(self.pads), "value": self.value}
+
+    return WindowPad
 
 
 def _expect(condition, layer, field, what):

@@ -14,13 +14,14 @@ import glob
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError, OutputExistsError
 
-__all__ = ["atomic_directory", "atomic_file"]
+__all__ = ["atomic_directory", "atomic_file", "check_replaceable_file"]
 
 PARTIAL, REPLACED = ".partial", ".replaced"
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
@@ -151,12 +152,39 @@ def atomic_file(path, data):
     data : bytes
     """
     path = Path(path)
+    check_replaceable_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as out:
             out.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is for the temporary file, not the output
+        check_replaceable_file(path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_replaceable_file(path):
+    """Refuse an output path where something other than a regular file is: a rename over a FIFO, a device
+    node, a socket or a link would replace it (as root, ``/dev/null`` itself), and a directory is no file.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Raises
+    ------
+    OutputExistsError
+        Naming what is there.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        what = ("a directory" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode)
+                else "a FIFO" if stat.S_ISFIFO(mode) else "a device node" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise OutputExistsError(f"{path} is {what}; fastdecomp replaces only regular files: choose another path")

@@ -1,6 +1,8 @@
 """Machine-readable results (fastdecomp.report), the HTML page in a real browser, and the suite driver."""
 
 import json
+import os
+import stat
 import re
 import shutil
 import subprocess
@@ -140,6 +142,23 @@ def test_bad_report_inputs_are_refused_with_one_line(decomposed, tmp_path, capsy
                      "--thresholds", "0.1"]) == 2
     assert "decomposed from 500 images" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "elsewhere.json", tmp_path / "link.json")
+    same = tmp_path / "same"
+    import fastdecomp.saving
+
+    real_load = fastdecomp.saving.load_modules
+    fastdecomp.saving.load_modules = lambda *a, **k: pytest.fail("work began before the outputs were checked")
+    try:
+        for out, extra, said in [(tmp_path / "fifo", [], "is a FIFO"), (tmp_path / "link.json", [], "symbolic link"),
+                                 (same, ["--html", str(same)], "both")]:
+            assert cli.main(["report", str(tmp_path / "modules"), "fashion-mnist:test", "-o", str(out),
+                             "--overwrite", *extra]) == 2, out
+            assert said in capsys.readouterr().err
+    finally:
+        fastdecomp.saving.load_modules = real_load
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode) and os.path.islink(tmp_path / "link.json")
+    assert not same.exists() and not (tmp_path / "elsewhere.json").exists()
     with pytest.raises(SystemExit):
         cli.main(["report", str(tmp_path / "modules"), "fashion-mnist:test", "-o", "x", "--thresholds", "a:b"])
 

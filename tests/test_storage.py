@@ -153,3 +153,27 @@ def test_a_replacing_save_whose_last_rename_fails_keeps_the_old_save(modules, re
         saved = modules
     monkeypatch.undo()
     assert fd.load_modules(tmp_path / "m").classes == saved.classes
+
+
+def test_a_file_output_replaces_only_a_regular_file_and_gets_the_umasks_mode(tmp_path):
+    import stat
+
+    from fastdecomp.errors import OutputExistsError
+    from fastdecomp.storage import atomic_file
+
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink(tmp_path / "target", tmp_path / "link")
+    (tmp_path / "folder").mkdir()
+    for name, what in (("fifo", "a FIFO"), ("link", "a symbolic link"), ("folder", "a directory")):
+        with pytest.raises(OutputExistsError, match=what):
+            atomic_file(tmp_path / name, b"data")
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "fifo").st_mode) and not (tmp_path / "target").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "folder", "link"]  # no temporary left
+    old = os.umask(0o027)
+    try:
+        atomic_file(tmp_path / "out.bin", b"data")
+        atomic_file(tmp_path / "out.bin", b"again")  # a regular file is replaced
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.bin").read_bytes() == b"again"
+    assert stat.S_IMODE(os.stat(tmp_path / "out.bin").st_mode) == 0o640
