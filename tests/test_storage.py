@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +178,59 @@ def test_a_file_output_replaces_only_a_regular_file_and_gets_the_umasks_mode(tmp
         os.umask(old)
     assert (tmp_path / "out.bin").read_bytes() == b"again"
     assert stat.S_IMODE(os.stat(tmp_path / "out.bin").st_mode) == 0o640
+
+
+PLANTED_INDEX = """
+import os, pickle, sys
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[1],))
+with open(sys.argv[2], "wb") as f:
+    pickle.dump(Payload(), f)
+"""
+
+USE_A_NUMBA_KERNEL = """
+import numpy as np
+from fastdecomp.kernels import cpu
+out = np.empty((2, 3), np.float32)
+cpu.dense_forward(np.ones((2, 4), np.float32), np.ones((4, 3), np.float32), np.zeros(3, np.float32), out)
+assert (out == 4).all()
+"""
+
+
+@pytest.mark.parametrize("where", ["package", "shared folder"])
+def test_a_planted_numba_cache_index_is_never_unpickled(where, tmp_path):
+    """Numba unpickles its cache index. A ``__pycache__`` beside the package (or any folder others can write)
+    may hold a planted one: fastdecomp keeps Numba's cache in its own private folder, and with a folder
+    others can write it caches nothing on disk, so the payload never runs."""
+    import stat
+
+    from fastdecomp.kernels import cpu
+
+    function = cpu._dense_forward.py_func
+    index = f"cpu.{function.__qualname__}-{function.__code__.co_firstlineno}.py{sys.version_info[0]}{sys.version_info[1]}.nbi"
+    package_cache = Path(cpu.__file__).parent / "__pycache__"
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "FASTDECOMP_NUMBA_CACHE")}
+    if where == "package":
+        env["FASTDECOMP_CACHE_DIR"] = str(tmp_path / "cache")
+        planted = package_cache / index
+    else:  # the user's cache folder is writable by others: nothing of it is read
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        shared.chmod(0o777)
+        env["FASTDECOMP_CACHE_DIR"] = str(shared)
+        planted = shared / "numba" / index
+        planted.parent.mkdir()
+    marker = tmp_path / "the-payload-ran"
+    backup = planted.read_bytes() if planted.exists() else None
+    try:
+        subprocess.run([sys.executable, "-c", PLANTED_INDEX, str(marker), str(planted)], check=True)
+        run = subprocess.run([sys.executable, "-W", "ignore", "-c", USE_A_NUMBA_KERNEL], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert not marker.exists(), "Numba unpickled the planted cache index"
+    finally:
+        if backup is None:
+            planted.unlink(missing_ok=True)
+        else:
+            planted.write_bytes(backup)

@@ -17,8 +17,9 @@ import os
 
 import numpy as np
 
+from .. import config
 from ..errors import InputError, TargetError
-from . import checks, direct_conv, tuning
+from . import checks, direct_conv, trusted_cache, tuning
 from . import target as targets
 
 
@@ -45,18 +46,38 @@ def _point_numba_at_the_target():
     return (os.environ.get("NUMBA_CPU_NAME"), os.environ.get("NUMBA_CPU_FEATURES")) != before
 
 
-_numba_target_changed = _point_numba_at_the_target()
+def _point_numba_cache_at_ours():
+    """Keep Numba's disk cache in fastdecomp's own folder, or use none; whether Numba may cache on disk.
 
-from numba import njit, prange  # noqa: E402  (after the target is set)
+    Numba unpickles its cache index, and by default keeps it in a ``__pycache__`` beside the package, which
+    others may be able to write (a shared install): a planted index would run code in the next process.
+    So unless the user chose ``NUMBA_CACHE_DIR`` it goes under fastdecomp's cache folder, which is used only
+    when no other user can write it (:mod:`.trusted_cache`); otherwise Numba compiles in memory.
+    """
+    chosen = os.environ.get("NUMBA_CACHE_DIR")
+    if chosen is not None and chosen != os.environ.get("FASTDECOMP_NUMBA_CACHE"):  # not one a parent of ours set
+        return True
+    folder = config.cache_dir()
+    if trusted_cache.secret(folder) is None:  # it warned why
+        os.environ.pop("NUMBA_CACHE_DIR", None)
+        return False
+    ours = str(trusted_cache.private_folder(folder / "numba"))
+    os.environ.update(NUMBA_CACHE_DIR=ours, FASTDECOMP_NUMBA_CACHE=ours)
+    return True
+
+
+_numba_target_changed = _point_numba_at_the_target()
+_numba_disk_cache = _point_numba_cache_at_ours()
+
+from numba import njit, prange  # noqa: E402  (after the target and the cache folder are set)
 from numba.core import config as _numba_config  # noqa: E402
 
-if _numba_target_changed:
-    _numba_config.reload_config()
+_numba_config.reload_config()  # the target and the cache folder, also where Numba was imported before
 
 
 def jit(parallel=False):
-    """The project's Numba decorator: cached, GIL-free, NumPy error model."""
-    return njit(parallel=parallel, cache=True, nogil=True, error_model="numpy")
+    """The project's Numba decorator: cached (in fastdecomp's own folder), GIL-free, NumPy error model."""
+    return njit(parallel=parallel, cache=_numba_disk_cache, nogil=True, error_model="numpy")
 
 
 # --------------------------------------------------------------------------
