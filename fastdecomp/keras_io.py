@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import InputError, ModelFileError, UnsupportedLayerError
-from .layers import KERAS_CLASSES, KINDS, OUTSIDE_THE_METHOD, keras_window_pad, refuser
+from .layers import KERAS_CLASSES, KINDS, OUTSIDE_THE_METHOD, keras_window_pad, logits_head, refuser
 from .network import Network, check_weights
 
 __all__ = ["from_keras", "load_keras_model", "to_keras", "keras_custom_objects"]
@@ -228,10 +228,7 @@ def _import_layers(model):
         graph.add(call)
     for layer in graph.layers[:-1]:
         _refuse_an_inner_output(layer)
-    last = graph.layers[-1]
-    if last.handler.output_layer:  # a logits output (trained with from_logits=True): the softmax is implied
-        graph.layers[-1:] = last.handler.logits_output(last)
-    return graph.layers
+    return logits_head(graph.layers, model.name)
 
 
 def _refuse_an_inner_output(layer):

@@ -192,6 +192,10 @@ class LayerKind:
     output_activation, output_layer : bool
         It may end the classifier (the softmax), or be the layer before that,
         whose columns are channeled into modules (the Dense layer).
+    keeps_order : bool
+        Monotone: a classifier ending in it after its output layer keeps its
+        ranking of the classes, so the output layer's values serve as the
+        logits (:func:`logits_head`).
     weight_names : tuple of str
         The weights a layer of this kind has.
     config_keys : tuple of str
@@ -213,6 +217,7 @@ class LayerKind:
     folds_normalisation = False
     output_activation = False
     output_layer = False
+    keeps_order = False
     weight_names = ()
     config_keys = ()
     input_count = (1, 1)
@@ -997,6 +1002,7 @@ class ReLUKind(LayerKind):
     kind = "relu"
     keras_classes = ("ReLU",)
     onnx_reads = ("Relu", "Clip")
+    keeps_order = True
     mask_placements = ("relu",)
     fuses_as = "rectify"
     passes_channels = True
@@ -1824,6 +1830,42 @@ def refuser(keras_layer):
             f"layer {keras_layer.name!r} ({type(keras_layer).__name__}) is not supported: "
             f"{why}. fastdecomp decomposes {supported()}")
     return refuse
+
+
+class LogitsHeadWarning(UserWarning):
+    """A classifier ends in a monotone activation after its output layer; its values before it are taken
+    as the logits."""
+
+
+def logits_head(layers, model_name):
+    """The layers of an imported classifier with the head the method channels: a monotone activation
+    (a ReLU) ending the model after its output layer is dropped with a warning, its input taken as the
+    logits; a logits output gets its implied softmax.
+
+    Parameters
+    ----------
+    layers : list of Layer
+    model_name : str
+        For the warning.
+
+    Returns
+    -------
+    list of Layer
+    """
+    import warnings
+
+    last = layers[-1]
+    if len(layers) > 2 and last.handler.keeps_order and last.inputs == [layers[-2].name] \
+            and layers[-2].handler.output_layer:
+        warnings.warn(f"model {model_name!r} ends in {last.keras_name!r} ({last.kind}) after its output layer "
+                      f"{layers[-2].keras_name!r}: that layer's values are taken as the logits (the activation "
+                      "keeps their order, except among classes it sets to the same value), and their softmax as "
+                      "the probabilities", LogitsHeadWarning, stacklevel=3)
+        layers = layers[:-1]
+        last = layers[-1]
+    if last.handler.output_layer:  # a logits output (trained with from_logits=True): the softmax is implied
+        layers = layers[:-1] + last.handler.logits_output(last)
+    return layers
 
 
 def inline_activation(activation, refuse):

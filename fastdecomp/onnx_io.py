@@ -408,6 +408,7 @@ class OnnxReader:
             for name in node.input:
                 self.readers[name] = self.readers.get(name, 0) + 1
         self.output = self._single(graph)
+        self.name = graph.name or "onnx"
 
     def _single(self, graph):
         from .errors import UnsupportedLayerError
@@ -543,17 +544,14 @@ class OnnxReader:
             self.refuse(node, name, "it reads a flattened map before a Gemm or MatMul has taken it")
 
     def finish(self):
-        """The layers, the output layer split as the engine runs it."""
-        from .layers import KINDS
+        """The layers, with the head the method channels (:func:`fastdecomp.layers.logits_head`)."""
+        from .layers import logits_head
 
-        last = self.layers[-1]
-        if self.tensors.get(self.output) != last.name:
+        if self.tensors.get(self.output) != self.layers[-1].name:
             from .errors import UnsupportedLayerError
 
             raise UnsupportedLayerError(f"the graph's output {self.output!r} is not its last layer's")
-        if KINDS[last.kind].output_layer:
-            self.layers[-1:] = KINDS[last.kind].logits_output(last)
-        return self.layers
+        return logits_head(self.layers, self.name)
 
     def _constant(self, node, name, a):
         from onnx import numpy_helper

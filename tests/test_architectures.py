@@ -445,3 +445,29 @@ def test_a_layer_whose_every_channel_is_removed_keeps_one_zeroed_channel(kinds_c
     assert pruned["sep"].weights["kernel"].shape[-1] == 1 and not pruned["sep"].weights["kernel"].any()
     np.testing.assert_allclose(modules.to_keras(0).predict(x, verbose=0), modules.module(0).predict_proba(x),
                                atol=2e-6)
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_a_classifier_ending_in_a_relu_after_its_dense_layer_takes_the_dense_values_as_logits(inline):
+    """Pretrained models ship with Dense(..., activation="relu") heads: the ReLU keeps the classes' order, so
+    the Dense layer's values are the logits, with a warning; the network then decomposes as any other."""
+    import keras
+    from keras import layers
+
+    init = keras.initializers.HeNormal(seed=3)
+    inputs = keras.Input((6, 6, 2))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(8, 3, activation="relu", kernel_initializer=init,
+                                                      bias_initializer="random_normal")(inputs))
+    logits = layers.Dense(4, kernel_initializer=init, bias_initializer="random_normal", name="head",
+                          activation="relu" if inline else None)(x)
+    model = keras.Model(inputs, logits if inline else layers.ReLU(name="head_relu")(logits))
+    with pytest.warns(fd.layers.LogitsHeadWarning, match="taken as the logits"):
+        network = fd.from_keras(model)
+    images = np.random.default_rng(0).normal(size=(40, 6, 6, 2)).astype(np.float32)
+    head = model.get_layer("head")
+    kernel, bias = head.get_weights()
+    features = keras.Model(inputs, head.input).predict(images, verbose=0)
+    np.testing.assert_allclose(network.forward(images, logits=True), features @ kernel + bias, rtol=1e-5, atol=1e-5)
+    y = network.predict_proba(images).argmax(axis=1)
+    modules = fd.decompose(network, images, y, classes=sorted(set(y.tolist())), concerned="all", progress=False)
+    assert len(modules) == len(set(y.tolist()))

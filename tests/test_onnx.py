@@ -488,3 +488,18 @@ def test_a_one_input_concat_is_the_identity():
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(network.forward(images.transpose(0, 2, 3, 1), logits=True),
                                session.run(None, {"input": images})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_an_onnx_classifier_ending_in_gemm_then_relu_takes_the_gemm_as_logits():
+    g = TorchStyleGraph(3, 8, 2)
+    x = g.node("Flatten", [g.node("GlobalAveragePool", [g.relu(g.conv("input", 3, 6, 3, pad=1))])], axis=1)
+    logits = g.gemm(x, 6, 4)
+    model = g.model(g.relu(logits), 4)
+    with pytest.warns(fd.layers.LogitsHeadWarning, match="taken as the logits"):
+        network = fd.from_onnx(model)
+    images = np.random.default_rng(3).normal(size=(6, 3, 8, 8)).astype(np.float32)
+    without_relu = g.model(logits, 4)
+    without_relu.graph.node.pop()  # the Relu
+    session = ort.InferenceSession(without_relu.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(network.forward(images.transpose(0, 2, 3, 1), logits=True),
+                               session.run(None, {"input": images})[0], rtol=1e-5, atol=1e-6)
