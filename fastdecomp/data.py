@@ -124,6 +124,9 @@ class DataSource:
         raise NotImplementedError
 
 
+MAX_LABEL = np.iinfo(np.int64).max  # labels are int64 from here on: a larger one would wrap around
+
+
 def _check_labels(y, num_images):
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] > 1:
@@ -138,6 +141,8 @@ def _check_labels(y, num_images):
             raise InputError("labels must be whole class numbers; found NaN, inf or fractions")
     elif y.dtype.kind not in "iub":
         raise InputError(f"labels must be integers, got dtype {y.dtype}")
+    if len(y) and (y.dtype.kind == "u" or y.dtype.kind == "f") and y.max() > MAX_LABEL:
+        raise InputError(f"labels must be class numbers below {MAX_LABEL + 1}, found {y.max()}")
     y = y.astype(np.int64)
     if len(y) and y.min() < 0:
         raise InputError(f"labels must be class numbers >= 0, found {y.min()}")

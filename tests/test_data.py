@@ -276,3 +276,13 @@ def test_a_tiny_imagenet_folder_reads_no_link_out_of_it_and_no_fifo(tmp_path):
     os.mkfifo(images / "c.JPEG")
     with pytest.raises(ModelFileError, match="c.JPEG is not a regular file inside"):
         data.TinyImageNetFolder(root, "train")
+
+
+def test_labels_too_large_for_int64_are_refused_as_they_are():
+    """A uint64 label of 2**64 - 1 used to wrap around to -1 and be reported as such."""
+    images = np.zeros((3, 4, 4, 1), np.float32)
+    with pytest.raises(InputError, match="below 9223372036854775808, found 18446744073709551615"):
+        data.ArraySource(images, np.array([0, 1, 2**64 - 1], dtype=np.uint64))
+    with pytest.raises(InputError, match="found 1e"):
+        data.ArraySource(images, np.array([0, 1, 1e19]))
+    assert data.ArraySource(images, np.array([0, 1, 2], dtype=np.uint64)).labels.dtype == np.int64
