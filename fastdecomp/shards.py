@@ -191,7 +191,12 @@ def _checked_statistics(manifest, arrays):
             _expect(loaded.dtype == kept[name].dtype and loaded.shape == kept[name].shape, f"{table} of {name}")
             kept[name] = loaded
         _expect(int(stats.first_rank[name].max(initial=0)) <= stats.never, f"first ranks of {name}")
-    stats.concerned_count = arrays["concerned_count"]
+    concerned_count = arrays["concerned_count"]
+    _expect((concerned_count >= 0).all() and concerned_count.sum() <= len(rows),
+            f"concerned_count: counts of this shard's {len(rows)} images, each 0 or more, "
+            f"got {concerned_count.min(initial=0)} .. {concerned_count.max(initial=0)} summing to "
+            f"{concerned_count.sum()}")
+    stats.concerned_count = concerned_count
     return PartialStatistics(manifest["fingerprint"], count, rows, correct, stats)
 
 

@@ -120,3 +120,27 @@ def test_statistics_pickle_and_come_back_the_same(resnet_case):
         assert again.first_rank[name].dtype == stats.first_rank[name].dtype
     np.testing.assert_array_equal(again.concerned_count, stats.concerned_count)
     assert again.backend.name == "cpu" and len(again._locks) == len(stats.shapes)  # usable again
+
+
+@pytest.mark.parametrize("counts", ["negative", "more than the images"])
+def test_shard_counts_resealed_by_hand_are_refused(resnet_case, tmp_path, monkeypatch, counts):
+    """The sums in a saved shard are not keyed: an edit with recomputed sums loads past them, so every count
+    is checked for sign and against the shard's images (-1000 used to merge and change the modules)."""
+    import fastdecomp.saving
+    from fastdecomp.shards import load_statistics, save_statistics
+
+    model, x, y = resnet_case
+    part = gather_statistics(fd.from_keras(model), x, y, shard=(0, 2))
+    save_statistics(part, tmp_path / "part")
+    real = fastdecomp.saving._read_arrays
+
+    def tampered(path, manifest):
+        arrays = dict(real(path, manifest))
+        changed = arrays["concerned_count"].copy()
+        changed[1] = -1000 if counts == "negative" else len(part.rows) + 1
+        arrays["concerned_count"] = changed
+        return arrays
+
+    monkeypatch.setattr(fastdecomp.saving, "_read_arrays", tampered)
+    with pytest.raises(fd.errors.ModelFileError, match="concerned_count"):
+        load_statistics(tmp_path / "part")
