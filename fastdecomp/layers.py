@@ -618,6 +618,9 @@ class Conv2DKind(LayerKind):
     def from_onnx(self, reader, node, name, a):
         x = reader.source(node, name)
         kernel = np.ascontiguousarray(reader.constant(node, name, 1).transpose(2, 3, 1, 0), dtype=np.float32)
+        if "kernel_shape" in a and tuple(a["kernel_shape"]) != kernel.shape[:2]:
+            reader.refuse(node, name, f"kernel_shape {tuple(a['kernel_shape'])} contradicts its weights' "
+                                      f"{kernel.shape[:2]} (ONNX Runtime refuses it too)")
         bias = reader.constant(node, name, 2)
         weights = {"kernel": kernel, "bias": (np.zeros(kernel.shape[3]) if bias is None else bias).astype(np.float32)}
         groups, dilation = a.get("group", 1), tuple(a.get("dilations", (1, 1)))

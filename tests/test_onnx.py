@@ -503,3 +503,12 @@ def test_an_onnx_classifier_ending_in_gemm_then_relu_takes_the_gemm_as_logits():
     session = ort.InferenceSession(without_relu.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(network.forward(images.transpose(0, 2, 3, 1), logits=True),
                                session.run(None, {"input": images})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_conv_whose_kernel_shape_contradicts_its_weights_is_refused():
+    g = TorchStyleGraph(3, 8, 2)
+    w = g.rng.normal(0, 0.3, (6, 3, 3, 3))
+    x = g.node("Conv", ["input", g.const(w)], kernel_shape=[5, 5], pads=[1, 1, 1, 1])
+    model = g.model(g.gemm(g.node("Flatten", [g.node("GlobalAveragePool", [g.relu(x)])], axis=1), 6, 3), 3)
+    with pytest.raises(fd.errors.UnsupportedLayerError, match=r"kernel_shape \(5, 5\) contradicts .*\(3, 3\)"):
+        fd.from_onnx(model)
