@@ -10,7 +10,7 @@ every layer computed before their masks part.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
@@ -109,7 +109,9 @@ class _Branch:
 
     ``values`` holds the arrays still to be read, ``remaining`` how many
     readers each has left, ``shared`` the names computed before the variants
-    of this branch parted from others (their arrays are not this branch's own).
+    of this branch parted from others (their arrays are not this branch's own),
+    ``roots`` the value whose memory a view (a flatten, a crop) is, for each
+    view: writing the view writes it.
     """
 
     variants: list
@@ -117,6 +119,7 @@ class _Branch:
     values: dict
     remaining: dict
     shared: frozenset
+    roots: dict = field(default_factory=dict)
 
 
 class _Walk:
@@ -138,7 +141,7 @@ class _Walk:
         final = network.output_dense if self.logits else network.layers[-1].name
         results = [None] * len(self.variants)
         pending = [_Branch(list(range(len(self.variants))), 1, {network.layers[0].name: self.x},
-                           {name: len(r) for name, r in network.readers.items()}, frozenset())]
+                           {name: len(r) for name, r in network.readers.items()}, frozenset(), {})]
         while pending:
             branch = pending.pop()
             parts = self._advance(branch)
@@ -159,7 +162,7 @@ class _Walk:
             parts = self._parting(branch, layer)
             if len(parts) > 1:
                 return [_Branch(part, index, dict(branch.values), dict(branch.remaining),
-                                frozenset(branch.values)) for part in parts]
+                                frozenset(branch.values), dict(branch.roots)) for part in parts]
             self._step(branch, layer)
         return []
 
@@ -175,10 +178,11 @@ class _Walk:
     def _step(self, branch, layer):
         masks, head = self.variants[branch.variants[0]]
         out, alias = self._output(branch, layer, head)
+        viewed = alias if alias is not None else self._viewed(branch, layer, out)
+        if viewed is not None:
+            branch.roots[layer.name] = branch.roots.get(viewed, viewed)
         if masks is not None and layer.name in masks:
-            fresh = (alias is None and not self._borrows(out)) or (
-                alias is not None and branch.remaining[alias] == 1 and self._owned(alias, branch.shared)
-                and not self._borrows(out))
+            fresh = self._writable(viewed, branch) if viewed is not None else not self._borrows(out)
             out = self.backend.xp.multiply(out, self.backend.weights(masks[layer.name]), out=out if fresh else None)
         if layer.name in self.observed:
             if self.packed_activity:
@@ -227,11 +231,27 @@ class _Walk:
 
     def _overwritable(self, src, branch):
         """A value only one reader is left to read, and owned, may be overwritten."""
-        return branch.remaining[src] == 1 and self._owned(src, branch.shared) and not self._borrows(branch.values[src])
+        return self._writable(src, branch)
+
+    def _writable(self, src, branch):
+        """Whether the array of ``src``, read by its last reader now, may be written: owned, and where it is a
+        view, the value it views owned too and read by no one else any more."""
+        root = branch.roots.get(src, src)
+        return (branch.remaining[src] == 1 and self._owned(src, branch.shared) and self._owned(root, branch.shared)
+                and (root == src or root not in branch.values) and not self._borrows(branch.values[src]))
+
+    def _viewed(self, branch, layer, out):
+        """The input of ``layer`` whose memory ``out`` is (a flatten, a crop of it), or None."""
+        return next((src for src in layer.inputs if self._shares(out, branch.values[src])), None)
 
     def _borrows(self, array):
         """``array`` may be the caller's memory: a view of the input batch (a flatten or reshape of it)."""
-        return isinstance(array, np.ndarray) and isinstance(self.x, np.ndarray) and np.may_share_memory(array, self.x)
+        return self._shares(array, self.x)
+
+    def _shares(self, a, b):
+        if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+            return np.may_share_memory(a, b)
+        return type(a) is type(b) and bool(self.backend.xp.may_share_memory(a, b))  # device arrays (CuPy)
 
 
 def walk(network, x, variants, backend, *, observe=None, mask_at=DEFAULT_MASK_AT, logits=False, keys=None,

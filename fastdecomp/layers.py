@@ -624,6 +624,14 @@ class Conv2DKind(LayerKind):
         bias = reader.constant(node, name, 2)
         weights = {"kernel": kernel, "bias": (np.zeros(kernel.shape[3]) if bias is None else bias).astype(np.float32)}
         groups, dilation = a.get("group", 1), tuple(a.get("dilations", (1, 1)))
+        if len(reader.shape(x)) == 1:  # after a global pooling that kept its 1x1 map: a Dense layer
+            if kernel.shape[:2] != (1, 1) or groups != 1 or any(a.get("pads", ())):
+                reader.refuse(node, name, "a convolution over the vector a global pooling made; only a 1x1 one "
+                                          "without groups or pads (a Dense layer) reads it")
+            dense = KINDS[DenseKind.kind]
+            reader.emit(node, reader.add(name, dense.kind, [x], {}, {"kernel": np.ascontiguousarray(kernel[0, 0]),
+                                                                     "bias": weights["bias"]}))
+            return
         config = onnx_window(reader, node, name, a, x, kernel.shape[:2], dilation)
         if groups == 1 and dilation == (1, 1):
             reader.emit(node, reader.add(name, self.kind, [x], config, weights))

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from queue import Empty, Full, Queue
 
 from . import config
+from .errors import InputError
 
 __all__ = ["map_batches", "read_ahead", "CHUNK_IMAGES"]
 
@@ -84,8 +85,11 @@ def read_ahead(items, depth=2):
     ----------
     items : iterable
     depth : int
-        Items read and not yet handed out, at most.
+        Items read and not yet handed out, at most (1 or more): with the one being read and the one in use,
+        ``depth + 2`` batches may be in memory at once.
     """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise InputError(f"read_ahead takes a depth of 1 or more, got {depth!r}")
     queue, stop = Queue(maxsize=depth), threading.Event()
 
     def put(item):

@@ -172,6 +172,9 @@ def test_read_ahead_hands_out_every_item_in_order_and_raises_where_the_reading_f
             yield i
 
     assert list(read_ahead(items(), depth=3)) == list(range(10))
+    for depth in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="depth of 1 or more"):
+            next(read_ahead(items(), depth=depth))
     assert readers == {"fastdecomp-read-ahead"}
     got = []
     with pytest.raises(ValueError, match="item 6 is unreadable"):

@@ -548,3 +548,11 @@ def test_the_emulated_device_counts_what_the_host_reads_back():
         int(a.max()), float(a.min()), bool(a.any()), a[1].item(), a.tolist()
     device.to_host(a)
     assert device.ledger.read_backs == ["int()", "float()", "bool()", "item()", "tolist()", "to_host"]
+
+
+def test_a_device_value_is_no_python_index_as_in_cupy():
+    device = gpu.EmulatedDevice()
+    a = device.asarray(np.arange(3, dtype=np.int64))
+    with pytest.raises(TypeError, match="Python index"):
+        [10, 20, 30][a[1]]
+    assert [10, 20, 30][int(a[1])] == 20

@@ -512,3 +512,25 @@ def test_a_conv_whose_kernel_shape_contradicts_its_weights_is_refused():
     model = g.model(g.gemm(g.node("Flatten", [g.node("GlobalAveragePool", [g.relu(x)])], axis=1), 6, 3), 3)
     with pytest.raises(fd.errors.UnsupportedLayerError, match=r"kernel_shape \(5, 5\) contradicts .*\(3, 3\)"):
         fd.from_onnx(model)
+
+
+@pytest.mark.parametrize("pooling", ["GlobalAveragePool", "ReduceMean"])
+def test_a_1x1_convolution_after_a_global_pooling_is_a_dense_layer(pooling):
+    """Found in review: it failed with a raw ValueError (a 1x1 map is a vector here)."""
+    g = TorchStyleGraph(3, 8, 5)
+    x = g.relu(g.conv("input", 3, 6, 3, pad=1))
+    pooled = g.node(pooling, [x], **({"axes": [2, 3], "keepdims": 1} if pooling == "ReduceMean" else {}))
+    w, b = g.rng.normal(0, 0.4, (4, 6, 1, 1)), g.rng.normal(0, 0.1, 4)
+    model = g.model(g.node("Flatten", [g.node("Conv", [pooled, g.const(w), g.const(b)], kernel_shape=[1, 1])],
+                           axis=1), 4)
+    network = fd.from_onnx(model)
+    assert "dense" in {layer.kind for layer in network.layers}
+    images = np.random.default_rng(2).normal(size=(5, 3, 8, 8)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(network.forward(images.transpose(0, 2, 3, 1), logits=True),
+                               session.run(None, {"input": images})[0], rtol=1e-5, atol=1e-6)
+    g = TorchStyleGraph(3, 8, 5)
+    pooled = g.node("GlobalAveragePool", [g.relu(g.conv("input", 3, 6, 3, pad=1))])
+    bad = g.node("Conv", [pooled, g.const(g.rng.normal(0, 0.4, (4, 6, 3, 3)))], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    with pytest.raises(fd.errors.UnsupportedLayerError, match="only a 1x1 one"):
+        fd.from_onnx(g.model(g.node("Flatten", [bad], axis=1), 4))

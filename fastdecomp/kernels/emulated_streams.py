@@ -365,9 +365,8 @@ class EmulatedArray(np.ndarray):
         _read_back(self, "float()")
         return super().__float__()
 
-    def __index__(self):
-        _read_back(self, "an index")
-        return super().__index__()
+    def __index__(self):  # CuPy's arrays have none: a device value is no Python index
+        raise TypeError("a cupy.ndarray cannot be used as a Python index: take int() of it (a read-back) first")
 
     def item(self, *args):
         _read_back(self, "item()")
