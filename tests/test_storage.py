@@ -223,6 +223,8 @@ def test_a_planted_numba_cache_index_is_never_unpickled(where, tmp_path):
         planted.parent.mkdir()
     marker = tmp_path / "the-payload-ran"
     backup = planted.read_bytes() if planted.exists() else None
+    made = not planted.parent.exists()
+    planted.parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no __pycache__ yet
     try:
         subprocess.run([sys.executable, "-c", PLANTED_INDEX, str(marker), str(planted)], check=True)
         run = subprocess.run([sys.executable, "-W", "ignore", "-c", USE_A_NUMBA_KERNEL], env=env,
@@ -234,3 +236,5 @@ def test_a_planted_numba_cache_index_is_never_unpickled(where, tmp_path):
             planted.unlink(missing_ok=True)
         else:
             planted.write_bytes(backup)
+        if made and not any(planted.parent.iterdir()):
+            planted.parent.rmdir()
